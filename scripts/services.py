@@ -1,0 +1,434 @@
+#!/usr/bin/env python3
+"""Start, stop and inspect the local services driftwatch needs: Kafka, Redis, Prometheus.
+
+Everything listens on 127.0.0.1. Kafka is a single-node KRaft broker run straight from the
+Apache Kafka jars on Maven Central (fetched once with Maven into a cache outside the
+repository); Redis and Prometheus come from Debian's packages, installed when missing.
+
+    python3 scripts/services.py start [kafka|redis|prometheus|all]
+    python3 scripts/services.py stop [kafka|redis|prometheus|all]
+    python3 scripts/services.py status [--json]
+
+Start is idempotent (a running service is left alone) and waits until the service accepts
+connections. Stop sends SIGTERM to the service's process group, then SIGKILL after a grace
+period. Only the standard library is used, so this runs before any virtualenv exists.
+
+Environment:
+    DRIFTWATCH_HOME            cache and state directory (default ~/.cache/driftwatch)
+    DRIFTWATCH_KAFKA_VERSION   Apache Kafka version (default 3.9.1)
+    DRIFTWATCH_KAFKA_PORT      broker port (default 9092); controller port is DRIFTWATCH_KAFKA_CONTROLLER_PORT (9093)
+    DRIFTWATCH_REDIS_PORT      Redis port (default 6379)
+    DRIFTWATCH_PROMETHEUS_PORT Prometheus port (default 9090); scrape config DRIFTWATCH_PROMETHEUS_CONFIG
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parent.parent
+HOME = Path(os.environ.get("DRIFTWATCH_HOME", Path.home() / ".cache" / "driftwatch"))
+RUN = HOME / "run"
+KAFKA_VERSION = os.environ.get("DRIFTWATCH_KAFKA_VERSION", "3.9.1")
+START_TIMEOUT_S = float(os.environ.get("DRIFTWATCH_START_TIMEOUT", "120"))
+STOP_GRACE_S = 30.0
+
+KAFKA_POM = """<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>driftwatch.local</groupId>
+  <artifactId>kafka-broker</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>@KAFKA_VERSION@</version>
+    </dependency>
+    <!-- kafka_2.13's POM carries no logging backend (KAFKA-6317): add reload4j -->
+    <dependency>
+      <groupId>org.slf4j</groupId><artifactId>slf4j-reload4j</artifactId><version>1.7.36</version>
+    </dependency>
+    <dependency>
+      <groupId>ch.qos.reload4j</groupId><artifactId>reload4j</artifactId><version>1.2.25</version>
+    </dependency>
+  </dependencies>
+  <build><plugins><plugin>
+    <groupId>org.apache.maven.plugins</groupId><artifactId>maven-dependency-plugin</artifactId>
+    <version>3.8.1</version>
+    <configuration>
+      <outputDirectory>${project.build.directory}/kafka-libs</outputDirectory>
+      <includeScope>runtime</includeScope>
+    </configuration>
+  </plugin></plugins></build>
+</project>
+"""
+
+KAFKA_PROPERTIES = """# single-node KRaft broker+controller for local development and tests
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:@CONTROLLER_PORT@
+listeners=PLAINTEXT://127.0.0.1:@BROKER_PORT@,CONTROLLER://127.0.0.1:@CONTROLLER_PORT@
+advertised.listeners=PLAINTEXT://127.0.0.1:@BROKER_PORT@
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=@DATA_DIR@
+num.partitions=4
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+group.initial.rebalance.delay.ms=0
+num.network.threads=2
+num.io.threads=2
+log.cleaner.dedupe.buffer.size=16777216
+"""
+
+KAFKA_LOG4J = """log4j.rootLogger=WARN, stderr
+log4j.appender.stderr=org.apache.log4j.ConsoleAppender
+log4j.appender.stderr.Target=System.err
+log4j.appender.stderr.layout=org.apache.log4j.PatternLayout
+log4j.appender.stderr.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.server.KafkaRaftServer=INFO
+"""
+
+
+class ServiceError(RuntimeError):
+    """A service could not be installed, started or stopped."""
+
+
+def log(msg: str) -> None:
+    print(f"[services] {msg}", file=sys.stderr, flush=True)
+
+
+def port_open(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child still answers kill(0); look at its state
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)  # type: ignore[call-overload]
+
+
+@dataclass
+class Service:
+    name: str
+    ports: tuple[int, ...]
+    version: str = ""
+
+    @property
+    def dir(self) -> Path:
+        return RUN / self.name
+
+    @property
+    def pidfile(self) -> Path:
+        return self.dir / "pid"
+
+    @property
+    def logfile(self) -> Path:
+        return self.dir / f"{self.name}.log"
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.ports[0]}"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def running(self) -> bool:
+        return self.pid() is not None and port_open(self.ports[0])
+
+    # -- subclasses fill these in
+    def install(self) -> None:
+        raise NotImplementedError
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Write config files and data directories before the process starts."""
+
+    def start(self) -> str:
+        if self.running():
+            log(f"{self.name} already running at {self.address} (pid {self.pid()})")
+            return "already-running"
+        if self.pid() is not None:
+            log(f"{self.name} process {self.pid()} alive but not listening: stopping it first")
+            self.stop()
+        for port in self.ports:
+            if port_open(port):
+                raise ServiceError(
+                    f"cannot start {self.name}: port {HOST}:{port} is already in use by another "
+                    f"process (not one started by this script). Stop it, or choose another port "
+                    f"with DRIFTWATCH_{self.name.upper()}_PORT."
+                )
+        self.install()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        t0 = time.monotonic()
+        with open(self.logfile, "ab") as out:
+            proc = subprocess.Popen(
+                self.command(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.dir,
+            )
+        self.pidfile.write_text(str(proc.pid))
+        deadline = t0 + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ServiceError(
+                    f"{self.name} exited with code {proc.returncode} during start-up; "
+                    f"see {self.logfile}:\n{tail(self.logfile)}"
+                )
+            if port_open(self.ports[0]):
+                elapsed = time.monotonic() - t0
+                log(f"{self.name} {self.version} ready at {self.address} in {elapsed:.1f}s "
+                    f"(pid {proc.pid}, log {self.logfile})")
+                return "started"
+            time.sleep(0.2)
+        self.stop()
+        raise ServiceError(
+            f"{self.name} did not accept connections on {self.address} within "
+            f"{START_TIMEOUT_S:.0f}s; see {self.logfile}:\n{tail(self.logfile)}"
+        )
+
+    def stop(self) -> str:
+        pid = self.pid()
+        if pid is None:
+            self.pidfile.unlink(missing_ok=True)
+            return "not-running"
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and pid_alive(pid):
+            _reap(pid)
+            time.sleep(0.2)
+        if pid_alive(pid):
+            log(f"{self.name} (pid {pid}) ignored SIGTERM for {STOP_GRACE_S:.0f}s: SIGKILL")
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            while pid_alive(pid):
+                _reap(pid)
+                time.sleep(0.1)
+        self.pidfile.unlink(missing_ok=True)
+        log(f"{self.name} stopped (pid {pid})")
+        return "stopped"
+
+    def status(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "running": self.running(),
+            "pid": self.pid(),
+            "address": self.address,
+            "version": self.version,
+            "log": str(self.logfile),
+        }
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def apt_install(*packages: str) -> None:
+    if os.geteuid() != 0:
+        raise ServiceError(f"{' '.join(packages)} missing; install it: sudo apt-get install {' '.join(packages)}")
+    log(f"installing {' '.join(packages)} with apt-get")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        run(["apt-get", "update", "-qq"], env=env)
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=env)
+    except subprocess.CalledProcessError as exc:
+        raise ServiceError(f"apt-get install {' '.join(packages)} failed:\n{exc.stderr}") from exc
+
+
+class Kafka(Service):
+    def __init__(self) -> None:
+        super().__init__(
+            "kafka",
+            (int(os.environ.get("DRIFTWATCH_KAFKA_PORT", "9092")),
+             int(os.environ.get("DRIFTWATCH_KAFKA_CONTROLLER_PORT", "9093"))),
+            KAFKA_VERSION,
+        )
+
+    @property
+    def libs(self) -> Path:
+        return HOME / f"kafka-{KAFKA_VERSION}" / "target" / "kafka-libs"
+
+    def install(self) -> None:
+        if (self.libs / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+            return
+        if shutil.which("java") is None or shutil.which("mvn") is None:
+            apt_install("openjdk-17-jre-headless", "maven")
+        build = self.libs.parent.parent
+        build.mkdir(parents=True, exist_ok=True)
+        (build / "pom.xml").write_text(KAFKA_POM.replace("@KAFKA_VERSION@", KAFKA_VERSION))
+        log(f"fetching Apache Kafka {KAFKA_VERSION} jars with Maven into {self.libs}")
+        try:
+            run(["mvn", "-B", "-q", "dependency:copy-dependencies"], cwd=build)
+        except subprocess.CalledProcessError as exc:
+            raise ServiceError(f"mvn could not fetch Kafka {KAFKA_VERSION}:\n{exc.stdout}{exc.stderr}") from exc
+
+    def _java(self, *args: str) -> list[str]:
+        tmp = self.dir / "tmp"
+        return [
+            "java", f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
+            f"-Djava.io.tmpdir={tmp}", f"-DZstdTempFolder={tmp}", f"-Dorg.xerial.snappy.tempdir={tmp}",
+            *args,
+        ]
+
+    def prepare(self) -> None:
+        data = self.dir / "data"
+        (self.dir / "tmp").mkdir(parents=True, exist_ok=True)
+        props = (KAFKA_PROPERTIES.replace("@BROKER_PORT@", str(self.ports[0]))
+                 .replace("@CONTROLLER_PORT@", str(self.ports[1]))
+                 .replace("@DATA_DIR@", str(data)))
+        cfg = self.dir / "server.properties"
+        if (data / "meta.properties").exists() and cfg.exists() and cfg.read_text() != props:
+            log("kafka ports or settings changed since the data dir was formatted: starting afresh")
+            shutil.rmtree(data)
+        cfg.write_text(props)
+        (self.dir / "log4j.properties").write_text(KAFKA_LOG4J)
+        if (data / "meta.properties").exists():
+            return
+        cp = f"{self.libs}/*"
+        cluster_id = run(self._java("-Xmx256m", "-cp", cp, "kafka.tools.StorageTool", "random-uuid")).stdout.strip()
+        try:
+            run(self._java("-Xmx256m", "-cp", cp, "kafka.tools.StorageTool", "format",
+                           "-t", cluster_id, "-c", str(cfg)))
+        except subprocess.CalledProcessError as exc:
+            raise ServiceError(f"formatting Kafka storage failed:\n{exc.stdout}{exc.stderr}") from exc
+
+    def command(self) -> list[str]:
+        heap = os.environ.get("DRIFTWATCH_KAFKA_HEAP", "768m")
+        return self._java(
+            f"-Xms{heap}", f"-Xmx{heap}", "-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent",
+            "-Djava.awt.headless=true", f"-Dkafka.logs.dir={self.dir}",
+            "-cp", f"{self.libs}/*", "kafka.Kafka", str(self.dir / "server.properties"),
+        )
+
+
+class Redis(Service):
+    def __init__(self) -> None:
+        super().__init__("redis", (int(os.environ.get("DRIFTWATCH_REDIS_PORT", "6379")),))
+
+    def install(self) -> None:
+        if shutil.which("redis-server") is None:
+            apt_install("redis-server")
+        self.version = run(["redis-server", "--version"]).stdout.split()[2].removeprefix("v=")
+
+    def command(self) -> list[str]:
+        return [
+            "redis-server", "--bind", HOST, "--port", str(self.ports[0]), "--dir", str(self.dir),
+            "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes",
+            "--maxmemory-policy", "noeviction",
+        ]
+
+
+class Prometheus(Service):
+    def __init__(self) -> None:
+        super().__init__("prometheus", (int(os.environ.get("DRIFTWATCH_PROMETHEUS_PORT", "9090")),))
+
+    def install(self) -> None:
+        if shutil.which("prometheus") is None:
+            apt_install("prometheus")
+
+    def command(self) -> list[str]:
+        config = os.environ.get("DRIFTWATCH_PROMETHEUS_CONFIG", str(REPO / "deploy" / "prometheus" / "prometheus.local.yml"))
+        return [
+            "prometheus", f"--config.file={config}", f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--web.listen-address={HOST}:{self.ports[0]}", "--web.enable-lifecycle",
+        ]
+
+
+SERVICES = {"kafka": Kafka, "redis": Redis, "prometheus": Prometheus}
+DEFAULT = ("kafka", "redis")
+
+
+def select(name: str) -> list[Service]:
+    names = DEFAULT if name == "all" else (name,)
+    return [SERVICES[n]() for n in names]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("service", nargs="?", default="all", choices=["all", *SERVICES])
+    parser.add_argument("--json", action="store_true", help="print machine-readable results")
+    args = parser.parse_args(argv)
+    results: dict[str, object] = {}
+    try:
+        for svc in select(args.service):
+            if args.action == "start":
+                results[svc.name] = {"result": svc.start(), **svc.status()}
+            elif args.action == "stop":
+                results[svc.name] = {"result": svc.stop(), **svc.status()}
+            else:
+                results[svc.name] = svc.status()
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(results))
+    elif args.action == "status":
+        for name, st in results.items():
+            assert isinstance(st, dict)
+            state = f"running at {st['address']} (pid {st['pid']})" if st["running"] else "stopped"
+            print(f"{name:<11} {state}  log: {st['log']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

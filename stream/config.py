@@ -1,0 +1,193 @@
+"""driftwatch configuration: one TOML file, overridable by ``DRIFTWATCH_*`` variables.
+
+The file is ``driftwatch.toml`` in the working directory by default, or the path given by
+``--config`` or ``DRIFTWATCH_CONFIG``. Every value can be overridden from the environment
+with ``__`` between nesting levels, e.g. ``DRIFTWATCH_KAFKA__BOOTSTRAP=127.0.0.1:19092`` or
+``DRIFTWATCH_WORKER__BATCH_SIZE=200``. Secrets (Redis password, snapshot HMAC key, Kafka
+SASL password) are read from the environment only and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from stream.exceptions import ConfigError
+
+DEFAULT_CONFIG_FILE = "driftwatch.toml"
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"`` or ``"7d"`` into seconds.
+
+    >>> parse_duration("90s"), parse_duration("1h"), parse_duration("250ms")
+    (90.0, 3600.0, 0.25)
+    """
+    for unit in sorted(_DURATION_UNITS, key=len, reverse=True):
+        number = text.strip().removesuffix(unit)
+        if number != text.strip():
+            try:
+                value = float(number)
+            except ValueError:
+                break
+            if value > 0:
+                return value * _DURATION_UNITS[unit]
+            break
+    raise ValueError(f"{text!r} is not a positive duration like '500ms', '30s', '5m', '1h' or '7d'")
+
+
+Duration = Annotated[str, AfterValidator(lambda v: (parse_duration(v), v)[1])]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Frozen):
+    bootstrap: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The bootstrap servers as Faust broker URLs."""
+        return ";".join(f"kafka://{host.strip()}" for host in self.bootstrap.split(","))
+
+
+class TopicSettings(_Frozen):
+    events: str = "events"
+    labels: str = "labels"
+    predictions: str = "predictions"
+    alerts: str = "alerts"
+    dlq: str = "events.dlq"
+    partitions: int = Field(default=4, ge=1, le=1024)
+
+
+class RedisSettings(_Frozen):
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = Field(default="dw", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{v!r} is not a Redis URL (redis://host:port/db)")
+        return v
+
+
+class WorkerSettings(_Frozen):
+    app_id: str = Field(default="driftwatch", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    batch_max_latency: Duration = "50ms"
+    max_payload_bytes: int = Field(default=65_536, ge=256)
+    max_fields: int = Field(default=256, ge=1)
+    metrics_address: str = "127.0.0.1:9464"
+    web_port: int = Field(default=6066, ge=0, le=65535)
+
+    @property
+    def batch_max_latency_s(self) -> float:
+        return parse_duration(self.batch_max_latency)
+
+
+class Settings(BaseSettings):
+    """Everything a worker needs, validated at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DRIFTWATCH_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    redis: RedisSettings = RedisSettings()
+    worker: WorkerSettings = WorkerSettings()
+    # secrets: environment only (see _reject_secrets_in_file)
+    redis_password: SecretStr | None = None
+    kafka_sasl_password: SecretStr | None = None
+    snapshot_key: SecretStr | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the environment overrides the file, which arrives as init kwargs
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        topics = self.topics
+        names = [topics.events, topics.labels, topics.predictions, topics.alerts, topics.dlq]
+        if len(set(names)) != len(names):
+            raise ValueError(f"topic names must be distinct, got {names}")
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration with secrets hidden, for the start-up log."""
+        return self.model_dump(mode="json")  # SecretStr dumps as '**********'
+
+
+_SECRET_FIELDS = ("redis_password", "kafka_sasl_password", "snapshot_key")
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read the TOML file (if any), apply environment overrides and validate.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file, the field, the value and what was expected.
+    """
+    chosen = path or os.environ.get("DRIFTWATCH_CONFIG")
+    file = Path(chosen) if chosen else Path(DEFAULT_CONFIG_FILE)
+    data: dict[str, Any] = {}
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+    elif chosen:
+        raise ConfigError(f"config file {file} does not exist")
+    for secret in _SECRET_FIELDS:
+        if secret in data:
+            raise ConfigError(
+                f"{file}: field {secret!r} is a secret; set it in the environment as "
+                f"DRIFTWATCH_{secret.upper()}, not in the file"
+            )
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, file if file.exists() else None)) from None
+
+
+def _describe(exc: ValidationError, file: Path | None) -> str:
+    where = f"{file}: " if file else ""
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"{where}invalid config field '{field}'{shown}: {err['msg']}")
+    return "\n".join(lines)

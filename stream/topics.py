@@ -1,0 +1,42 @@
+"""Create driftwatch's Kafka topics before the worker subscribes to them.
+
+Faust only declares its internal topics; a source topic that does not exist yet is
+ignored at assignment until the next metadata refresh (minutes), and one created
+implicitly by a producer gets the broker's default partition count. Creating them
+up front avoids both.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from stream.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def topic_names(settings: Settings) -> list[str]:
+    t = settings.topics
+    return [t.events, t.labels, t.predictions, t.alerts, t.dlq]
+
+
+async def ensure_topics(settings: Settings, replication: int = 1) -> list[str]:
+    """Create the missing topics; returns the names that were created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in topic_names(settings) if name not in existing]
+        if missing:
+            new = [NewTopic(n, settings.topics.partitions, replication) for n in missing]
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass  # another worker won the race
+            log.info("created topics %s with %d partitions", missing, settings.topics.partitions)
+        return missing
+    finally:
+        await admin.close()
