@@ -5,6 +5,7 @@ Everything listens on 127.0.0.1. Kafka is a single-node KRaft broker run straigh
 Apache Kafka jars on Maven Central (fetched once with Maven into a cache outside the
 repository); Redis and Prometheus come from Debian's packages, installed when missing.
 
+    python3 scripts/services.py install [kafka|redis|prometheus|all]
     python3 scripts/services.py start [kafka|redis|prometheus|all]
     python3 scripts/services.py stop [kafka|redis|prometheus|all]
     python3 scripts/services.py status [--json]
@@ -14,16 +15,20 @@ connections. Stop sends SIGTERM to the service's process group, then SIGKILL aft
 period. Only the standard library is used, so this runs before any virtualenv exists.
 
 Environment:
-    DRIFTWATCH_HOME            cache and state directory (default ~/.cache/driftwatch)
+    DRIFTWATCH_HOME            cache directory for the Kafka jars (default ~/.cache/driftwatch)
+    DRIFTWATCH_RUN_DIR         data, logs and pid files (default $DRIFTWATCH_HOME/run)
     DRIFTWATCH_KAFKA_VERSION   Apache Kafka version (default 3.9.1)
-    DRIFTWATCH_KAFKA_PORT      broker port (default 9092); controller port is DRIFTWATCH_KAFKA_CONTROLLER_PORT (9093)
+    DRIFTWATCH_KAFKA_PORT      broker port (default 9092)
+    DRIFTWATCH_KAFKA_CONTROLLER_PORT  controller port (default 9093)
     DRIFTWATCH_REDIS_PORT      Redis port (default 6379)
-    DRIFTWATCH_PROMETHEUS_PORT Prometheus port (default 9090); scrape config DRIFTWATCH_PROMETHEUS_CONFIG
+    DRIFTWATCH_PROMETHEUS_PORT Prometheus port (default 9090)
+    DRIFTWATCH_PROMETHEUS_CONFIG  its scrape config (default deploy/prometheus/prometheus.local.yml)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -38,7 +43,7 @@ from pathlib import Path
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("DRIFTWATCH_HOME", Path.home() / ".cache" / "driftwatch"))
-RUN = HOME / "run"
+RUN = Path(os.environ.get("DRIFTWATCH_RUN_DIR", HOME / "run"))
 KAFKA_VERSION = os.environ.get("DRIFTWATCH_KAFKA_VERSION", "3.9.1")
 START_TIMEOUT_S = float(os.environ.get("DRIFTWATCH_START_TIMEOUT", "120"))
 STOP_GRACE_S = 30.0
@@ -220,8 +225,10 @@ class Service:
                 )
             if port_open(self.ports[0]):
                 elapsed = time.monotonic() - t0
-                log(f"{self.name} {self.version} ready at {self.address} in {elapsed:.1f}s "
-                    f"(pid {proc.pid}, log {self.logfile})")
+                log(
+                    f"{self.name} {self.version} ready at {self.address} in {elapsed:.1f}s "
+                    f"(pid {proc.pid}, log {self.logfile})"
+                )
                 return "started"
             time.sleep(0.2)
         self.stop()
@@ -235,20 +242,16 @@ class Service:
         if pid is None:
             self.pidfile.unlink(missing_ok=True)
             return "not-running"
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + STOP_GRACE_S
         while time.monotonic() < deadline and pid_alive(pid):
             _reap(pid)
             time.sleep(0.2)
         if pid_alive(pid):
             log(f"{self.name} (pid {pid}) ignored SIGTERM for {STOP_GRACE_S:.0f}s: SIGKILL")
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             while pid_alive(pid):
                 _reap(pid)
                 time.sleep(0.1)
@@ -268,10 +271,8 @@ class Service:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -283,7 +284,9 @@ def tail(path: Path, lines: int = 20) -> str:
 
 def apt_install(*packages: str) -> None:
     if os.geteuid() != 0:
-        raise ServiceError(f"{' '.join(packages)} missing; install it: sudo apt-get install {' '.join(packages)}")
+        raise ServiceError(
+            f"{' '.join(packages)} missing; install it: sudo apt-get install {' '.join(packages)}"
+        )
     log(f"installing {' '.join(packages)} with apt-get")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
@@ -297,8 +300,10 @@ class Kafka(Service):
     def __init__(self) -> None:
         super().__init__(
             "kafka",
-            (int(os.environ.get("DRIFTWATCH_KAFKA_PORT", "9092")),
-             int(os.environ.get("DRIFTWATCH_KAFKA_CONTROLLER_PORT", "9093"))),
+            (
+                int(os.environ.get("DRIFTWATCH_KAFKA_PORT", "9092")),
+                int(os.environ.get("DRIFTWATCH_KAFKA_CONTROLLER_PORT", "9093")),
+            ),
             KAFKA_VERSION,
         )
 
@@ -318,22 +323,29 @@ class Kafka(Service):
         try:
             run(["mvn", "-B", "-q", "dependency:copy-dependencies"], cwd=build)
         except subprocess.CalledProcessError as exc:
-            raise ServiceError(f"mvn could not fetch Kafka {KAFKA_VERSION}:\n{exc.stdout}{exc.stderr}") from exc
+            raise ServiceError(
+                f"mvn could not fetch Kafka {KAFKA_VERSION}:\n{exc.stdout}{exc.stderr}"
+            ) from exc
 
     def _java(self, *args: str) -> list[str]:
         tmp = self.dir / "tmp"
         return [
-            "java", f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
-            f"-Djava.io.tmpdir={tmp}", f"-DZstdTempFolder={tmp}", f"-Dorg.xerial.snappy.tempdir={tmp}",
+            "java",
+            f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
+            f"-Djava.io.tmpdir={tmp}",
+            f"-DZstdTempFolder={tmp}",
+            f"-Dorg.xerial.snappy.tempdir={tmp}",
             *args,
         ]
 
     def prepare(self) -> None:
         data = self.dir / "data"
         (self.dir / "tmp").mkdir(parents=True, exist_ok=True)
-        props = (KAFKA_PROPERTIES.replace("@BROKER_PORT@", str(self.ports[0]))
-                 .replace("@CONTROLLER_PORT@", str(self.ports[1]))
-                 .replace("@DATA_DIR@", str(data)))
+        props = (
+            KAFKA_PROPERTIES.replace("@BROKER_PORT@", str(self.ports[0]))
+            .replace("@CONTROLLER_PORT@", str(self.ports[1]))
+            .replace("@DATA_DIR@", str(data))
+        )
         cfg = self.dir / "server.properties"
         if (data / "meta.properties").exists() and cfg.exists() and cfg.read_text() != props:
             log("kafka ports or settings changed since the data dir was formatted: starting afresh")
@@ -343,20 +355,44 @@ class Kafka(Service):
         if (data / "meta.properties").exists():
             return
         cp = f"{self.libs}/*"
-        cluster_id = run(self._java("-Xmx256m", "-cp", cp, "kafka.tools.StorageTool", "random-uuid")).stdout.strip()
+        cluster_id = run(
+            self._java("-Xmx256m", "-cp", cp, "kafka.tools.StorageTool", "random-uuid")
+        ).stdout.strip()
         try:
-            run(self._java("-Xmx256m", "-cp", cp, "kafka.tools.StorageTool", "format",
-                           "-t", cluster_id, "-c", str(cfg)))
+            run(
+                self._java(
+                    "-Xmx256m",
+                    "-cp",
+                    cp,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(cfg),
+                )
+            )
         except subprocess.CalledProcessError as exc:
-            raise ServiceError(f"formatting Kafka storage failed:\n{exc.stdout}{exc.stderr}") from exc
+            raise ServiceError(
+                f"formatting Kafka storage failed:\n{exc.stdout}{exc.stderr}"
+            ) from exc
 
     def command(self) -> list[str]:
         heap = os.environ.get("DRIFTWATCH_KAFKA_HEAP", "768m")
         return self._java(
-            f"-Xms{heap}", f"-Xmx{heap}", "-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-            "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent",
-            "-Djava.awt.headless=true", f"-Dkafka.logs.dir={self.dir}",
-            "-cp", f"{self.libs}/*", "kafka.Kafka", str(self.dir / "server.properties"),
+            f"-Xms{heap}",
+            f"-Xmx{heap}",
+            "-server",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:InitiatingHeapOccupancyPercent=35",
+            "-XX:+ExplicitGCInvokesConcurrent",
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={self.dir}",
+            "-cp",
+            f"{self.libs}/*",
+            "kafka.Kafka",
+            str(self.dir / "server.properties"),
         )
 
 
@@ -371,9 +407,23 @@ class Redis(Service):
 
     def command(self) -> list[str]:
         return [
-            "redis-server", "--bind", HOST, "--port", str(self.ports[0]), "--dir", str(self.dir),
-            "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes",
-            "--maxmemory-policy", "noeviction",
+            "redis-server",
+            "--bind",
+            HOST,
+            "--port",
+            str(self.ports[0]),
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--maxmemory-policy",
+            "noeviction",
         ]
 
 
@@ -386,10 +436,16 @@ class Prometheus(Service):
             apt_install("prometheus")
 
     def command(self) -> list[str]:
-        config = os.environ.get("DRIFTWATCH_PROMETHEUS_CONFIG", str(REPO / "deploy" / "prometheus" / "prometheus.local.yml"))
+        config = os.environ.get(
+            "DRIFTWATCH_PROMETHEUS_CONFIG",
+            str(REPO / "deploy" / "prometheus" / "prometheus.local.yml"),
+        )
         return [
-            "prometheus", f"--config.file={config}", f"--storage.tsdb.path={self.dir / 'data'}",
-            f"--web.listen-address={HOST}:{self.ports[0]}", "--web.enable-lifecycle",
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--web.listen-address={HOST}:{self.ports[0]}",
+            "--web.enable-lifecycle",
         ]
 
 
@@ -404,14 +460,17 @@ def select(name: str) -> list[Service]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("action", choices=["install", "start", "stop", "status"])
     parser.add_argument("service", nargs="?", default="all", choices=["all", *SERVICES])
     parser.add_argument("--json", action="store_true", help="print machine-readable results")
     args = parser.parse_args(argv)
     results: dict[str, object] = {}
     try:
         for svc in select(args.service):
-            if args.action == "start":
+            if args.action == "install":
+                svc.install()
+                results[svc.name] = {"result": "installed", **svc.status()}
+            elif args.action == "start":
                 results[svc.name] = {"result": svc.start(), **svc.status()}
             elif args.action == "stop":
                 results[svc.name] = {"result": svc.stop(), **svc.status()}
@@ -424,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results))
     elif args.action == "status":
         for name, st in results.items():
-            assert isinstance(st, dict)
+            if not isinstance(st, dict):
+                continue
             state = f"running at {st['address']} (pid {st['pid']})" if st["running"] else "stopped"
             print(f"{name:<11} {state}  log: {st['log']}")
     return 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import faust
 from faust.types import EventT
@@ -34,7 +35,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(events, name="driftwatch.echo")
     async def echo(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take_events(
+        async for batch in cast(faust.Stream[bytes], stream).take_events(
             settings.worker.batch_size, within=settings.worker.batch_max_latency_s
         ):
             await _publish_all(predictions, batch)
@@ -42,7 +43,7 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-async def _publish_all(topic: faust.TopicT, batch: list[EventT[Any]]) -> None:
+async def _publish_all(topic: faust.TopicT, batch: Sequence[EventT[Any]]) -> None:
     """Send every event's value and wait until the broker acknowledged all of them.
 
     The events of the batch are acked (and so become committable) only after this returns,

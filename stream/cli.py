@@ -19,9 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streaming online prediction and drift monitoring on Kafka.",
     )
     parser.add_argument(
-        "--config", help="path of the TOML config (default: $DRIFTWATCH_CONFIG or ./driftwatch.toml)"
+        "--config",
+        help="path of the TOML config (default: $DRIFTWATCH_CONFIG or ./driftwatch.toml)",
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("worker", help="run a worker: consume events and labels, publish predictions")
     sub.add_parser("config", help="validate the configuration and print it with secrets hidden")

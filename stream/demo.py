@@ -33,8 +33,8 @@ def run_demo(settings: Settings, events: int, timeout: float) -> int:
     return asyncio.run(_demo(settings, events, timeout))
 
 
-async def _demo(settings: Settings, n: int, timeout: float) -> int:
-    rng = random.Random(7)
+async def _demo(settings: Settings, n: int, wait_s: float) -> int:
+    rng = random.Random(7)  # noqa: S311 - synthetic data, not security
     run_id = uuid.uuid4().hex[:8]
     consumer = AIOKafkaConsumer(
         settings.topics.predictions,
@@ -46,7 +46,7 @@ async def _demo(settings: Settings, n: int, timeout: float) -> int:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
     await producer.start()
     try:
-        await _wait_assigned(consumer, timeout)
+        await _wait_assigned(consumer, wait_s)
         sent = {}
         now = int(time.time() * 1000)
         for i in range(n):
@@ -59,7 +59,7 @@ async def _demo(settings: Settings, n: int, timeout: float) -> int:
         await producer.flush()
         print(f"sent {n} events to '{settings.topics.events}'")
         seen: set[object] = set()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_s
         while len(seen) < n and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
@@ -67,7 +67,8 @@ async def _demo(settings: Settings, n: int, timeout: float) -> int:
                     out = orjson.loads(rec.value or b"{}")
                     if out.get("event_id") in sent and out["event_id"] not in seen:
                         seen.add(out["event_id"])
-                        print(f"{settings.topics.predictions}: {rec.value.decode() if rec.value else ''}")
+                        text = rec.value.decode() if rec.value else ""
+                        print(f"{settings.topics.predictions}: {text}")
         print(f"received {len(seen)}/{n} outputs")
         return 0 if len(seen) == n else 1
     finally:
@@ -75,8 +76,8 @@ async def _demo(settings: Settings, n: int, timeout: float) -> int:
         await consumer.stop()
 
 
-async def _wait_assigned(consumer: AIOKafkaConsumer, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_assigned(consumer: AIOKafkaConsumer, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
     while not consumer.assignment():
         if time.monotonic() > deadline:
             raise TimeoutError("demo consumer got no partition assignment")

@@ -8,6 +8,7 @@ up front avoids both.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -32,10 +33,8 @@ async def ensure_topics(settings: Settings, replication: int = 1) -> list[str]:
         missing = [name for name in topic_names(settings) if name not in existing]
         if missing:
             new = [NewTopic(n, settings.topics.partitions, replication) for n in missing]
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass  # another worker won the race
             log.info("created topics %s with %d partitions", missing, settings.topics.partitions)
         return missing
     finally:

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: install what is missing, start Kafka and Redis on 127.0.0.1,
+# run a driftwatch worker, push a synthetic stream through it with `driftwatch demo`, print the
+# outcome, then stop the worker and whatever services this script started.
+# Extra arguments go to `driftwatch demo` (see `driftwatch demo --help`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+
+started=()
+for svc in kafka redis; do
+  if python3 scripts/services.py start "$svc" --json | grep -q '"result": "started"'; then
+    started+=("$svc")
+  fi
+done
+workdir=$(mktemp -d)
+cleanup() {
+  if [ -n "${worker_pid:-}" ] && kill -0 "$worker_pid" 2>/dev/null; then
+    kill -TERM "$worker_pid"
+    for _ in $(seq 300); do kill -0 "$worker_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$worker_pid" 2>/dev/null || true
+  fi
+  for svc in "${started[@]}"; do python3 scripts/services.py stop "$svc" || true; done
+  rm -rf "$workdir"
+}
+trap cleanup EXIT
+
+export DRIFTWATCH_CONFIG=${DRIFTWATCH_CONFIG:-$PWD/driftwatch.toml}
+export DRIFTWATCH_SNAPSHOT_KEY=${DRIFTWATCH_SNAPSHOT_KEY:-demo-only-snapshot-key}
+driftwatch --log-level warning worker > "$workdir/worker.log" 2>&1 &
+worker_pid=$!
+echo "[demo] worker started (pid $worker_pid, log $workdir/worker.log)" >&2
+driftwatch --log-level warning demo "$@" || { echo "[demo] failed; worker log:" >&2; tail -40 "$workdir/worker.log" >&2; exit 1; }

@@ -1,0 +1,104 @@
+"""Run ``driftwatch worker`` as a real subprocess, configured through the environment."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from stream.config import Settings
+
+READY_LINE = "[^Worker]: Ready"
+ASSIGNED_LINE = "Setting newly assigned partitions"
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that reproduce ``settings`` in a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTWATCH_")}
+    dumped = settings.model_dump(mode="json")
+    for section, value in dumped.items():
+        if isinstance(value, dict):
+            env[f"DRIFTWATCH_{section.upper()}"] = _json(value)
+    for secret in ("redis_password", "kafka_sasl_password", "snapshot_key"):
+        field = getattr(settings, secret)
+        if field is not None:
+            env[f"DRIFTWATCH_{secret.upper()}"] = field.get_secret_value()
+    return env
+
+
+def _json(value: object) -> str:
+    import orjson
+
+    return orjson.dumps(value).decode()
+
+
+class WorkerProcess:
+    """A worker in its own process group, logging to a file in ``workdir``."""
+
+    def __init__(self, settings: Settings, workdir: Path, extra_env: dict[str, str] | None = None):
+        self.settings = settings
+        self.workdir = workdir
+        self.extra_env = extra_env or {}
+        self.log = workdir / "worker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = {**settings_env(self.settings), **self.extra_env}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "stream.cli", "worker"],
+                cwd=self.workdir,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.wait_for_log(ASSIGNED_LINE, timeout)
+
+    def wait_for_log(self, text: str, timeout: float, occurrences: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log_text().count(text) >= occurrences:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited ({self.proc.returncode}):\n{self.tail()}")
+            time.sleep(0.1)
+        raise TimeoutError(f"worker log has no {text!r} after {timeout}s:\n{self.tail()}")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL the worker: no shutdown, no final commit."""
+        self._signal(signal.SIGKILL)
+        self._wait(10)
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self._signal(signal.SIGTERM)
+        if not self._wait(grace):
+            self._signal(signal.SIGKILL)
+            self._wait(10)
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
+    def _wait(self, timeout: float) -> bool:
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
