@@ -105,6 +105,97 @@ class WorkerSettings(_Frozen):
         return parse_duration(self.batch_max_latency)
 
 
+AGGREGATES = ("count", "sum", "mean", "min", "max", "std")
+
+
+class FeatureSpec(_Frozen):
+    """A raw feature of the events, and the per-entity window aggregates built from it."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    kind: Literal["numeric", "categorical"] = "numeric"
+    impute: float | str | None = None
+    min: float | None = None
+    max: float | None = None
+    categories: tuple[str, ...] = ()
+    windows: tuple[Duration, ...] = ()
+    aggregates: tuple[Literal["count", "sum", "mean", "min", "max", "std"], ...] = AGGREGATES
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeatureSpec:
+        if self.kind == "numeric":
+            if self.impute is not None and not isinstance(self.impute, int | float):
+                raise ValueError(f"impute of numeric feature {self.name!r} must be a number")
+            if self.categories:
+                raise ValueError(f"numeric feature {self.name!r} cannot list categories")
+            if self.min is not None and self.max is not None and self.min > self.max:
+                raise ValueError(f"feature {self.name!r}: min {self.min} > max {self.max}")
+        else:
+            if self.impute is not None and not isinstance(self.impute, str):
+                raise ValueError(f"impute of categorical feature {self.name!r} must be a string")
+            if self.windows:
+                raise ValueError(f"categorical feature {self.name!r} cannot have windows")
+            if self.min is not None or self.max is not None:
+                raise ValueError(f"categorical feature {self.name!r} cannot have min/max")
+        if len(set(self.windows)) != len(self.windows):
+            raise ValueError(f"feature {self.name!r} lists a window twice: {self.windows}")
+        return self
+
+    @property
+    def window_seconds(self) -> tuple[float, ...]:
+        return tuple(parse_duration(w) for w in self.windows)
+
+
+class WindowSettings(_Frozen):
+    """How the per-entity event-time windows are kept in Redis."""
+
+    buckets: int = Field(default=12, ge=1, le=1000)
+    grace: Duration = "5m"
+    dedupe_ttl: Duration = "1d"
+
+    @property
+    def grace_s(self) -> float:
+        return parse_duration(self.grace)
+
+    @property
+    def dedupe_ttl_s(self) -> float:
+        return parse_duration(self.dedupe_ttl)
+
+
+class ModelSettings(_Frozen):
+    name: str = Field(default="model", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    task: Literal["binary", "multiclass", "regression"] = "binary"
+    pipeline: Literal[
+        "logistic_regression", "softmax_regression", "hoeffding_tree", "linear_regression"
+    ] = "logistic_regression"
+    learning_rate: float = Field(default=0.05, gt=0, le=10)
+    publish_every: int = Field(default=500, ge=1)
+    publish_interval: Duration = "5s"
+    poll_interval: Duration = "1s"
+    keep_versions: int = Field(default=20, ge=2)
+
+    @model_validator(mode="after")
+    def _pipeline_fits_task(self) -> ModelSettings:
+        allowed = {
+            "binary": {"logistic_regression", "hoeffding_tree"},
+            "multiclass": {"softmax_regression", "hoeffding_tree"},
+            "regression": {"linear_regression", "hoeffding_tree"},
+        }[self.task]
+        if self.pipeline not in allowed:
+            raise ValueError(
+                f"pipeline {self.pipeline!r} does not fit task {self.task!r}; "
+                f"expected one of {sorted(allowed)}"
+            )
+        return self
+
+
+class LabelSettings(_Frozen):
+    horizon: Duration = "1h"
+
+    @property
+    def horizon_s(self) -> float:
+        return parse_duration(self.horizon)
+
+
 class Settings(BaseSettings):
     """Everything a worker needs, validated at start-up."""
 
@@ -119,6 +210,10 @@ class Settings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     redis: RedisSettings = RedisSettings()
     worker: WorkerSettings = WorkerSettings()
+    features: tuple[FeatureSpec, ...] = ()
+    windows: WindowSettings = WindowSettings()
+    model: ModelSettings = ModelSettings()
+    labels: LabelSettings = LabelSettings()
     # secrets: environment only (see _reject_secrets_in_file)
     redis_password: SecretStr | None = None
     kafka_sasl_password: SecretStr | None = None
@@ -142,6 +237,9 @@ class Settings(BaseSettings):
         names = [topics.events, topics.labels, topics.predictions, topics.alerts, topics.dlq]
         if len(set(names)) != len(names):
             raise ValueError(f"topic names must be distinct, got {names}")
+        features = [f.name for f in self.features]
+        if len(set(features)) != len(features):
+            raise ValueError(f"feature names must be distinct, got {features}")
         return self
 
     def redacted(self) -> dict[str, Any]:

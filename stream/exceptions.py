@@ -7,3 +7,20 @@ class DriftwatchError(Exception):
 
 class ConfigError(DriftwatchError):
     """The configuration is invalid; the message names the field, value and expectation."""
+
+
+class RejectedInput(DriftwatchError):
+    """An input message is invalid; ``reason`` goes to the dead-letter topic."""
+
+    def __init__(self, reason: str, stage: str = "validate") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.stage = stage
+
+
+class SnapshotIntegrityError(DriftwatchError):
+    """A model snapshot failed its HMAC check (or has no signature) and was not loaded."""
+
+
+class SnapshotNotFoundError(DriftwatchError):
+    """The requested model snapshot version does not exist."""
