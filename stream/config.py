@@ -105,7 +105,8 @@ class WorkerSettings(_Frozen):
         return parse_duration(self.batch_max_latency)
 
 
-AGGREGATES = ("count", "sum", "mean", "min", "max", "std")
+Aggregate = Literal["count", "sum", "mean", "min", "max", "std"]
+AGGREGATES: tuple[Aggregate, ...] = ("count", "sum", "mean", "min", "max", "std")
 
 
 class FeatureSpec(_Frozen):
@@ -118,7 +119,7 @@ class FeatureSpec(_Frozen):
     max: float | None = None
     categories: tuple[str, ...] = ()
     windows: tuple[Duration, ...] = ()
-    aggregates: tuple[Literal["count", "sum", "mean", "min", "max", "std"], ...] = AGGREGATES
+    aggregates: tuple[Aggregate, ...] = AGGREGATES
 
     @model_validator(mode="after")
     def _consistent(self) -> FeatureSpec:
