@@ -1,0 +1,263 @@
+"""Sliding windows kept incrementally, and the two detector families built on them.
+
+* :class:`SortedWindow` keeps the last ``size`` values in a ring buffer *and* sorted, updated in
+  place (one binary search and one memmove per value), so an order statistic such as KS or
+  Wasserstein needs no re-sort at a check.
+* :class:`CountWindow` keeps the last ``size`` integer codes (PSI bins, categories) and their
+  counts, so a binned statistic costs ``O(bins)`` per check.
+
+:class:`SortedWindowDetector` (KS, Wasserstein) and :class:`CountWindowDetector` (PSI,
+chi-square) implement :class:`~detectors.base.Detector` on top of them; a method only supplies
+how to summarise the reference (its *state*), how to encode values, and a statistic vectorised
+over many windows, which serves both the live checks and the calibration.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import NDArray
+
+from detectors import calibration
+from detectors.base import Detector
+
+
+class SortedWindow:
+    """The last ``size`` values, in arrival order and sorted."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ring = np.empty(size)
+        self._sorted = np.empty(size)
+        self._head = 0
+        self._count = 0
+
+    @property
+    def full(self) -> bool:
+        """Whether ``size`` values have been pushed."""
+        return self._count == self.size
+
+    @property
+    def sorted(self) -> NDArray[np.float64]:
+        """The values currently in the window, sorted (a view: do not modify)."""
+        return self._sorted[: self._count]
+
+    def values(self) -> NDArray[np.float64]:
+        """The values currently in the window, oldest first (a copy)."""
+        if self._count < self.size:
+            return self._ring[: self._count].copy()
+        return np.roll(self._ring, -self._head)
+
+    def push(self, values: NDArray[np.float64]) -> None:
+        """Append ``values``, evicting the oldest ones once the window is full."""
+        if len(values) > max(2, self.size // 64):
+            self._push_many(values)
+        else:
+            for value in values.tolist():
+                self._push_one(value)
+
+    def _push_one(self, value: float) -> None:
+        ordered = self._sorted
+        if self._count < self.size:
+            at = int(ordered[: self._count].searchsorted(value))
+            ordered[at + 1 : self._count + 1] = ordered[at : self._count]
+            ordered[at] = value
+            self._ring[self._count] = value
+            self._count += 1
+            return
+        old = self._ring[self._head]
+        self._ring[self._head] = value
+        self._head = (self._head + 1) % self.size
+        out = int(ordered.searchsorted(old))
+        at = int(ordered.searchsorted(value))
+        if at > out:
+            ordered[out : at - 1] = ordered[out + 1 : at]
+            ordered[at - 1] = value
+        else:
+            ordered[at + 1 : out + 1] = ordered[at:out]
+            ordered[at] = value
+
+    def _push_many(self, values: NDArray[np.float64]) -> None:
+        values = values[-self.size :]
+        if self._count < self.size:
+            room = min(self.size - self._count, len(values))
+            self._ring[self._count : self._count + room] = values[:room]
+            self._count += room
+            values = values[room:]
+        if len(values):
+            slots = (self._head + np.arange(len(values))) % self.size
+            self._ring[slots] = values
+            self._head = (self._head + len(values)) % self.size
+        self._sorted[: self._count] = np.sort(self._ring[: self._count])
+
+
+class CountWindow:
+    """The last ``size`` integer codes in ``[0, n_codes)`` and how often each occurs."""
+
+    def __init__(self, size: int, n_codes: int) -> None:
+        self.size = size
+        self.counts = np.zeros(n_codes, dtype=np.int64)
+        self._ring = np.zeros(size, dtype=np.int64)
+        self._head = 0
+        self._count = 0
+
+    @property
+    def full(self) -> bool:
+        """Whether ``size`` codes have been pushed."""
+        return self._count == self.size
+
+    def values(self) -> NDArray[np.int64]:
+        """The codes currently in the window, oldest first (a copy)."""
+        if self._count < self.size:
+            return self._ring[: self._count].copy()
+        return np.roll(self._ring, -self._head)
+
+    def push(self, codes: NDArray[np.int64]) -> None:
+        """Append ``codes``, evicting the oldest ones once the window is full."""
+        if len(codes) <= 4:
+            for code in codes.tolist():
+                self._push_one(code)
+            return
+        codes = codes[-self.size :]
+        slots = (self._head + np.arange(len(codes))) % self.size
+        if self._count < self.size:
+            filled = min(self.size - self._count, len(codes))
+            self._count += filled
+            evicted = self._ring[slots[filled:]]
+        else:
+            evicted = self._ring[slots]
+        n_codes = len(self.counts)
+        self.counts += np.bincount(codes, minlength=n_codes)
+        self.counts -= np.bincount(evicted, minlength=n_codes)
+        self._ring[slots] = codes
+        self._head = (self._head + len(codes)) % self.size
+
+    def _push_one(self, code: int) -> None:
+        if self._count < self.size:
+            self._count += 1
+        else:
+            self.counts[self._ring[self._head]] -= 1
+        self.counts[code] += 1
+        self._ring[self._head] = code
+        self._head = (self._head + 1) % self.size
+
+
+Stats = list[tuple[int, float, Callable[[], float] | None]]
+
+
+class SortedWindowDetector(Detector):
+    """A detector whose statistic is a function of the sorted window (KS, Wasserstein)."""
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._windows: list[SortedWindow] = []
+
+    def _start_windows(self) -> None:
+        self._windows = [SortedWindow(size) for size in self.windows]
+
+    def _push(self, encoded: NDArray[Any]) -> None:
+        for window in self._windows:
+            window.push(encoded)
+
+    def _statistics(self) -> Stats:
+        found = []
+        for index, window in enumerate(self._windows):
+            if window.full:
+                stat = float(self._sorted_statistic(self._state, window.sorted[np.newaxis])[0])
+                found.append((index, stat, self._p_value_fn(stat, window.size)))
+        return found
+
+    def _calibrate(self) -> NDArray[np.float64]:
+        return calibration.calibrate(
+            self._simulate,
+            self._window_statistics,
+            self.windows,
+            self.check_every,
+            self.ert,
+            self.n_streams,
+            self.random_state,
+        )
+
+    def _window_statistics(
+        self, state: Any, stream: NDArray[Any], window: int, ends: NDArray[np.int64]
+    ) -> NDArray[np.float64]:
+        views = sliding_window_view(stream, window)
+        out = np.empty(len(ends))
+        for start in range(0, len(ends), 256):
+            rows = np.sort(views[ends[start : start + 256] - window], axis=1)
+            out[start : start + 256] = self._sorted_statistic(state, rows)
+        return out
+
+    def _p_value_fn(self, statistic: float, window: int) -> Callable[[], float] | None:
+        return None
+
+    @abc.abstractmethod
+    def _simulate(self, rng: np.random.Generator, size: int) -> tuple[Any, NDArray[Any]]:
+        """A stationary (pseudo-reference state, encoded stream) pair, as in calibration."""
+
+    @abc.abstractmethod
+    def _sorted_statistic(self, state: Any, rows: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Statistic of each sorted row of encoded values against the reference ``state``."""
+
+
+class CountWindowDetector(Detector):
+    """A detector whose statistic is a function of code counts (PSI bins, categories)."""
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._windows: list[CountWindow] = []
+
+    def _start_windows(self) -> None:
+        self._windows = [CountWindow(size, self._n_codes(self._state)) for size in self.windows]
+
+    def _push(self, encoded: NDArray[Any]) -> None:
+        for window in self._windows:
+            window.push(encoded)
+
+    def _statistics(self) -> Stats:
+        found = []
+        for index, window in enumerate(self._windows):
+            if window.full:
+                stat = float(self._count_statistic(self._state, window.counts[np.newaxis])[0])
+                found.append((index, stat, self._p_value_fn(stat, window.counts)))
+        return found
+
+    def _calibrate(self) -> NDArray[np.float64]:
+        return calibration.calibrate(
+            self._simulate,
+            self._window_statistics,
+            self.windows,
+            self.check_every,
+            self.ert,
+            self.n_streams,
+            self.random_state,
+        )
+
+    def _window_statistics(
+        self, state: Any, stream: NDArray[Any], window: int, ends: NDArray[np.int64]
+    ) -> NDArray[np.float64]:
+        n_codes = self._n_codes(state)
+        cumulative = np.zeros((len(stream) + 1, n_codes), dtype=np.int64)
+        np.cumsum(np.eye(n_codes, dtype=np.int64)[stream], axis=0, out=cumulative[1:])
+        return self._count_statistic(state, cumulative[ends] - cumulative[ends - window])
+
+    def _p_value_fn(
+        self, statistic: float, counts: NDArray[np.int64]
+    ) -> Callable[[], float] | None:
+        return None
+
+    @abc.abstractmethod
+    def _n_codes(self, state: Any) -> int:
+        """Number of distinct codes (bins, categories) under the reference ``state``."""
+
+    @abc.abstractmethod
+    def _simulate(self, rng: np.random.Generator, size: int) -> tuple[Any, NDArray[Any]]:
+        """A stationary (pseudo-reference state, code stream) pair, as in calibration."""
+
+    @abc.abstractmethod
+    def _count_statistic(self, state: Any, counts: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Statistic of each row of window code counts against the reference ``state``."""
