@@ -12,10 +12,11 @@ class ConfigError(DriftwatchError):
 class RejectedInput(DriftwatchError):
     """An input message is invalid; ``reason`` goes to the dead-letter topic."""
 
-    def __init__(self, reason: str, stage: str = "validate") -> None:
+    def __init__(self, reason: str, stage: str = "validate", code: str = "invalid") -> None:
         super().__init__(reason)
         self.reason = reason
         self.stage = stage
+        self.code = code  # a short, bounded category for metrics: not_json, wrong_type, ...
 
 
 class SnapshotIntegrityError(DriftwatchError):

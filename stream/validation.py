@@ -58,18 +58,21 @@ def decode_object(raw: bytes | None, limits: Limits) -> dict[str, object]:
     stream.exceptions.RejectedInput: not a JSON object: got list
     """
     if raw is None:
-        raise RejectedInput("empty message (null value)", stage="decode")
+        raise RejectedInput("empty message (null value)", stage="decode", code="empty")
     if len(raw) > limits.max_payload_bytes:
         raise RejectedInput(
             f"payload of {len(raw)} bytes exceeds max_payload_bytes={limits.max_payload_bytes}",
             stage="decode",
+            code="oversize",
         )
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise RejectedInput(f"not JSON: {exc}", stage="decode") from None
+        raise RejectedInput(f"not JSON: {exc}", stage="decode", code="not_json") from None
     if not isinstance(obj, dict):
-        raise RejectedInput(f"not a JSON object: got {type(obj).__name__}", stage="decode")
+        raise RejectedInput(
+            f"not a JSON object: got {type(obj).__name__}", stage="decode", code="not_object"
+        )
     return obj
 
 
@@ -88,12 +91,13 @@ def validate_event(
     features = obj.get("features")
     if isinstance(features, dict) and len(features) > limits.max_fields:
         raise RejectedInput(
-            f"features has {len(features)} fields, more than max_fields={limits.max_fields}"
+            f"features has {len(features)} fields, more than max_fields={limits.max_fields}",
+            code="too_many_fields",
         )
     try:
         event = Event.model_validate(obj)
     except ValidationError as exc:
-        raise RejectedInput(_first_error(exc)) from None
+        raise RejectedInput(*_first_error(exc)) from None
     values, quality, missing = _check_features(event.features, specs)
     return ValidEvent(
         event.event_id, event.entity_id, event.ts, values, event.label, quality, missing
@@ -110,9 +114,9 @@ def validate_label(raw: bytes | None, limits: Limits = Limits()) -> Label:
     try:
         label = Label.model_validate(obj)
     except ValidationError as exc:
-        raise RejectedInput(_first_error(exc)) from None
+        raise RejectedInput(*_first_error(exc)) from None
     if isinstance(label.label, float) and not math.isfinite(label.label):
-        raise RejectedInput("label: not a finite number")
+        raise RejectedInput("label: not a finite number", code="non_finite")
     return label
 
 
@@ -140,11 +144,12 @@ def _check_features(
 def _numeric(spec: FeatureSpec, value: object, quality: list[QualityIssue]) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RejectedInput(
-            f"features.{spec.name}: expected a number, got {type(value).__name__} {value!r}"
+            f"features.{spec.name}: expected a number, got {type(value).__name__} {value!r}",
+            code="wrong_type",
         )
     number = float(value)
     if not math.isfinite(number):
-        raise RejectedInput(f"features.{spec.name}: not a finite number")
+        raise RejectedInput(f"features.{spec.name}: not a finite number", code="non_finite")
     if (spec.min is not None and number < spec.min) or (spec.max is not None and number > spec.max):
         quality.append(QualityIssue(spec.name, "out_of_range"))
     return number
@@ -154,20 +159,22 @@ def _categorical(spec: FeatureSpec, value: object, quality: list[QualityIssue]) 
     if not isinstance(value, str):
         raise RejectedInput(
             f"features.{spec.name}: expected a string category, got {type(value).__name__} "
-            f"{value!r}"
+            f"{value!r}",
+            code="wrong_type",
         )
     if spec.categories and value not in spec.categories:
         quality.append(QualityIssue(spec.name, "unseen_category"))
     return value
 
 
-def _first_error(exc: ValidationError) -> str:
+def _first_error(exc: ValidationError) -> tuple[str, str, str]:
+    """(reason, stage, code) of the first problem pydantic found."""
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or "(message)"
     value = err.get("input")
     if err["type"] == "missing":
-        return f"{field}: required field is missing"
+        return f"{field}: required field is missing", "validate", "missing_field"
     shown = repr(value)
     if len(shown) > 80:
         shown = shown[:77] + "..."
-    return f"{field}: {err['msg']} (got {shown})"
+    return f"{field}: {err['msg']} (got {shown})", "validate", "invalid_field"

@@ -1,0 +1,115 @@
+"""Prometheus metrics of a worker. Labels have bounded cardinality: never an entity or event id.
+
+Names follow Prometheus conventions: base units in the name, ``_total`` for counters,
+``_seconds`` for durations. The README lists them with their meaning.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+LAG_BUCKETS = (0.1, 1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 21600, 86400)
+SCORE_BUCKETS = tuple(i / 20 for i in range(1, 20))
+
+
+class Metrics:
+    """Every metric a worker exports, registered on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        p = "driftwatch_"
+        self.events_received = Counter(f"{p}events_received", "Event messages consumed", registry=r)
+        self.events_accepted = Counter(
+            f"{p}events_accepted", "Events that passed validation", registry=r
+        )
+        self.events_rejected = Counter(
+            f"{p}events_rejected",
+            "Input messages sent to the dead-letter topic",
+            ["topic", "stage", "code"],
+            registry=r,
+        )
+        self.events_duplicate = Counter(
+            f"{p}events_duplicate",
+            "Redelivered events (feature windows left unchanged)",
+            registry=r,
+        )
+        self.events_late = Counter(
+            f"{p}events_late",
+            "Events older than the grace period (not added to windows)",
+            registry=r,
+        )
+        self.data_quality = Counter(
+            f"{p}data_quality_issues",
+            "Data-quality problems in accepted events",
+            ["feature", "kind"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{p}batch_size_events", "Events per processed batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.event_latency = Histogram(
+            f"{p}event_to_prediction_seconds",
+            "Event time to prediction published",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            f"{p}batch_processing_seconds",
+            "Wall time to process one batch, by stage",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_seconds = Histogram(
+            f"{p}redis_roundtrip_seconds",
+            "Redis round-trip latency",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.predictions = Counter(
+            f"{p}predictions", "Predictions published", ["model", "prediction"], registry=r
+        )
+        self.score = Histogram(
+            f"{p}prediction_score",
+            "Model score (P(class 1) for binary)",
+            ["model"],
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
+        self.labels_received = Counter(f"{p}labels_received", "Label messages consumed", registry=r)
+        self.labels_joined = Counter(
+            f"{p}labels_joined", "Labels joined to their prediction", registry=r
+        )
+        self.labels_unmatched = Counter(
+            f"{p}labels_unmatched",
+            "Labels with no stored prediction (unknown or expired)",
+            registry=r,
+        )
+        self.predictions_expired = Counter(
+            f"{p}predictions_expired_unlabelled", "Predictions whose label never came", registry=r
+        )
+        self.label_lag = Histogram(
+            f"{p}label_lag_seconds", "Label time minus event time", buckets=LAG_BUCKETS, registry=r
+        )
+        self.learned = Counter(
+            f"{p}model_learned_examples", "Examples learned", ["model"], registry=r
+        )
+        self.model_version = Gauge(
+            f"{p}model_version", "Model version this worker serves", ["model"], registry=r
+        )
+        self.model_info = Info(f"{p}model", "Model served by this worker", registry=r)
+        self.published_version = Gauge(
+            f"{p}model_published_version",
+            "Latest version published by the trainer",
+            ["model"],
+            registry=r,
+        )
+
+    def serve(self, address: str) -> None:
+        """Serve ``/metrics`` on ``host:port`` (port 0 disables)."""
+        host, _, port = address.rpartition(":")
+        if int(port) > 0:
+            start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
