@@ -1,0 +1,120 @@
+"""Redis I/O for the per-entity feature windows of :mod:`stream.features`.
+
+Keys (``prefix`` is ``settings.redis.prefix``):
+
+``{prefix}:fw:{entity_id}``
+    The entity's window state (orjson), with a TTL of the longest window + grace +
+    :data:`STATE_TTL_MARGIN_S`, so an idle entity expires (and its next event starts from no
+    state, ``seconds_since_last = -1.0``).
+``{prefix}:seen:{event_id}``
+    ``b"1"`` once the event was applied, with a TTL of ``windows.dedupe_ttl``: a redelivery
+    within that time is a duplicate. It should exceed the longest redelivery delay.
+
+A batch costs two round trips whatever its size: one ``MGET`` in :meth:`FeatureStore.load`,
+and the writes that :meth:`FeatureStore.stage` adds to the caller's pipeline. Execute that
+pipeline as a transaction (``MULTI``/``EXEC``, redis-py's default) so that a state and the
+dedupe markers of the events in it are written together: a state without its markers would
+count a redelivered event twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+
+from stream.config import FeatureSpec, Settings
+from stream.features import (
+    BatchUpdate,
+    FeatureInput,
+    State,
+    decode_state,
+    encode_state,
+    update_batch,
+)
+
+STATE_TTL_MARGIN_S = 300.0
+"""Seconds an entity state outlives its longest window plus the grace period."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What Redis holds for a batch: the entities' states and the already-applied event ids."""
+
+    states: dict[str, State]
+    seen: frozenset[str]
+
+
+class FeatureStore:
+    """Loads and stages the window states of a batch in Redis.
+
+    Examples
+    --------
+    >>> amount = FeatureSpec(name="amount", windows=("1m", "24h"))
+    >>> settings = Settings(redis={"prefix": "dw"}, features=[amount], windows={"grace": "5m"})
+    >>> store = FeatureStore(aioredis.Redis(), settings)
+    >>> store.state_key("card-42"), store.seen_key("e-1"), store.state_ttl_s  # 24h + 5m + 5m
+    ('dw:fw:card-42', 'dw:seen:e-1', 87000)
+    """
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self._prefix = settings.redis.prefix
+        self._specs = settings.features
+        longest = max((s for f in settings.features for s in f.window_seconds), default=0.0)
+        self._state_ttl_s = math.ceil(longest + settings.windows.grace_s + STATE_TTL_MARGIN_S)
+        self._dedupe_ttl_s = math.ceil(settings.windows.dedupe_ttl_s)
+
+    @property
+    def state_ttl_s(self) -> int:
+        """TTL in seconds of an entity state."""
+        return self._state_ttl_s
+
+    def state_key(self, entity_id: str) -> str:
+        """Redis key of an entity's window state."""
+        return f"{self._prefix}:fw:{entity_id}"
+
+    def seen_key(self, event_id: str) -> str:
+        """Redis key of an event's dedupe marker."""
+        return f"{self._prefix}:seen:{event_id}"
+
+    async def load(self, events: Sequence[FeatureInput]) -> Loaded:
+        """Read the states of the batch's entities and its dedupe markers in one ``MGET``."""
+        if not events:
+            return Loaded({}, frozenset())
+        entities = list(dict.fromkeys(e.entity_id for e in events))
+        event_ids = list(dict.fromkeys(e.event_id for e in events))
+        keys = [self.state_key(e) for e in entities] + [self.seen_key(e) for e in event_ids]
+        raw = await self.redis.mget(keys)
+        states = {e: decode_state(r) for e, r in zip(entities, raw, strict=False)}
+        marks = raw[len(entities) :]
+        seen = frozenset(e for e, m in zip(event_ids, marks, strict=True) if m is not None)
+        return Loaded(states, seen)
+
+    def update(self, loaded: Loaded, events: Sequence[FeatureInput]) -> BatchUpdate:
+        """Apply the batch to the loaded states with the configured features and windows."""
+        return update_batch(loaded.states, loaded.seen, events, self._specs, self.settings.windows)
+
+    def stage(self, pipe: Pipeline, update: BatchUpdate) -> None:
+        """Add the batch's writes to ``pipe``, which the caller executes with its own writes.
+
+        Only changed states and newly applied event ids are written: a replayed batch
+        writes nothing.
+        """
+        for entity, state in update.states.items():
+            pipe.set(self.state_key(entity), encode_state(state), ex=self._state_ttl_s)
+        for event_id in update.applied_ids:
+            pipe.set(self.seen_key(event_id), b"1", ex=self._dedupe_ttl_s)
+
+    async def enrich(self, events: Sequence[FeatureInput]) -> BatchUpdate:
+        """Load, update and write back a batch: for callers with nothing else to write."""
+        update = self.update(await self.load(events), events)
+        if update.states or update.applied_ids:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                self.stage(pipe, update)
+                await pipe.execute()
+        return update
