@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from stream.config import FeatureSpec, Settings
+from stream.config import Settings
 from stream.features import (
     BatchUpdate,
     FeatureInput,
@@ -53,6 +53,7 @@ class FeatureStore:
 
     Examples
     --------
+    >>> from stream.config import FeatureSpec
     >>> amount = FeatureSpec(name="amount", windows=("1m", "24h"))
     >>> settings = Settings(redis={"prefix": "dw"}, features=[amount], windows={"grace": "5m"})
     >>> store = FeatureStore(aioredis.Redis(), settings)

@@ -227,7 +227,7 @@ def encode_state(state: State) -> bytes:
     return orjson.dumps(state)
 
 
-def decode_state(raw: bytes | None) -> State:
+def decode_state(raw: bytes | str | None) -> State:
     """Parse a state read from Redis; ``None`` (no key) gives a new state.
 
     A state of another :data:`STATE_VERSION` is discarded: the windows start afresh.
