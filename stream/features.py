@@ -314,9 +314,10 @@ def update_batch(
 
 
 def _copy(state: State | None) -> State:
+    # buckets are never modified in place (see _add), so copying the lists is enough
     if not state:
         return new_state()
-    windows = {key: [b[:] for b in buckets] for key, buckets in state["w"].items()}
+    windows = {key: list(buckets) for key, buckets in state["w"].items()}
     return {"v": STATE_VERSION, "t": state["t"], "w": windows}
 
 
@@ -338,38 +339,33 @@ def _apply(plan: _Plan, state: State, event: FeatureInput) -> None:
                 continue  # too old for this window, see "Late events"
             buckets = windows.get(window.key)
             if buckets is None:
-                windows[window.key] = [[idx, 1, v, 0.0, v, v]]
+                windows[window.key] = [(idx, 1, v, 0.0, v, v)]
                 continue
             _add(buckets, idx, v)
             while buckets[0][0] <= floor:
                 del buckets[0]
 
 
-def _add(buckets: list[list[Any]], idx: int, v: float) -> None:
-    last = buckets[-1]
-    if last[0] == idx:
-        _welford(last, v)
-    elif last[0] < idx:
-        buckets.append([idx, 1, v, 0.0, v, v])
-    else:  # out of order: the lists are short and sorted
-        pos = bisect_left(buckets, idx, key=lambda b: b[0])
-        if buckets[pos][0] == idx:
-            _welford(buckets[pos], v)
-        else:
-            buckets.insert(pos, [idx, 1, v, 0.0, v, v])
+def _add(buckets: list[Sequence[Any]], idx: int, v: float) -> None:
+    pos = len(buckets) - 1
+    if buckets[pos][0] < idx:
+        buckets.append((idx, 1, v, 0.0, v, v))
+        return
+    if buckets[pos][0] > idx:  # out of order: the lists are short and sorted
+        pos = bisect_left(buckets, idx, key=_index)
+        if buckets[pos][0] != idx:
+            buckets.insert(pos, (idx, 1, v, 0.0, v, v))
+            return
+    # Welford (1962), with the mean kept as sum / count
+    _, n, s, m2, lowest, highest = buckets[pos]
+    delta = v - s / n
+    s += v
+    m2 += delta * (v - s / (n + 1))
+    buckets[pos] = (idx, n + 1, s, m2, v if v < lowest else lowest, v if v > highest else highest)
 
 
-def _welford(bucket: list[Any], v: float) -> None:
-    # Welford (1962) with the mean kept as sum / count
-    n = bucket[1]
-    old_mean = bucket[2] / n
-    bucket[1] = n + 1
-    bucket[2] += v
-    bucket[3] += (v - old_mean) * (v - bucket[2] / (n + 1))
-    if v < bucket[4]:
-        bucket[4] = v
-    elif v > bucket[5]:
-        bucket[5] = v
+def _index(bucket: Sequence[Any]) -> int:
+    return int(bucket[0])
 
 
 def _aggregates(plan: _Plan, state: State | None, ts: int) -> dict[str, float]:
@@ -389,7 +385,7 @@ def _aggregates(plan: _Plan, state: State | None, ts: int) -> dict[str, float]:
 
 
 def _window_aggregate(
-    buckets: list[list[Any]] | None, lo: int, hi: int
+    buckets: list[Sequence[Any]] | None, lo: int, hi: int
 ) -> tuple[float, float, float, float, float, float]:
     """(count, sum, mean, min, max, std) over the buckets with index in (lo, hi]."""
     if not buckets:
@@ -398,16 +394,21 @@ def _window_aggregate(
         buckets = [b for b in buckets if lo < b[0] <= hi]
         if not buckets:
             return _EMPTY
-    if len(buckets) == 1:
-        _, n, s, m2, lowest, highest = buckets[0]
-    else:
-        n = sum(b[1] for b in buckets)
-        s = sum(b[2] for b in buckets)
+    _, n, s, m2, lowest, highest = buckets[0]
+    if len(buckets) > 1:
+        for _, bn, bs, _, blow, bhigh in buckets[1:]:
+            n += bn
+            s += bs
+            if blow < lowest:
+                lowest = blow
+            if bhigh > highest:
+                highest = bhigh
         mean = s / n
-        # Chan et al. (1979): exact merge of per-bucket M2 around the common mean
-        m2 = sum(b[3] + b[1] * (b[2] / b[1] - mean) ** 2 for b in buckets)
-        lowest = min(b[4] for b in buckets)
-        highest = max(b[5] for b in buckets)
+        # Chan, Golub and LeVeque (1979): exact merge of the buckets' M2 around the common mean
+        m2 = 0.0
+        for _, bn, bs, bm2, _, _ in buckets:
+            delta = bs / bn - mean
+            m2 += bm2 + bn * delta * delta
     std = math.sqrt(m2 / n) if n > 1 and m2 > 0.0 else 0.0
     return (float(n), s, s / n, lowest, highest, std)
 
@@ -421,7 +422,7 @@ def _compact(plan: _Plan, state: State) -> None:
         if width is None:
             continue
         floor = clock // width - plan.buckets
-        live = [b for b in buckets if b[0] > floor]
+        live = buckets if buckets[0][0] > floor else [b for b in buckets if b[0] > floor]
         if live:
             kept[key] = live
     state["w"] = kept
