@@ -1,21 +1,55 @@
-"""The Faust application: topics and agents. Agents stay thin: decode, call logic, emit."""
+"""The Faust application: topics and agents. Agents stay thin: decode, call logic, emit.
+
+Delivery is at-least-once: an agent awaits the broker's acknowledgement of every output of
+a batch before the batch's input events are acked (``take_events`` acks after the loop
+body), and Faust commits only acked offsets, after flushing the producer.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
+import redis.asyncio as aioredis
 from faust.types import EventT
 
 from stream.config import Settings
+from stream.exceptions import DriftwatchError
+from stream.metrics import Metrics
+from stream.model import OnlineModel
+from stream.pipeline import (
+    EventProcessor,
+    Incoming,
+    LabelProcessor,
+    Outgoing,
+    now_ms,
+    train_topic_name,
+)
+from stream.prediction_store import PredictionStore
+from stream.snapshots import ModelHolder, SnapshotStore
+from stream.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> faust.App:
+@dataclass
+class Worker:
+    """The app and the long-lived objects its agents share."""
+
+    app: faust.App
+    settings: Settings
+    redis: aioredis.Redis
+    metrics: Metrics
+    holder: ModelHolder
+    trainer: Trainer
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> Worker:
     """Build the Faust app for ``settings``: raw-bytes topics, at-least-once delivery."""
     app = faust.App(
         settings.worker.app_id,
@@ -28,26 +62,106 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         key_serializer="raw",
         value_serializer="raw",
-        broker_commit_every=settings.worker.batch_size,
+        broker_commit_every=max(settings.worker.batch_size, 100),
+        stream_buffer_maxsize=max(4 * settings.worker.batch_size, 4096),
     )
-    events = app.topic(settings.topics.events, key_type=bytes, value_type=bytes)
-    predictions = app.topic(settings.topics.predictions, key_type=bytes, value_type=bytes)
+    redis = aioredis.Redis.from_url(
+        settings.redis.url,
+        password=settings.redis_password.get_secret_value() if settings.redis_password else None,
+    )
+    metrics = metrics or Metrics()
+    store = SnapshotStore.from_settings(redis, settings)
+    trainer = Trainer(settings, store, metrics)
+    holder = ModelHolder(store, trainer.fresh_model())
+    worker = Worker(app, settings, redis, metrics, holder, trainer)
+    _agents(worker)
+    return worker
 
-    @app.agent(events, name="driftwatch.echo")
-    async def echo(stream: faust.StreamT[bytes]) -> None:
-        async for batch in cast(faust.Stream[bytes], stream).take_events(
-            settings.worker.batch_size, within=settings.worker.batch_max_latency_s
-        ):
-            await _publish_all(predictions, batch)
 
-    return app
+def _agents(w: Worker) -> None:
+    app, settings = w.app, w.settings
+    topics = settings.topics
+    events = app.topic(topics.events, key_type=bytes, value_type=bytes)
+    labels = app.topic(topics.labels, key_type=bytes, value_type=bytes)
+    train = app.topic(train_topic_name(settings), key_type=bytes, value_type=bytes, partitions=1)
+    scorer = EventProcessor(settings, w.redis, lambda: _served(w), w.metrics)
+    joiner = LabelProcessor(settings, w.redis, w.metrics)
+    pending = PredictionStore(w.redis, settings.redis.prefix, settings.labels.horizon_s)
+    batch, within = settings.worker.batch_size, settings.worker.batch_max_latency_s
+    train_key = settings.model.name.encode()
+
+    @app.agent(events, name="driftwatch.score")
+    async def score(stream: faust.StreamT[bytes]) -> None:
+        async for evs in cast(faust.Stream[bytes], stream).take_events(batch, within):
+            result = await scorer.process([_incoming(e) for e in evs])
+            examples = [
+                Outgoing(train.get_topic_name(), train_key, x.encode()) for x in result.examples
+            ]
+            await publish(app, [*result.outgoing, *examples])
+            _observe_latency(w, result.scored)
+
+    @app.agent(labels, name="driftwatch.join")
+    async def join(stream: faust.StreamT[bytes]) -> None:
+        async for evs in cast(faust.Stream[bytes], stream).take_events(batch, within):
+            examples, dlq = await joiner.process([_incoming(e) for e in evs])
+            out = [Outgoing(train.get_topic_name(), train_key, x.encode()) for x in examples]
+            await publish(app, [*out, *dlq])
+
+    @app.agent(train, name="driftwatch.train")
+    async def learn(stream: faust.StreamT[bytes]) -> None:
+        from stream.labels import TrainingExample
+
+        async for evs in cast(faust.Stream[bytes], stream).take_events(batch, within):
+            items = [(e.message.offset, TrainingExample.decode(e.value)) for e in evs]
+            if await w.trainer.learn(items) is not None:
+                with contextlib.suppress(DriftwatchError):  # holder.run logs refusals
+                    await w.holder.refresh()
+
+    @app.task
+    async def refresh_model() -> None:
+        await w.holder.run(_seconds(settings.model.poll_interval))
+
+    @app.timer(30.0)
+    async def sweep_expired() -> None:
+        w.metrics.predictions_expired.inc(await pending.sweep_expired(now_ms()))
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types async receivers loosely
+    async def on_assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # the train partition may have been learned on elsewhere meanwhile: re-read the checkpoint
+        w.trainer.model = None
+        w.trainer.last_offset = -1
 
 
-async def _publish_all(topic: faust.TopicT, batch: Sequence[EventT[Any]]) -> None:
-    """Send every event's value and wait until the broker acknowledged all of them.
+def _served(w: Worker) -> OnlineModel:
+    return w.holder.model
 
-    The events of the batch are acked (and so become committable) only after this returns,
-    which gives at-least-once delivery.
-    """
-    futures = [await topic.send(key=ev.key, value=ev.value) for ev in batch]
+
+def _seconds(text: str) -> float:
+    from stream.config import parse_duration
+
+    return parse_duration(text)
+
+
+def _incoming(event: EventT[Any]) -> Incoming:
+    msg = event.message
+    return Incoming(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
+
+
+async def publish(app: faust.App, messages: Sequence[Outgoing]) -> None:
+    """Send ``messages`` and wait until the broker acknowledged every one of them."""
+    producer = app.producer
+    futures: Iterable[Any] = [
+        await producer.send(m.topic, m.key, m.value, None, None, None) for m in messages
+    ]
     await asyncio.gather(*futures)
+
+
+def _observe_latency(w: Worker, scored: Sequence[Any]) -> None:
+    now = now_ms()
+    hist = w.metrics.event_latency
+    model = w.holder.model
+    w.metrics.model_version.labels(model.name).set(model.version)
+    for s in scored:
+        hist.observe(max(0.0, (now - s.event.ts_ms) / 1000.0))
+        w.metrics.predictions.labels(model.name, str(s.prediction)).inc()
+        w.metrics.score.labels(model.name).observe(s.score)

@@ -8,7 +8,8 @@ import sys
 from collections.abc import Sequence
 
 from stream.config import Settings, load_settings
-from stream.exceptions import ConfigError
+from stream.exceptions import ConfigError, DriftwatchError
+from stream.synthetic import Drift
 
 log = logging.getLogger("driftwatch")
 
@@ -28,10 +29,45 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("worker", help="run a worker: consume events and labels, publish predictions")
     sub.add_parser("config", help="validate the configuration and print it with secrets hidden")
-    demo = sub.add_parser("demo", help="produce a synthetic stream and print what comes out")
-    demo.add_argument("--events", type=_positive_int, default=20, help="number of events to send")
-    demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for outputs")
+    demo = sub.add_parser("demo", help="produce a synthetic stream through running workers")
+    demo.add_argument("--events", type=_positive_int, default=20_000, help="events to send")
+    demo.add_argument("--rate", type=float, default=0.0, help="events/s (default: unthrottled)")
+    demo.add_argument(
+        "--label-delay", type=int, default=200, help="send each label this many events later"
+    )
+    demo.add_argument(
+        "--drift",
+        action="append",
+        default=[],
+        type=_drift,
+        metavar="KIND@START[-END]",
+        help="inject drift: mean_shift, variance, category_mix or concept, e.g. concept@8000",
+    )
+    demo.add_argument(
+        "--bad-every", type=int, default=200, help="one malformed event every N (0: none)"
+    )
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for outputs")
+    tail = sub.add_parser("tail", help="print a topic live, one readable line per message")
+    tail.add_argument("what", choices=["predictions", "alerts", "dlq"])
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--limit", type=_positive_int, default=None, help="stop after N messages")
+    model = sub.add_parser("model", help="list, promote or roll back model versions")
+    model.add_argument("action", choices=["versions", "promote", "rollback"])
+    model.add_argument(
+        "version",
+        nargs="?",
+        type=_positive_int,
+        help="promote: the version to serve (pinned); without one, follow the latest again",
+    )
     return parser
+
+
+def _drift(text: str) -> Drift:
+    try:
+        return Drift.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -45,7 +81,8 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -62,11 +99,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "worker":
         return run_worker(settings, args.log_level)
-    if args.command == "demo":
-        from stream.demo import run_demo
+    try:
+        return _run(args, settings)
+    except DriftwatchError as exc:
+        print(f"driftwatch: {exc}", file=sys.stderr)
+        return 1
 
-        return run_demo(settings, events=args.events, timeout=args.timeout)
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "demo":
+        from stream.demo import DemoOptions, run_demo
+
+        host_port = settings.worker.metrics_address.replace("0.0.0.0", "127.0.0.1")  # noqa: S104
+        options = DemoOptions(
+            events=args.events,
+            rate=args.rate,
+            label_delay=args.label_delay,
+            bad_every=args.bad_every,
+            drifts=tuple(args.drift),
+            seed=args.seed,
+            timeout=args.timeout,
+            metrics_url=f"http://{host_port}/metrics",
+        )
+        return run_demo(settings, options)
+    if args.command == "tail":
+        from stream.tail import run_tail
+
+        return run_tail(settings, args.what, args.from_beginning, args.limit)
+    if args.command == "model":
+        return _model_command(settings, args.action, args.version)
     raise AssertionError(f"unhandled command {args.command}")  # argparse guarantees a choice
+
+
+def _model_command(settings: Settings, action: str, version: int | None) -> int:
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from stream import snapshots
+
+    async def go() -> list[str]:
+        client = aioredis.Redis.from_url(
+            settings.redis.url,
+            password=settings.redis_password.get_secret_value()
+            if settings.redis_password
+            else None,
+        )
+        try:
+            store = snapshots.SnapshotStore.from_settings(client, settings)
+            if action == "versions":
+                return await snapshots.list_versions(store)
+            if action == "promote":
+                return [await snapshots.promote(store, version)]
+            return [await snapshots.rollback(store)]
+        finally:
+            await client.aclose()
+
+    print("\n".join(asyncio.run(go())))
+    return 0
 
 
 def run_worker(settings: Settings, log_level: str) -> int:
@@ -78,9 +168,21 @@ def run_worker(settings: Settings, log_level: str) -> int:
     from stream.topics import ensure_topics
 
     log.info("effective configuration: %s", settings.redacted())
+    if settings.snapshot_key is None:
+        print(
+            "driftwatch: DRIFTWATCH_SNAPSHOT_KEY is not set; model snapshots are signed with it "
+            "and cannot be published or loaded without it",
+            file=sys.stderr,
+        )
+        return 2
     asyncio.run(ensure_topics(settings))
-    app = create_app(settings)
-    worker = faust.Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False)
+    worker_ = create_app(settings)
+    try:
+        worker_.metrics.serve(settings.worker.metrics_address)
+    except ConfigError as exc:
+        print(f"driftwatch: {exc}", file=sys.stderr)
+        return 2
+    worker = faust.Worker(worker_.app, loglevel=log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()  # returns only via SystemExit
     return 0
 

@@ -24,7 +24,7 @@ class PendingPrediction:
     ts_ms: int
     x: dict[str, float | str]
     model_version: int
-    prediction: int | float | str
+    prediction: int | float | str | None
     score: float
     processed_at_ms: int
 
@@ -46,7 +46,7 @@ class TrainingExample:
     event_ts_ms: int
     label_ts_ms: int
     model_version: int
-    prediction: int | float | str
+    prediction: int | float | str | None
     score: float
 
     def encode(self) -> bytes:

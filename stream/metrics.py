@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
+from stream.exceptions import ConfigError
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 LAG_BUCKETS = (0.1, 1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 21600, 86400)
@@ -111,5 +113,12 @@ class Metrics:
     def serve(self, address: str) -> None:
         """Serve ``/metrics`` on ``host:port`` (port 0 disables)."""
         host, _, port = address.rpartition(":")
-        if int(port) > 0:
+        if int(port) == 0:
+            return
+        try:
             start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(
+                f"worker.metrics_address {address!r}: cannot listen there ({exc.strerror}); "
+                "another worker on this machine needs another port"
+            ) from None

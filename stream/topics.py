@@ -19,9 +19,14 @@ from stream.config import Settings
 log = logging.getLogger(__name__)
 
 
-def topic_names(settings: Settings) -> list[str]:
+def topic_partitions(settings: Settings) -> dict[str, int]:
+    """Every topic the worker uses, with its partition count."""
+    from stream.pipeline import train_topic_name
+
     t = settings.topics
-    return [t.events, t.labels, t.predictions, t.alerts, t.dlq]
+    topics = {name: t.partitions for name in (t.events, t.labels, t.predictions, t.alerts, t.dlq)}
+    topics[train_topic_name(settings)] = 1  # one partition: one learner, in arrival order
+    return topics
 
 
 async def ensure_topics(settings: Settings, replication: int = 1) -> list[str]:
@@ -30,9 +35,10 @@ async def ensure_topics(settings: Settings, replication: int = 1) -> list[str]:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [name for name in topic_names(settings) if name not in existing]
+        wanted = topic_partitions(settings)
+        missing = [name for name in wanted if name not in existing]
         if missing:
-            new = [NewTopic(n, settings.topics.partitions, replication) for n in missing]
+            new = [NewTopic(n, wanted[n], replication) for n in missing]
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
                 await admin.create_topics(new)
             log.info("created topics %s with %d partitions", missing, settings.topics.partitions)

@@ -26,7 +26,9 @@ def settings(kafka_bootstrap: str, redis_url: str, uid: str) -> Settings:
             partitions=4,
         ),
         redis=RedisSettings(url=redis_url, prefix=f"test-{uid}"),
-        worker=WorkerSettings(app_id=f"driftwatch-test-{uid}", batch_max_latency="20ms"),
+        worker=WorkerSettings(
+            app_id=f"driftwatch-test-{uid}", batch_max_latency="20ms", metrics_address="127.0.0.1:0"
+        ),
     )
     asyncio.run(ensure_topics(settings))
     return settings
@@ -38,7 +40,11 @@ def worker_factory(settings: Settings, tmp_path: Path) -> Iterator[type[WorkerPr
     started: list[WorkerProcess] = []
 
     def start(config: Settings | None = None, name: str = "worker") -> WorkerProcess:
-        proc = WorkerProcess(config or settings, tmp_path / f"{name}-{len(started)}")
+        proc = WorkerProcess(
+            config or settings,
+            tmp_path / f"{name}-{len(started)}",
+            {"DRIFTWATCH_SNAPSHOT_KEY": "integration-test-key"},
+        )
         started.append(proc)
         proc.start()
         return proc

@@ -21,7 +21,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTWATCH_")}
     dumped = settings.model_dump(mode="json")
     for section, value in dumped.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict | list):
             env[f"DRIFTWATCH_{section.upper()}"] = _json(value)
     for secret in ("redis_password", "kafka_sasl_password", "snapshot_key"):
         field = getattr(settings, secret)

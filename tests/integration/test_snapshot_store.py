@@ -1,0 +1,290 @@
+"""SnapshotStore and ModelHolder against the real Redis server: no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio
+
+from stream.config import ModelSettings
+from stream.exceptions import SnapshotIntegrityError, SnapshotNotFoundError
+from stream.model import OnlineModel, create_model
+from stream.snapshots import ModelHolder, SnapshotStore, list_versions, promote, rollback
+
+pytestmark = pytest.mark.integration
+
+KEY = b"integration-test-key"
+PROBES = [{"amount": float(a), "hour": a % 24} for a in range(0, 100, 9)]
+
+
+@pytest.fixture
+async def client(redis_url: str, uid: str) -> AsyncIterator[redis.asyncio.Redis]:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    yield client
+    keys = [key async for key in client.scan_iter(f"test-{uid}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+def store(client: redis.asyncio.Redis, uid: str) -> SnapshotStore:
+    return SnapshotStore(client, f"test-{uid}", "fraud", KEY, keep_versions=3)
+
+
+def fresh() -> OnlineModel:
+    return create_model(ModelSettings(name="fraud"), [])
+
+
+def learned(model: OnlineModel, n: int, start: int = 0) -> OnlineModel:
+    for i in range(start, start + n):
+        model.learn({"amount": float(i % 100), "hour": i % 24}, int(i % 100 > 50))
+    return model
+
+
+async def test_publish_then_load_the_current_and_an_older_version(store: SnapshotStore) -> None:
+    assert await store.current_version() is None
+    with pytest.raises(SnapshotNotFoundError, match="no published version"):
+        await store.load()
+    model = learned(fresh(), 100)
+    first = model.predict_many(PROBES)
+    assert await store.publish(model, {"offset": 99}) == 1
+    learned(model, 100, start=100)
+    assert await store.publish(model, {"offset": 199}) == 2
+    assert model.version == 0  # the caller's model is not changed
+    current = await store.load()
+    assert (current.version, current.n_learned) == (2, 200)
+    assert current.predict_many(PROBES) == model.predict_many(PROBES)
+    older = await store.load(1)
+    assert older.version == 1 and older.predict_many(PROBES) == first
+    with pytest.raises(SnapshotNotFoundError, match="version 9 of model 'fraud' does not exist"):
+        await store.load(9)
+
+
+async def test_versions_lists_metadata_oldest_first(store: SnapshotStore) -> None:
+    model = fresh()
+    for offset in (10, 20):
+        await store.publish(learned(model, 10), {"offset": offset, "partition": 0})
+    infos = await store.versions()
+    assert [(i.version, i.n_learned, i.valid) for i in infos] == [(1, 10, True), (2, 20, True)]
+    assert infos[1].meta == {"offset": 20, "partition": 0}
+    assert infos[1].task == "binary" and infos[1].pipeline == "logistic_regression"
+    assert infos[0].created_at <= infos[1].created_at
+
+
+async def test_concurrent_publishes_get_distinct_versions(store: SnapshotStore) -> None:
+    model = learned(fresh(), 10)
+    versions = await asyncio.gather(*(store.publish(model) for _ in range(8)))
+    assert sorted(versions) == list(range(1, 9))
+    assert await store.current_version() == 8  # the newest wins, whatever order they land in
+    assert [i.version for i in await store.versions()] == [6, 7, 8]  # keep_versions=3
+
+
+async def test_old_versions_are_pruned_but_never_the_current_one(
+    store: SnapshotStore, client: redis.asyncio.Redis
+) -> None:
+    model = fresh()
+    for _ in range(5):
+        await store.publish(learned(model, 5))
+    assert [i.version for i in await store.versions()] == [3, 4, 5]
+    assert not await client.exists(store.version_key(1), store.version_key(2))
+    assert await store.promote(3) == 3  # pinned: stays current while newer ones arrive
+    for _ in range(3):
+        await store.publish(learned(model, 5))
+    assert [i.version for i in await store.versions()] == [3, 6, 7, 8]
+    assert await store.current_version() == 3
+    assert (await store.load()).version == 3
+
+
+async def test_promote_pins_and_promote_without_version_follows_again(
+    store: SnapshotStore,
+) -> None:
+    model = fresh()
+    for _ in range(3):
+        await store.publish(learned(model, 5))
+    assert await store.promote(2) == 2
+    assert (await store.current_version(), await store.pinned_version()) == (2, 2)
+    assert await store.publish(learned(model, 5)) == 4
+    assert await store.current_version() == 2  # the trainer does not undo an operator's choice
+    assert await store.promote() == 4
+    assert (await store.current_version(), await store.pinned_version()) == (4, None)
+    assert await store.publish(learned(model, 5)) == 5
+    assert await store.current_version() == 5
+    with pytest.raises(SnapshotNotFoundError, match="version 1 of model 'fraud' does not exist"):
+        await store.promote(1)  # pruned (keep_versions=3)
+
+
+async def test_rollback_steps_back_one_stored_version_at_a_time(store: SnapshotStore) -> None:
+    model = fresh()
+    for _ in range(3):
+        await store.publish(learned(model, 5))
+    assert await store.rollback() == 2
+    assert await store.rollback() == 1
+    assert (await store.load()).version == 1
+    with pytest.raises(SnapshotNotFoundError, match="no stored version older than 1"):
+        await store.rollback()
+
+
+async def test_rollback_with_nothing_published(store: SnapshotStore) -> None:
+    with pytest.raises(SnapshotNotFoundError, match="no published version"):
+        await store.rollback()
+
+
+async def flip_model_byte(client: redis.asyncio.Redis, key: str) -> None:
+    blob = bytearray(await client.hget(key, "model") or b"")
+    blob[len(blob) // 2] ^= 0x01
+    await client.hset(key, "model", bytes(blob))
+
+
+async def test_a_record_tampered_in_redis_is_refused(
+    store: SnapshotStore, client: redis.asyncio.Redis
+) -> None:
+    model = learned(fresh(), 20)
+    for _ in range(3):
+        await store.publish(model)
+    await flip_model_byte(client, store.version_key(3))
+    with pytest.raises(SnapshotIntegrityError, match="version 3 .* failed its HMAC check"):
+        await store.load()
+    await client.hset(store.version_key(2), "meta", b'{"kind":"version","name":"fraud"}')
+    with pytest.raises(SnapshotIntegrityError, match="failed its HMAC check"):
+        await store.load(2)
+    await client.hdel(store.version_key(1), "sig")
+    with pytest.raises(SnapshotIntegrityError, match="has no signature"):
+        await store.load(1)
+    assert [(i.version, i.valid) for i in await store.versions()] == [
+        (1, False),
+        (2, False),
+        (3, False),
+    ]
+    with pytest.raises(SnapshotIntegrityError):
+        await store.promote(1)  # an operator cannot make a bad record current either
+    assert await store.current_version() == 3
+
+
+async def test_a_record_copied_to_another_version_is_refused(
+    store: SnapshotStore, client: redis.asyncio.Redis
+) -> None:
+    model = fresh()
+    await store.publish(learned(model, 5))
+    await store.publish(learned(model, 5))
+    await client.copy(store.version_key(1), store.version_key(2), replace=True)
+    with pytest.raises(SnapshotIntegrityError, match="moved from another key"):
+        await store.load(2)
+
+
+async def test_a_store_with_another_or_no_key_refuses(
+    store: SnapshotStore, client: redis.asyncio.Redis
+) -> None:
+    await store.publish(learned(fresh(), 5))
+    other = SnapshotStore(client, store.prefix, "fraud", b"another-key")
+    with pytest.raises(SnapshotIntegrityError, match="failed its HMAC check"):
+        await other.load()
+    keyless = SnapshotStore(client, store.prefix, "fraud", b"")
+    with pytest.raises(SnapshotIntegrityError, match="DRIFTWATCH_SNAPSHOT_KEY"):
+        await keyless.load()
+    with pytest.raises(SnapshotIntegrityError, match="DRIFTWATCH_SNAPSHOT_KEY"):
+        await keyless.publish(learned(fresh(), 5))
+    assert await store.current_version() == 1  # the refused publish took no version
+
+
+async def test_two_holders_serve_the_same_newly_published_version(
+    store: SnapshotStore, client: redis.asyncio.Redis, uid: str
+) -> None:
+    # two scorers, each with its own connection, as two workers would have
+    other_client = redis.asyncio.Redis(connection_pool=redis.asyncio.ConnectionPool(
+        **client.connection_pool.connection_kwargs))  # fmt: skip
+    try:
+        other = SnapshotStore(other_client, f"test-{uid}", "fraud", KEY)
+        holders = [ModelHolder(store, fresh()), ModelHolder(other, fresh())]
+        assert [await h.refresh() for h in holders] == [False, False]
+        trainer = learned(fresh(), 200)
+        version = await store.publish(trainer, {"offset": 199})
+        assert [await h.refresh() for h in holders] == [True, True]
+        assert [h.model.version for h in holders] == [version, version]
+        served = [h.model.predict_many(PROBES) for h in holders]
+        assert served[0] == served[1] == trainer.predict_many(PROBES)
+        assert [await h.refresh() for h in holders] == [False, False]
+        await store.publish(learned(trainer, 50))
+        await store.rollback()  # an operator rolls back: every holder follows
+        assert [await h.refresh() for h in holders] == [True, True]
+        assert [h.model.version for h in holders] == [version, version]
+    finally:
+        await other_client.aclose()
+
+
+async def test_a_holder_keeps_serving_when_the_new_version_is_tampered(
+    store: SnapshotStore, client: redis.asyncio.Redis
+) -> None:
+    holder = ModelHolder(store, fresh())
+    await store.publish(learned(fresh(), 20))
+    await holder.refresh()
+    await store.publish(learned(fresh(), 40))
+    await flip_model_byte(client, store.version_key(2))
+    with pytest.raises(SnapshotIntegrityError):
+        await holder.refresh()
+    assert await holder.refresh() is False  # refused once, not reloaded on every poll
+    assert holder.model.version == 1
+
+
+async def test_holder_run_picks_up_a_new_version_within_the_poll_interval(
+    store: SnapshotStore,
+) -> None:
+    holder = ModelHolder(store, fresh())
+    task = asyncio.create_task(holder.run(0.05))
+    try:
+        version = await store.publish(learned(fresh(), 20))
+        async with asyncio.timeout(5):
+            while holder.model.version != version:
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_checkpoint_round_trip(store: SnapshotStore, client: redis.asyncio.Redis) -> None:
+    assert await store.load_checkpoint() is None
+    model = learned(fresh(), 120)
+    await store.save_checkpoint(model, {"offset": 119, "partition": 0})
+    learned(model, 30, start=120)
+    await store.save_checkpoint(model, {"offset": 149, "partition": 0})  # overwrites
+    restored = await store.load_checkpoint()
+    assert restored is not None
+    again, info = restored
+    assert info.meta == {"offset": 149, "partition": 0} and again.n_learned == 150
+    assert again.predict_many(PROBES) == model.predict_many(PROBES)
+    # a checkpoint is not a published version
+    assert await store.current_version() is None and await store.versions() == []
+    await flip_model_byte(client, store.checkpoint_key)
+    with pytest.raises(SnapshotIntegrityError, match="checkpoint of model 'fraud' failed"):
+        await store.load_checkpoint()
+
+
+async def test_cli_hooks_print_rows(store: SnapshotStore, client: redis.asyncio.Redis) -> None:
+    assert len(await list_versions(store)) == 1  # the header: nothing published yet
+    model = fresh()
+    for offset in (4, 9):
+        await store.publish(learned(model, 5), {"offset": offset})
+    rows = await list_versions(store)
+    assert rows[0].split() == [
+        "VERSION",
+        "CREATED",
+        "(UTC)",
+        "LEARNED",
+        "PIPELINE",
+        "CHECK",
+        "META",
+    ]
+    assert rows[1].split()[0] == "1" and rows[2].split()[:2] == ["*", "2"]
+    assert rows[2].split()[4:] == ["10", "binary/logistic_regression", "ok", '{"offset":9}']
+    assert await rollback(store) == "model 'fraud': rolled back from version 2 to 1 (pinned)"
+    rows = await list_versions(store)
+    assert rows[1].startswith("*") and "pinned" in rows[-1]
+    assert await promote(store) == (
+        "model 'fraud': version 2 is current; following new versions (was 1)"
+    )
+    assert await promote(store, 1) == "model 'fraud': version 1 is current and pinned (was 2)"
+    await flip_model_byte(client, store.version_key(2))
+    assert "BAD" in (await list_versions(store))[2]
