@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -14,7 +15,7 @@ from scipy.stats import _stats_py
 
 from detectors.calibration import smoothed_bootstrap
 from detectors.validation import finite_1d
-from detectors.window import SortedWindowDetector
+from detectors.window import SortedWindow, SortedWindowDetector
 
 #: scipy.stats.ks_2samp(method="auto") uses the exact distribution up to this sample size.
 _MAX_EXACT_N = 10_000
@@ -95,15 +96,67 @@ def _p_value_only(statistic: float, n: int, m: int) -> float:
     return ks_p_value(statistic, n, m)[1]
 
 
+@dataclass(frozen=True)
+class KSReference:
+    """A sorted reference and the CDF values of its *slots*.
+
+    A value ``x`` maps to slot ``kl + kr`` (``kl = #{ref < x}``, ``kr = #{ref <= x}``): values in
+    the same gap between reference values share the slot ``2 kl``, a value equal to a reference
+    value gets its own slot.  The KS statistic only depends on the window's sorted slots (the
+    ECDF difference is extremal at the ends of a gap), so a window of slots needs no search.
+    """
+
+    sorted: NDArray[np.float64]
+    cdf_at: NDArray[np.float64]
+    cdf_below: NDArray[np.float64]
+
+    @classmethod
+    def from_values(cls, values: NDArray[np.float64]) -> KSReference:
+        """Sort ``values`` and tabulate ``kr / n`` and ``kl / n`` for every slot."""
+        ordered = np.sort(values)
+        n = ordered.size
+        slots = np.arange(2 * n + 1)
+        below, at = slots // 2, slots // 2
+        _, first, count = np.unique(ordered, return_index=True, return_counts=True)
+        below[first + first + count], at[first + first + count] = first, first + count
+        return cls(ordered, at / n, below / n)
+
+    def slots(self, values: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Slot of each value (as floats, to live in a :class:`SortedWindow`)."""
+        left = self.sorted.searchsorted(values, side="left")
+        right = self.sorted.searchsorted(values, side="right")
+        slots: NDArray[np.float64] = (left + right).astype(np.float64)
+        return slots
+
+
+def ks_slot_statistic(ref: KSReference, rows: NDArray[np.float64]) -> NDArray[np.float64]:
+    """KS statistic of each sorted row of slots (see :class:`KSReference`).
+
+    Same candidates and the same floats as :func:`ks_sorted_statistic`, read from tables.
+    """
+    m = rows.shape[-1]
+    steps = np.arange(m + 1) / m
+    index = rows.astype(np.intp)
+    after = np.abs(ref.cdf_at[index] - steps[1:])
+    before = np.abs(ref.cdf_below[index] - steps[:-1])
+    if m > 1:
+        new = rows[..., 1:] != rows[..., :-1]
+        edge = np.ones(rows.shape[:-1] + (1,), dtype=bool)
+        after = np.where(np.concatenate([new, edge], axis=-1), after, 0.0)
+        before = np.where(np.concatenate([edge, new], axis=-1), before, 0.0)
+    result: NDArray[np.float64] = np.maximum(after.max(axis=-1), before.max(axis=-1))
+    return result
+
+
 class KSDetector(SortedWindowDetector):
     """Streaming two-sample KS test of sliding windows against a fixed reference.
 
-    The statistic of each window equals :func:`ks` on the same values; it is computed from a
-    window kept sorted incrementally (:class:`~detectors.window.SortedWindow`), at a cost of
-    two binary searches of the window into the reference per check.  ``p_value`` on the result
-    is :func:`ks`'s (exact, so computed lazily).  The threshold on the statistic is calibrated
-    to ``ert`` (:mod:`detectors.calibration`).  See :class:`~detectors.base.Detector` for the
-    parameters.
+    The statistic of each window equals :func:`ks` on the same values; values are mapped to
+    reference slots on arrival (:class:`KSReference`) and kept sorted incrementally
+    (:class:`~detectors.window.SortedWindow`), so a check is a few table look-ups.
+    ``p_value`` on the result is :func:`ks`'s (exact, so computed lazily).  The threshold on
+    the statistic is calibrated to ``ert`` (:mod:`detectors.calibration`).  See
+    :class:`~detectors.base.Detector` for the parameters.
 
     Examples
     --------
@@ -121,22 +174,25 @@ class KSDetector(SortedWindowDetector):
     name = "ks"
 
     def _fit_reference(self, reference: Any) -> None:
-        self._state = np.sort(finite_1d("reference", reference))
+        self._state = KSReference.from_values(finite_1d("reference", reference))
 
     def _encode(self, name: str, values: Any) -> NDArray[np.float64]:
-        return finite_1d(name, values)
+        return self._state.slots(finite_1d(name, values))
 
     def _simulate(
         self, rng: np.random.Generator, size: int
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        reference = self._state
-        pseudo = np.sort(smoothed_bootstrap(reference, reference.size, rng))
-        return pseudo, smoothed_bootstrap(reference, size, rng)
+    ) -> tuple[KSReference, NDArray[np.float64]]:
+        reference = self._state.sorted
+        pseudo = KSReference.from_values(smoothed_bootstrap(reference, reference.size, rng))
+        return pseudo, pseudo.slots(smoothed_bootstrap(reference, size, rng))
 
     def _sorted_statistic(
-        self, state: NDArray[np.float64], rows: NDArray[np.float64]
+        self, state: KSReference, rows: NDArray[np.float64]
     ) -> NDArray[np.float64]:
-        return ks_sorted_statistic(state, rows)
+        return ks_slot_statistic(state, rows)
+
+    def _window_statistic(self, window: SortedWindow) -> float:
+        return float(ks_slot_statistic(self._state, window.sorted))
 
     def _p_value_fn(self, statistic: float, window: int) -> Callable[[], float] | None:
-        return partial(_p_value_only, statistic, self._state.size, window)
+        return partial(_p_value_only, statistic, self._state.sorted.size, window)

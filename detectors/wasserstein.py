@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from detectors.calibration import smoothed_bootstrap
 from detectors.validation import finite_1d
-from detectors.window import SortedWindowDetector
+from detectors.window import SortedWindow, SortedWindowDetector
 
 
 def wasserstein(reference: Any, current: Any) -> float:
@@ -48,10 +48,12 @@ class WassersteinReference:
     sorted: NDArray[np.float64]
     center: float
     prefix: NDArray[np.float64] = field(init=False)
-    _p_grid: dict[int, NDArray[np.float64]] = field(init=False, default_factory=dict)
+    scaled: NDArray[np.float64] = field(init=False)
+    _grids: dict[int, WindowGrid] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.prefix = np.concatenate([[0.0], np.cumsum(self.sorted)])
+        self.scaled = self.prefix / self.sorted.size
 
     @classmethod
     def from_values(cls, values: NDArray[np.float64]) -> WassersteinReference:
@@ -60,38 +62,75 @@ class WassersteinReference:
         center = float(ordered[ordered.size // 2])
         return cls(sorted=ordered - center, center=center)
 
-    def p_grid(self, m: int) -> NDArray[np.float64]:
-        """``P(i / m)`` for ``i = 0..m``."""
-        if m not in self._p_grid:
+    def grid(self, m: int) -> WindowGrid:
+        """Constants of the quantile form for windows of ``m`` values (cached)."""
+        if m not in self._grids:
             n = self.sorted.size
             i = np.arange(m + 1)
             k = (i * n) // m
             frac = (i * n - k * m) / (m * n)
-            upper = np.append(self.sorted, 0.0)[k]
-            self._p_grid[m] = self.prefix[k] / n + frac * upper
-        return self._p_grid[m]
+            p = self.prefix[k] / n + frac * np.append(self.sorted, 0.0)[k]
+            self._grids[m] = WindowGrid(i[:-1] / m, i[1:] / m, p[:-1], p[1:], n)
+        return self._grids[m]
+
+
+@dataclass
+class WindowGrid:
+    """``u``-intervals ``(low, high]`` of the i-th of ``m`` sorted values and ``P`` at both ends."""
+
+    low: NDArray[np.float64]
+    high: NDArray[np.float64]
+    p_low: NDArray[np.float64]
+    p_high: NDArray[np.float64]
+    n: int
+    p_width: NDArray[np.float64] = field(init=False)
+    rank_low: NDArray[np.int64] = field(init=False)
+    rank_span: NDArray[np.uint64] = field(init=False)
+
+    def __post_init__(self) -> None:
+        m, n = self.low.size, self.n
+        self.p_width = self.p_high - self.p_low
+        # q = rank / n in (i/m, (i+1)/m)  <=>  floor(i n / m) < rank < ceil((i+1) n / m)
+        i = np.arange(m, dtype=np.int64)
+        low = (i * n) // m + 1
+        high = -((-(i + 1) * n) // m) - 1
+        empty = high < low
+        # an empty range gets a low bound above every rank: rank - low wraps to a huge unsigned
+        self.rank_low = np.where(empty, n + 1, low)
+        self.rank_span = np.where(empty, 0, high - low).astype(np.uint64)
 
 
 def wasserstein_sorted_statistic(
-    ref: WassersteinReference, rows: NDArray[np.float64]
+    ref: WassersteinReference,
+    rows: NDArray[np.float64],
+    rank: NDArray[np.int64] | None = None,
 ) -> NDArray[np.float64]:
     """W1 of each sorted row of centred values against ``ref``, in O(m log n) per row.
 
-    Quantile form ``W1 = integral_0^1 |Q_cur(u) - Q_ref(u)| du``: the i-th sorted value ``x``
-    owns ``u`` in ``(a, b] = (i/m, (i+1)/m]``, where ``Q_ref <= x`` exactly up to
-    ``c = clip(#{ref <= x} / n, a, b)``, hence
-    ``integral_a^b |x - Q_ref| = x (2c - a - b) + P(a) + P(b) - 2 P(c)``.
+    Quantile form ``W1 = integral_0^1 |Q_cur(u) - Q_ref(u)| du``: the i-th of ``m`` sorted
+    values ``x`` owns ``u`` in ``(a, b] = (i/m, (i+1)/m]`` and ``Q_ref <= x`` exactly for
+    ``u <= q = #{ref <= x} / n``.  When ``q`` is outside ``(a, b)`` the piece is
+    ``|x / m - (P(b) - P(a))|`` with ``P(v) = integral_0^v Q_ref``; otherwise it is
+    ``x (2q - a - b) + P(a) + P(b) - 2 P(q)``.  Summing small non-negative pieces keeps the
+    result within ~1e-13 relative of scipy's.  ``rank`` may pass ``#{ref <= x}`` precomputed.
     """
     n, m = ref.sorted.size, rows.shape[-1]
-    p_grid = ref.p_grid(m)
-    grid = np.arange(m + 1) / m
-    low, high = grid[:-1], grid[1:]
-    rank = ref.sorted.searchsorted(rows, side="right")
-    q = rank / n
-    c = np.clip(q, low, high)
-    p_c = np.where(q < low, p_grid[:-1], np.where(q > high, p_grid[1:], ref.prefix[rank] / n))
-    terms = rows * (2 * c - low - high) + (p_grid[:-1] + p_grid[1:]) - 2 * p_c
-    result: NDArray[np.float64] = terms.sum(axis=-1)
+    grid = ref.grid(m)
+    if rank is None:
+        rank = ref.sorted.searchsorted(rows, side="right")
+    pieces = np.abs(rows * (1.0 / m) - grid.p_width)
+    # lo <= rank <= hi as one unsigned comparison
+    inside = np.nonzero((rank - grid.rank_low).view(np.uint64) <= grid.rank_span)
+    if inside[0].size:
+        col = inside[-1]
+        x, k = rows[inside], rank[inside]
+        q = k / n
+        pieces[inside] = (
+            x * (2 * q - grid.low[col] - grid.high[col])
+            + (grid.p_low[col] + grid.p_high[col])
+            - 2 * ref.scaled[k]
+        )
+    result: NDArray[np.float64] = pieces.sum(axis=-1)
     return result
 
 
@@ -165,3 +204,10 @@ class WassersteinDetector(SortedWindowDetector):
         self, state: WassersteinReference, rows: NDArray[np.float64]
     ) -> NDArray[np.float64]:
         return wasserstein_sorted_statistic(state, rows)
+
+    def _tags(self, encoded: NDArray[np.float64]) -> NDArray[np.int64]:
+        tags: NDArray[np.int64] = self._state.sorted.searchsorted(encoded, side="right")
+        return tags
+
+    def _window_statistic(self, window: SortedWindow) -> float:
+        return float(wasserstein_sorted_statistic(self._state, window.sorted, window.tags))

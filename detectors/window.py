@@ -27,72 +27,108 @@ from detectors.base import Detector
 
 
 class SortedWindow:
-    """The last ``size`` values, in arrival order and sorted."""
+    """The last ``size`` keys, in arrival order and sorted, each with an optional integer tag.
+
+    The tag (e.g. the key's rank in the reference) travels with its key through the sort, so
+    a statistic can read both without a search.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._ring = np.empty(size)
+        self._ring_tags = np.zeros(size, dtype=np.int64)
         self._sorted = np.empty(size)
+        self._tags = np.zeros(size, dtype=np.int64)
         self._head = 0
         self._count = 0
 
     @property
     def full(self) -> bool:
-        """Whether ``size`` values have been pushed."""
+        """Whether ``size`` keys have been pushed."""
         return self._count == self.size
 
     @property
     def sorted(self) -> NDArray[np.float64]:
-        """The values currently in the window, sorted (a view: do not modify)."""
+        """The keys currently in the window, sorted (a view: do not modify)."""
         return self._sorted[: self._count]
 
+    @property
+    def tags(self) -> NDArray[np.int64]:
+        """The tags of :attr:`sorted`, in the same order (a view: do not modify)."""
+        return self._tags[: self._count]
+
     def values(self) -> NDArray[np.float64]:
-        """The values currently in the window, oldest first (a copy)."""
+        """The keys currently in the window, oldest first (a copy)."""
         if self._count < self.size:
             return self._ring[: self._count].copy()
         return np.roll(self._ring, -self._head)
 
-    def push(self, values: NDArray[np.float64]) -> None:
-        """Append ``values``, evicting the oldest ones once the window is full."""
-        if len(values) > max(2, self.size // 64):
-            self._push_many(values)
+    def push(self, keys: NDArray[np.float64], tags: NDArray[np.int64] | None = None) -> None:
+        """Append ``keys`` (and their ``tags``), evicting the oldest once the window is full."""
+        if tags is None:
+            tags = np.zeros(len(keys), dtype=np.int64)
+        if len(keys) > self.size // 8 or self._count + len(keys) <= self.size:
+            self._push_many(keys, tags)
+        elif len(keys) > 6 and self.full:
+            self._push_some(keys, tags)
         else:
-            for value in values.tolist():
-                self._push_one(value)
+            for key, tag in zip(keys.tolist(), tags.tolist(), strict=True):
+                self._push_one(key, tag)
 
-    def _push_one(self, value: float) -> None:
-        ordered = self._sorted
+    def _push_one(self, key: float, tag: int) -> None:
+        ordered, tags = self._sorted, self._tags
         if self._count < self.size:
-            at = int(ordered[: self._count].searchsorted(value))
-            ordered[at + 1 : self._count + 1] = ordered[at : self._count]
-            ordered[at] = value
-            self._ring[self._count] = value
-            self._count += 1
+            self._push_many(np.array([key]), np.array([tag]))
             return
         old = self._ring[self._head]
-        self._ring[self._head] = value
+        self._ring[self._head] = key
+        self._ring_tags[self._head] = tag
         self._head = (self._head + 1) % self.size
         out = int(ordered.searchsorted(old))
-        at = int(ordered.searchsorted(value))
+        at = int(ordered.searchsorted(key))
+        # One memmove of the keys (and tags) between the evicted and the new position.
         if at > out:
             ordered[out : at - 1] = ordered[out + 1 : at]
-            ordered[at - 1] = value
+            tags[out : at - 1] = tags[out + 1 : at]
+            at -= 1
         else:
             ordered[at + 1 : out + 1] = ordered[at:out]
-            ordered[at] = value
+            tags[at + 1 : out + 1] = tags[at:out]
+        ordered[at] = key
+        tags[at] = tag
 
-    def _push_many(self, values: NDArray[np.float64]) -> None:
-        values = values[-self.size :]
+    def _push_some(self, keys: NDArray[np.float64], tags: NDArray[np.int64]) -> None:
+        slots = (self._head + np.arange(len(keys))) % self.size
+        old = np.sort(self._ring[slots])
+        self._ring[slots] = keys
+        self._ring_tags[slots] = tags
+        self._head = (self._head + len(keys)) % self.size
+        # Distinct positions for evicted duplicates: first copy + rank among equal evictees.
+        position = self._sorted.searchsorted(old) + np.arange(len(old)) - old.searchsorted(old)
+        keep = np.ones(self.size, dtype=bool)
+        keep[position] = False
+        kept, kept_tags = self._sorted[keep], self._tags[keep]
+        order = np.argsort(keys, kind="stable")
+        at = kept.searchsorted(keys[order])
+        self._sorted[:] = np.insert(kept, at, keys[order])
+        self._tags[:] = np.insert(kept_tags, at, tags[order])
+
+    def _push_many(self, keys: NDArray[np.float64], tags: NDArray[np.int64]) -> None:
+        keys, tags = keys[-self.size :], tags[-self.size :]
         if self._count < self.size:
-            room = min(self.size - self._count, len(values))
-            self._ring[self._count : self._count + room] = values[:room]
+            room = min(self.size - self._count, len(keys))
+            self._ring[self._count : self._count + room] = keys[:room]
+            self._ring_tags[self._count : self._count + room] = tags[:room]
             self._count += room
-            values = values[room:]
-        if len(values):
-            slots = (self._head + np.arange(len(values))) % self.size
-            self._ring[slots] = values
-            self._head = (self._head + len(values)) % self.size
-        self._sorted[: self._count] = np.sort(self._ring[: self._count])
+            keys, tags = keys[room:], tags[room:]
+        if len(keys):
+            slots = (self._head + np.arange(len(keys))) % self.size
+            self._ring[slots] = keys
+            self._ring_tags[slots] = tags
+            self._head = (self._head + len(keys)) % self.size
+        order = np.argsort(self._ring[: self._count], kind="stable")
+        self._sorted[: self._count] = self._ring[order]
+        self._tags[: self._count] = self._ring_tags[order]
 
 
 class CountWindow:
@@ -160,16 +196,24 @@ class SortedWindowDetector(Detector):
         self._windows = [SortedWindow(size) for size in self.windows]
 
     def _push(self, encoded: NDArray[Any]) -> None:
+        tags = self._tags(encoded)
         for window in self._windows:
-            window.push(encoded)
+            window.push(encoded, tags)
 
     def _statistics(self) -> Stats:
         found = []
         for index, window in enumerate(self._windows):
             if window.full:
-                stat = float(self._sorted_statistic(self._state, window.sorted[np.newaxis])[0])
+                stat = self._window_statistic(window)
                 found.append((index, stat, self._p_value_fn(stat, window.size)))
         return found
+
+    def _tags(self, encoded: NDArray[np.float64]) -> NDArray[np.int64] | None:
+        """Integer tag kept with each key in the sorted windows (none by default)."""
+        return None
+
+    def _window_statistic(self, window: SortedWindow) -> float:
+        return float(self._sorted_statistic(self._state, window.sorted[np.newaxis])[0])
 
     def _calibrate(self) -> NDArray[np.float64]:
         return calibration.calibrate(
