@@ -414,17 +414,19 @@ def _window_aggregate(
 
 
 def _compact(plan: _Plan, state: State) -> None:
-    # drop evicted buckets of windows this batch did not touch, and windows no longer configured
+    # drop the evicted buckets of windows this batch did not touch and the windows no longer
+    # configured; keep the plan's key order, so equal states encode to equal bytes
     clock = state["t"]
+    windows = state["w"]
     kept = {}
-    for key, buckets in state["w"].items():
-        width = plan.widths.get(key)
-        if width is None:
+    for key, width in plan.widths.items():
+        buckets = windows.get(key)
+        if not buckets:
             continue
         floor = clock // width - plan.buckets
-        live = buckets if buckets[0][0] > floor else [b for b in buckets if b[0] > floor]
-        if live:
-            kept[key] = live
+        kept[key] = buckets if buckets[0][0] > floor else [b for b in buckets if b[0] > floor]
+        if not kept[key]:
+            del kept[key]
     state["w"] = kept
 
 
