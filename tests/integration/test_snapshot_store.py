@@ -190,11 +190,10 @@ async def test_a_store_with_another_or_no_key_refuses(
 
 
 async def test_two_holders_serve_the_same_newly_published_version(
-    store: SnapshotStore, client: redis.asyncio.Redis, uid: str
+    store: SnapshotStore, redis_url: str, uid: str
 ) -> None:
     # two scorers, each with its own connection, as two workers would have
-    other_client = redis.asyncio.Redis(connection_pool=redis.asyncio.ConnectionPool(
-        **client.connection_pool.connection_kwargs))  # fmt: skip
+    other_client = redis.asyncio.Redis.from_url(redis_url)
     try:
         other = SnapshotStore(other_client, f"test-{uid}", "fraud", KEY)
         holders = [ModelHolder(store, fresh()), ModelHolder(other, fresh())]
@@ -206,7 +205,9 @@ async def test_two_holders_serve_the_same_newly_published_version(
         served = [h.model.predict_many(PROBES) for h in holders]
         assert served[0] == served[1] == trainer.predict_many(PROBES)
         assert [await h.refresh() for h in holders] == [False, False]
-        await store.publish(learned(trainer, 50))
+        newer = await store.publish(learned(trainer, 50))
+        assert [await h.refresh() for h in holders] == [True, True]
+        assert [h.model.version for h in holders] == [newer, newer]
         await store.rollback()  # an operator rolls back: every holder follows
         assert [await h.refresh() for h in holders] == [True, True]
         assert [h.model.version for h in holders] == [version, version]
