@@ -20,18 +20,21 @@ PROBES = [{"amount": float(a), "hour": a % 24} for a in range(0, 100, 9)]
 
 
 @pytest.fixture
-async def client(redis_url: str, uid: str) -> AsyncIterator[redis.asyncio.Redis]:
+async def client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
     client = redis.asyncio.Redis.from_url(redis_url)
     yield client
-    keys = [key async for key in client.scan_iter(f"test-{uid}:*")]
-    if keys:
-        await client.delete(*keys)
     await client.aclose()
 
 
 @pytest.fixture
-def store(client: redis.asyncio.Redis, uid: str) -> SnapshotStore:
-    return SnapshotStore(client, f"test-{uid}", "fraud", KEY, keep_versions=3)
+async def store(client: redis.asyncio.Redis, uid: str) -> AsyncIterator[SnapshotStore]:
+    store = SnapshotStore(client, f"test-{uid}", "fraud", KEY, keep_versions=3)
+    yield store
+    # every key the store can have written (SCAN over a shared server is slow)
+    last = int(await client.get(store.seq_key) or 0)
+    fixed = [store.seq_key, store.index_key, store.current_key, store.pinned_key]
+    versions = [store.version_key(v) for v in range(1, last + 1)]
+    await client.delete(*fixed, store.checkpoint_key, *versions)
 
 
 def fresh() -> OnlineModel:
