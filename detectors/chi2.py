@@ -114,6 +114,30 @@ class Chi2Detector(CountWindowDetector):
 
     name = "chi2"
 
+    def __init__(
+        self,
+        window: int = 1000,
+        check_every: int = 10,
+        ert: float = 1e5,
+        short_window: int | None = 300,
+        release: float = 0.9,
+        patience: int = 10,
+        threshold: float | None = None,
+        n_streams: int = 100,
+        random_state: int | None = 0,
+    ) -> None:
+        super().__init__(
+            window,
+            check_every,
+            ert,
+            short_window,
+            release,
+            patience,
+            threshold,
+            n_streams,
+            random_state,
+        )
+
     def _fit_reference(self, reference: Any) -> None:
         labels = labels_1d("reference", reference)
         self._categories: dict[Any, int] = {}

@@ -84,9 +84,12 @@ def ks_p_value(statistic: float, n: int, m: int) -> tuple[float, float]:
         gcd = math.gcd(n, m)
         # scipy's private exact routine, so that the p-values are scipy's to the last bit;
         # pinned by tests/detectors/test_ks.py against the public ks_2samp.
-        success, exact_d, prob = _stats_py._attempt_exact_2kssamp(n, m, gcd, statistic, "two-sided")
+        success, statistic, prob = _stats_py._attempt_exact_2kssamp(
+            n, m, gcd, statistic, "two-sided"
+        )
+        statistic = float(statistic)  # rounded to the lattice k / lcm(n, m) even on failure
         if success:
-            return float(exact_d), float(np.clip(prob, 0.0, 1.0))
+            return statistic, float(np.clip(prob, 0.0, 1.0))
     big, small = max(n, m), min(n, m)
     en = float(big) * small / (big + small)
     return statistic, float(np.clip(stats.kstwo.sf(statistic, np.round(en)), 0.0, 1.0))
@@ -172,6 +175,30 @@ class KSDetector(SortedWindowDetector):
     """
 
     name = "ks"
+
+    def __init__(
+        self,
+        window: int = 1000,
+        check_every: int = 10,
+        ert: float = 1e5,
+        short_window: int | None = 200,
+        release: float = 0.9,
+        patience: int = 10,
+        threshold: float | None = None,
+        n_streams: int = 100,
+        random_state: int | None = 0,
+    ) -> None:
+        super().__init__(
+            window,
+            check_every,
+            ert,
+            short_window,
+            release,
+            patience,
+            threshold,
+            n_streams,
+            random_state,
+        )
 
     def _fit_reference(self, reference: Any) -> None:
         self._state = KSReference.from_values(finite_1d("reference", reference))

@@ -35,7 +35,7 @@ def finite_1d(name: str, values: Any) -> NDArray[np.float64]:
     if array.size == 0:
         raise InvalidInputError(f"{name}: expected at least one value, got an empty array")
     if not np.isfinite(array).all():
-        bad = array[~np.isfinite(array)][0]
+        bad = float(array[~np.isfinite(array)][0])
         raise InvalidInputError(f"{name}: expected finite numbers, got {bad!r}")
     return array
 
@@ -45,7 +45,7 @@ def counts_1d(name: str, values: Any) -> NDArray[np.float64]:
     array = finite_1d(name, values)
     if (array < 0).any():
         raise InvalidInputError(
-            f"{name}: expected non-negative counts, got {array[array < 0][0]!r}"
+            f"{name}: expected non-negative counts, got {float(array[array < 0][0])!r}"
         )
     return array
 
