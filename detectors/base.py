@@ -86,7 +86,7 @@ class Detector(abc.ABC):
     short_window
         Size of an optional second, shorter window that reacts faster to large changes.  The
         false-alarm budget is shared: each window is calibrated to ``ert * n_windows``.
-        ``None`` (or a value equal to ``window``) keeps a single window.
+        ``None`` (or a value ``>= window``) keeps a single window.
     release
         Hysteresis: an episode may end only when every statistic is ``<= release * threshold``.
     patience
@@ -135,10 +135,6 @@ class Detector(abc.ABC):
         positive_int("n_streams", self.n_streams, minimum=10)
         if self.short_window is not None:
             positive_int("short_window", self.short_window, minimum=2)
-            if self.short_window > self.window:
-                raise InvalidInputError(
-                    f"short_window: expected at most window={self.window}, got {self.short_window}"
-                )
         if not (isinstance(self.ert, int | float) and 1 <= self.ert < float("inf")):
             raise InvalidInputError(f"ert: expected a finite number >= 1, got {self.ert!r}")
         if not (isinstance(self.release, int | float) and 0 < self.release <= 1):
@@ -153,8 +149,9 @@ class Detector(abc.ABC):
     @property
     def windows(self) -> tuple[int, ...]:
         """The window sizes monitored, shortest first."""
-        sizes = {self.window} if self.short_window is None else {self.window, self.short_window}
-        return tuple(sorted(sizes))
+        if self.short_window is None or self.short_window >= self.window:
+            return (self.window,)
+        return (self.short_window, self.window)
 
     def clone(self, **overrides: Any) -> Self:
         """Return a new, unfitted detector with the same parameters (and ``overrides``)."""
