@@ -97,7 +97,10 @@ class FeatureStore:
         return Loaded(states, seen)
 
     def update(self, loaded: Loaded, events: Sequence[FeatureInput]) -> BatchUpdate:
-        """Apply the batch to the loaded states with the configured features and windows."""
+        """Apply the batch to the loaded states with the configured features and windows.
+
+        The pure step between :meth:`load` and :meth:`stage`; see :func:`update_batch`.
+        """
         return update_batch(loaded.states, loaded.seen, events, self._specs, self.settings.windows)
 
     def stage(self, pipe: Pipeline, update: BatchUpdate) -> None:
@@ -105,6 +108,19 @@ class FeatureStore:
 
         Only changed states and newly applied event ids are written: a replayed batch
         writes nothing.
+
+        Examples
+        --------
+        >>> from stream.config import FeatureSpec
+        >>> from stream.features import FeatureInput
+        >>> settings = Settings(features=[FeatureSpec(name="amount", windows=("1h",))])
+        >>> store = FeatureStore(aioredis.Redis(), settings)
+        >>> events = [FeatureInput("e-1", "card-42", 1_763_800_000_000, {"amount": 12.5})]
+        >>> update = store.update(Loaded({}, frozenset()), events)
+        >>> pipe = store.redis.pipeline()  # no I/O until the caller executes it
+        >>> store.stage(pipe, update)
+        >>> [(args[:2], args[3:]) for args, _ in pipe.command_stack]  # args[2]: the value
+        [(('SET', 'dw:fw:card-42'), ('EX', 4200)), (('SET', 'dw:seen:e-1'), ('EX', 86400))]
         """
         for entity, state in update.states.items():
             pipe.set(self.state_key(entity), encode_state(state), ex=self._state_ttl_s)

@@ -136,7 +136,7 @@ def assert_close(actual: Sequence[EventResult], expected: Sequence[EventResult])
             )
 
 
-async def snapshot(client: aioredis.Redis, uid: str) -> dict[bytes, bytes | None]:
+async def snapshot(client: aioredis.Redis, uid: str) -> dict[Any, Any]:
     keys = sorted([k async for k in client.scan_iter(match=f"test-{uid}:*", count=1000)])
     return dict(zip(keys, await client.mget(keys), strict=True)) if keys else {}
 
