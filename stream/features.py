@@ -338,7 +338,7 @@ def _apply(plan: _Plan, state: State, event: FeatureInput) -> None:
             if idx <= floor:
                 continue  # too old for this window, see "Late events"
             buckets = windows.get(window.key)
-            if buckets is None:
+            if not buckets:
                 windows[window.key] = [(idx, 1, v, 0.0, v, v)]
                 continue
             _add(buckets, idx, v)
