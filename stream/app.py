@@ -64,6 +64,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Worker:
         value_serializer="raw",
         broker_commit_every=max(settings.worker.batch_size, 100),
         stream_buffer_maxsize=max(4 * settings.worker.batch_size, 4096),
+        broker_session_timeout=settings.worker.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.worker.session_timeout_s / 4),
     )
     redis = aioredis.Redis.from_url(
         settings.redis.url,

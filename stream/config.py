@@ -98,11 +98,16 @@ class WorkerSettings(_Frozen):
     max_payload_bytes: int = Field(default=65_536, ge=256)
     max_fields: int = Field(default=256, ge=1)
     metrics_address: str = "127.0.0.1:9464"
-    web_port: int = Field(default=6066, ge=0, le=65535)
+    session_timeout: Duration = "10s"
 
     @property
     def batch_max_latency_s(self) -> float:
         return parse_duration(self.batch_max_latency)
+
+    @property
+    def session_timeout_s(self) -> float:
+        """How soon a dead worker's partitions move to the others."""
+        return parse_duration(self.session_timeout)
 
 
 Aggregate = Literal["count", "sum", "mean", "min", "max", "std"]
