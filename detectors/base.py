@@ -226,6 +226,11 @@ class Detector(abc.ABC):
                 started, ended = started or began, ended or stopped
         return self._result(started, ended)
 
+    def statistics(self) -> dict[int, float]:
+        """Current statistic of every full window (window size -> statistic); no state change."""
+        self._require_fitted()
+        return {self.windows[index]: stat for index, stat, _ in self._statistics()}
+
     # -- episodes ---------------------------------------------------------------------------
 
     def _check(self) -> tuple[bool, bool]:
