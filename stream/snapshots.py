@@ -285,8 +285,7 @@ def _unverified_info(fields: Mapping[bytes, bytes], version: int) -> SnapshotInf
         header = orjson.loads(fields.get(b"meta") or b"{}")
         return _info({**header, "version": version}, valid=False)
     except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
-        return SnapshotInfo(name="?", version=version, task="?", pipeline="?", n_learned=0,
-                            created_at=0, valid=False)  # fmt: skip
+        return _info({"name": "?", "version": version, "task": "?", "pipeline": "?"}, valid=False)
 
 
 # --- Redis I/O ---------------------------------------------------------------------------
@@ -415,11 +414,11 @@ class SnapshotStore:
         record = encode_record(
             model, meta, self.key, kind="version", version=version, created_at=_now_ms()
         )
+        keys = [self.version_key(version), self.index_key, self.current_key, self.pinned_key]
+        fields = [record["meta"], record["model"], record["sig"]]
         await self._publish(
-            keys=[self.version_key(version), self.index_key, self.current_key, self.pinned_key],
-            args=[version, record["meta"], record["model"], record["sig"], self.keep_versions,
-                  self.version_key_prefix],
-        )  # fmt: skip
+            keys=keys, args=[version, *fields, self.keep_versions, self.version_key_prefix]
+        )
         return version
 
     async def current_version(self) -> int | None:
