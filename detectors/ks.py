@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -112,6 +112,8 @@ class KSReference:
     sorted: NDArray[np.float64]
     cdf_at: NDArray[np.float64]
     cdf_below: NDArray[np.float64]
+    tie_slot: NDArray[np.bool_]
+    _steps: dict[int, NDArray[np.float64]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_values(cls, values: NDArray[np.float64]) -> KSReference:
@@ -122,7 +124,13 @@ class KSReference:
         below, at = slots // 2, slots // 2
         _, first, count = np.unique(ordered, return_index=True, return_counts=True)
         below[first + first + count], at[first + first + count] = first, first + count
-        return cls(ordered, at / n, below / n)
+        return cls(ordered, at / n, below / n, at > below)
+
+    def steps(self, m: int) -> NDArray[np.float64]:
+        """``i / m`` for ``i = 0..m`` (cached per window size)."""
+        if m not in self._steps:
+            self._steps[m] = np.arange(m + 1) / m
+        return self._steps[m]
 
     def slots(self, values: NDArray[np.float64]) -> NDArray[np.float64]:
         """Slot of each value (as floats, to live in a :class:`SortedWindow`)."""
@@ -136,10 +144,17 @@ def ks_slot_statistic(ref: KSReference, rows: NDArray[np.float64]) -> NDArray[np
     """KS statistic of each sorted row of slots (see :class:`KSReference`).
 
     Same candidates and the same floats as :func:`ks_sorted_statistic`, read from tables.
+    When no value sits on a reference value (no tie slot), ``kl == kr`` and
+    ``D = max(max_i F_i - i/m, max_i (i+1)/m - F_i)`` needs no de-duplication.
     """
     m = rows.shape[-1]
-    steps = np.arange(m + 1) / m
+    steps = ref.steps(m)
     index = rows.astype(np.intp)
+    if not ref.tie_slot.take(index).any():
+        cdf = ref.cdf_at.take(index)
+        below: NDArray[np.float64] = (cdf - steps[:-1]).max(axis=-1)
+        above: NDArray[np.float64] = (steps[1:] - cdf).max(axis=-1)
+        return np.maximum(below, above)
     after = np.abs(ref.cdf_at[index] - steps[1:])
     before = np.abs(ref.cdf_below[index] - steps[:-1])
     if m > 1:

@@ -106,8 +106,8 @@ def cost_table(quick: bool) -> None:
         naive_len = WINDOW + max(200 if quick else 600, 20 * every)
         stream = rng.normal(size=length)
         cat_stream = rng.integers(0, 5, length)
-        single = {"check_every": every, "short_window": None, "threshold": 1e9}
-        default = {"check_every": every, "threshold": 1e9}
+        single: dict[str, Any] = {"check_every": every, "short_window": None, "threshold": 1e9}
+        default: dict[str, Any] = {"check_every": every, "threshold": 1e9}
         cases = [
             ("KS", KSDetector(**single), lambda r, w: scipy.stats.ks_2samp(r, w), ref, stream),
             ("KS + short 200", KSDetector(**default), None, ref, stream),
@@ -277,16 +277,16 @@ def quality_tables(quick: bool) -> None:
                 for _ in range(per_ref):
                     det.reset()
                     values = change_stream(kind, rng, pre, post)
-                    delays.append(delay_of(lambda v, d=det: d.update(v).drift, values, pre, 10))
+                    delays.append(delay_of(drift_flag(det), values, pre, 10))
             rows.append([name, kind, *summarize(delays)])
     delays = []
     for r in range(refs):
         rng = np.random.default_rng(40_000 + r)
-        det = Chi2Detector(random_state=r).fit(rng.choice(CATS, N_REF, p=SHARES).tolist())
+        cat_det = Chi2Detector(random_state=r).fit(rng.choice(CATS, N_REF, p=SHARES).tolist())
         for _ in range(per_ref):
-            det.reset()
+            cat_det.reset()
             values = change_stream("category shares", rng, pre, post)
-            delays.append(delay_of(lambda v, d=det: d.update(v).drift, values, pre, 10))
+            delays.append(delay_of(drift_flag(cat_det), values, pre, 10))
     rows.append(["Chi2Detector()", "category shares", *summarize(delays)])
     rows.extend(baseline_delays(refs * per_ref, pre, post))
     table(
@@ -320,24 +320,23 @@ def baseline_delays(runs: int, pre: int, post: int) -> list[list[Any]]:
         codes = np.concatenate(
             [rng.choice(5, pre, p=SHARES), rng.choice(5, post, p=SHIFTED_SHARES)]
         )
-        delays.append(
-            delay_of(
-                lambda v, c=codes, state={"n": 0}: _naive_chi2_step(ref_counts, c, state, len(v)),
-                codes,
-                pre,
-                10,
-            )
-        )
+        delays.append(naive_chi2_delay(ref_counts, codes, pre))
     rows.append(["naive chi2 p<0.05 every 10", "category shares", *summarize(delays)])
     return rows
 
 
-def _naive_chi2_step(ref_counts: Any, codes: Any, state: dict[str, int], step: int) -> bool:
-    state["n"] += step
-    end = state["n"]
-    if end < WINDOW:
-        return False
-    return bool(chi2(ref_counts, np.bincount(codes[end - WINDOW : end], minlength=5))[1] < 0.05)
+def naive_chi2_delay(ref_counts: Any, codes: Any, pre: int) -> float:
+    for end in range(WINDOW, len(codes) + 1, 10):
+        if chi2(ref_counts, np.bincount(codes[end - WINDOW : end], minlength=5))[1] < 0.05:
+            return -1.0 if end <= pre else float(end - pre)
+    return float("inf")
+
+
+def drift_flag(det: Detector) -> Callable[[Any], bool]:
+    def update(values: Any) -> bool:
+        return det.update(values).drift
+
+    return update
 
 
 def naive_delay(ref: Any, values: Any, pre: int) -> float:
