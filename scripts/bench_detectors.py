@@ -239,10 +239,10 @@ def quality_tables(quick: bool) -> None:
     cat_alarms = cat_values = 0
     for seed in range(seeds):
         rng = np.random.default_rng(20_000 + seed)
-        det = Chi2Detector(random_state=seed).fit(rng.choice(CATS, N_REF, p=SHARES).tolist())
+        chi = Chi2Detector(random_state=seed).fit(rng.choice(CATS, N_REF, p=SHARES).tolist())
         stream = rng.choice(CATS, length, p=SHARES).tolist()
         for i in range(0, length, 500):
-            cat_alarms += det.update(stream[i : i + 500]).started
+            cat_alarms += chi.update(stream[i : i + 500]).started
         cat_values += length
     per = cat_values / cat_alarms if cat_alarms else float("inf")
     rows.append(["Chi2Detector() (categorical)", cat_values, cat_alarms, per, np.nan])
