@@ -92,8 +92,11 @@ async def produce(bootstrap: str, topic: str, n: int, rate: float = 0.0, offset:
         await producer.stop()
 
 
-async def drain(bootstrap: str, topic: str, n: int, wait_s: float) -> tuple[float, list[float]]:
-    """Read n records; returns (seconds from first to last, latencies in ms)."""
+async def drain(
+    bootstrap: str, topic: str, n: int, wait_s: float, first_id: int = 0
+) -> tuple[float, list[float]]:
+    """Read n records; returns (seconds from first to last, latencies in ms of the records
+    whose event number is at least ``first_id``)."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -103,23 +106,26 @@ async def drain(bootstrap: str, topic: str, n: int, wait_s: float) -> tuple[floa
     )
     await consumer.start()
     latencies: list[float] = []
+    seen = 0
     first = last = 0.0
     try:
         deadline = time.monotonic() + wait_s
-        while len(latencies) < n and time.monotonic() < deadline:
+        while seen < n and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
             now_ms = time.time() * 1000
             for records in batches.values():
                 for rec in records:
                     body = orjson.loads(rec.value or b"{}")
-                    latencies.append(now_ms - body["ts"])
-            if latencies and not first:
+                    seen += 1
+                    if int(body["event_id"][2:]) >= first_id:
+                        latencies.append(now_ms - body["ts"])
+            if seen and not first:
                 first = time.monotonic()
             last = time.monotonic()
     finally:
         await consumer.stop()
-    if len(latencies) < n:
-        raise RuntimeError(f"only {len(latencies)}/{n} outputs from {topic} within {wait_s}s")
+    if seen < n:
+        raise RuntimeError(f"only {seen}/{n} outputs from {topic} within {wait_s}s")
     return max(last - first, 1e-9), latencies
 
 
@@ -161,12 +167,12 @@ async def run_passthrough(s: Settings, n: int, rate: float) -> tuple[float, list
     secs, _ = await drain(s.kafka.bootstrap, s.topics.predictions, n, 600)
     # latency at a fixed rate
     m = max(200, int(rate * 5))
-    reader = asyncio.create_task(drain(s.kafka.bootstrap, s.topics.predictions, n + m, 600))
+    reader = asyncio.create_task(drain(s.kafka.bootstrap, s.topics.predictions, n + m, 600, n))
     await produce(s.kafka.bootstrap, s.topics.events, m, rate, offset=n)
     _, lat = await reader
     stop.set()
     await task
-    return n / secs, lat[n:]
+    return n / secs, lat
 
 
 def run_worker(s: Settings, n: int, rate: float, workdir: Path) -> tuple[float, list[float]]:
@@ -179,11 +185,13 @@ def run_worker(s: Settings, n: int, rate: float, workdir: Path) -> tuple[float, 
         m = max(200, int(rate * 5))
 
         async def paced() -> list[float]:
-            reader = asyncio.create_task(drain(s.kafka.bootstrap, s.topics.predictions, n + m, 600))
+            reader = asyncio.create_task(
+                drain(s.kafka.bootstrap, s.topics.predictions, n + m, 600, n)
+            )
             await produce(s.kafka.bootstrap, s.topics.events, m, rate, offset=n)
             return (await reader)[1]
 
-        lat = asyncio.run(paced())[n:]
+        lat = asyncio.run(paced())
     finally:
         worker.stop()
     return n / secs, lat

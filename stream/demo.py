@@ -77,7 +77,7 @@ async def _demo(settings: Settings, opts: DemoOptions) -> int:
     finally:
         await producer.stop()
         await consumer.stop()
-    joined = _scrape(opts.metrics_url, "driftwatch_labels_joined_total")
+    joined = await _labels_joined(opts.metrics_url, len(labels), opts.timeout)
     print(summary(opts, got, labels, n_bad, elapsed, joined))
     return 0 if len(got.predictions) == opts.events else 1
 
@@ -212,6 +212,22 @@ def accuracy_table(
         )
         seen.update(labels[e] for e in part)
     return rows
+
+
+async def _labels_joined(url: str | None, sent: int, wait_s: float) -> float | None:
+    """Poll the worker's metrics until every label joined or the count stops moving."""
+    deadline = time.monotonic() + wait_s
+    last, stable = None, 0
+    while time.monotonic() < deadline:
+        joined = _scrape(url, "driftwatch_labels_joined_total")
+        if joined is None or joined >= sent:
+            return joined
+        stable = stable + 1 if joined == last else 0
+        if stable >= 10:  # 5 s without progress
+            return joined
+        last = joined
+        await asyncio.sleep(0.5)
+    return last
 
 
 def _scrape(url: str | None, metric: str) -> float | None:

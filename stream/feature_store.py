@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
 from stream.config import Settings
 from stream.features import (
@@ -35,6 +34,7 @@ from stream.features import (
     encode_state,
     update_batch,
 )
+from stream.redis_batch import Writes
 
 STATE_TTL_MARGIN_S = 300.0
 """Seconds an entity state outlives its longest window plus the grace period."""
@@ -103,7 +103,7 @@ class FeatureStore:
         """
         return update_batch(loaded.states, loaded.seen, events, self._specs, self.settings.windows)
 
-    def stage(self, pipe: Pipeline, update: BatchUpdate) -> None:
+    def stage(self, pipe: Writes, update: BatchUpdate) -> None:
         """Add the batch's writes to ``pipe``, which the caller executes with its own writes.
 
         Only changed states and newly applied event ids are written: a replayed batch

@@ -22,6 +22,7 @@ from stream.messages import Label, dead_letter
 from stream.metrics import Metrics
 from stream.model import OnlineModel
 from stream.prediction_store import PredictionStore
+from stream.redis_batch import BatchWriter, write_script
 from stream.validation import Limits, ValidEvent, validate_event, validate_label
 
 
@@ -89,6 +90,7 @@ class EventProcessor:
         self.features = FeatureStore(redis, settings)
         self.predictions = PredictionStore(redis, settings.redis.prefix, settings.labels.horizon_s)
         self.limits = Limits(settings.worker.max_payload_bytes, settings.worker.max_fields)
+        self._write_script = write_script(redis)
 
     async def process(self, batch: Sequence[Incoming]) -> BatchResult:
         self.metrics.events_received.inc(len(batch))
@@ -105,10 +107,10 @@ class EventProcessor:
         scored, pending = self._score(valid, [r.enriched for r in update.results])
         t2 = time.perf_counter()
         self.metrics.batch_seconds.labels("features_and_scoring").observe(t2 - t1)
-        pipe = self.redis.pipeline(transaction=False)
-        self.features.stage(pipe, update)
-        self.predictions.stage(pipe, pending)
-        await pipe.execute()
+        writes = BatchWriter(self.redis, self._write_script)
+        self.features.stage(writes, update)
+        self.predictions.stage(writes, pending)
+        await writes.execute()  # one atomic command: states, dedupe markers, predictions
         self.metrics.redis_seconds.labels("write").observe(time.perf_counter() - t2)
         self._count(valid, update)
         outgoing.extend(self._predictions(scored))

@@ -11,9 +11,9 @@ import math
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
 from stream.labels import PendingPrediction
+from stream.redis_batch import Writes
 
 
 class PredictionStore:
@@ -29,7 +29,7 @@ class PredictionStore:
     def pending_key(self) -> str:
         return f"{self.prefix}:pending"
 
-    def stage(self, pipe: Pipeline, preds: Sequence[PendingPrediction]) -> None:
+    def stage(self, pipe: Writes, preds: Sequence[PendingPrediction]) -> None:
         """Add the writes for ``preds`` to a pipeline the caller executes."""
         if not preds:
             return
