@@ -54,6 +54,7 @@ def bench_settings(
             "predictions": f"bench-predictions-{uid}",
             "alerts": f"bench-alerts-{uid}",
             "dlq": f"bench-dlq-{uid}",
+            "monitor": f"bench-monitor-{uid}",
             "partitions": 4,
         },
         redis={"url": redis_url, "prefix": f"bench-{uid}"},

@@ -76,6 +76,7 @@ class TopicSettings(_Frozen):
     predictions: str = "predictions"
     alerts: str = "alerts"
     dlq: str = "events.dlq"
+    monitor: str = "driftwatch.monitor"
     partitions: int = Field(default=4, ge=1, le=1024)
 
 
@@ -202,6 +203,53 @@ class LabelSettings(_Frozen):
         return parse_duration(self.horizon)
 
 
+NumericDetector = Literal["ks", "psi", "wasserstein"]
+CategoricalDetector = Literal["chi2"]
+PerformanceMetric = Literal[
+    "accuracy", "precision", "recall", "f1", "roc_auc", "macro_f1", "mae", "rmse", "r2"
+]
+
+
+class MonitoringSettings(_Frozen):
+    """Drift, performance and data-quality monitoring.
+
+    Subjects are the raw and enriched features (``{feature}_{agg}_{window}``,
+    ``seconds_since_last``) and the predictions (``prediction.score``, ``prediction.class``).
+    """
+
+    enabled: bool = True
+    subjects: tuple[str, ...] = ()  # empty: every raw and enriched feature and the predictions
+    exclude: tuple[str, ...] = ()
+    reference_size: int = Field(default=2000, ge=50, le=1_000_000)
+    window: int = Field(default=1000, ge=20)
+    check_every: int = Field(default=10, ge=1)
+    ert: float = Field(default=1e6, ge=100)  # family-wise values between false alarms
+    numeric_detectors: tuple[NumericDetector, ...] = ("ks", "psi", "wasserstein")
+    categorical_detectors: tuple[CategoricalDetector, ...] = ("chi2",)
+    checkpoint_interval: Duration = "10s"
+    performance_window: int = Field(default=500, ge=20)
+    performance_reference: int = Field(default=1000, ge=20)
+    performance_margin: float = Field(default=0.05, gt=0, le=1)
+    performance_metrics: tuple[PerformanceMetric, ...] = ()  # empty: the task's defaults
+    quality_window: int = Field(default=1000, ge=10)
+    max_missing_rate: float = Field(default=0.05, ge=0, le=1)
+    max_out_of_range_rate: float = Field(default=0.05, ge=0, le=1)
+    max_unseen_rate: float = Field(default=0.05, ge=0, le=1)
+    max_dlq_rate: float = Field(default=0.02, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> MonitoringSettings:
+        if self.window > self.reference_size * 10:
+            raise ValueError(
+                f"window {self.window} is more than 10x reference_size {self.reference_size}"
+            )
+        return self
+
+    @property
+    def checkpoint_interval_s(self) -> float:
+        return parse_duration(self.checkpoint_interval)
+
+
 class Settings(BaseSettings):
     """Everything a worker needs, validated at start-up."""
 
@@ -220,6 +268,7 @@ class Settings(BaseSettings):
     windows: WindowSettings = WindowSettings()
     model: ModelSettings = ModelSettings()
     labels: LabelSettings = LabelSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     # secrets: environment only (see _reject_secrets_in_file)
     redis_password: SecretStr | None = None
     kafka_sasl_password: SecretStr | None = None
@@ -240,7 +289,14 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> Settings:
         topics = self.topics
-        names = [topics.events, topics.labels, topics.predictions, topics.alerts, topics.dlq]
+        names = [
+            topics.events,
+            topics.labels,
+            topics.predictions,
+            topics.alerts,
+            topics.dlq,
+            topics.monitor,
+        ]
         if len(set(names)) != len(names):
             raise ValueError(f"topic names must be distinct, got {names}")
         features = [f.name for f in self.features]

@@ -24,7 +24,8 @@ def topic_partitions(settings: Settings) -> dict[str, int]:
     from stream.pipeline import train_topic_name
 
     t = settings.topics
-    topics = {name: t.partitions for name in (t.events, t.labels, t.predictions, t.alerts, t.dlq)}
+    names = (t.events, t.labels, t.predictions, t.alerts, t.dlq, t.monitor)
+    topics = {name: t.partitions for name in names}
     topics[train_topic_name(settings)] = 1  # one partition: one learner, in arrival order
     return topics
 

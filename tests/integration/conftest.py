@@ -23,6 +23,7 @@ def settings(kafka_bootstrap: str, redis_url: str, uid: str) -> Settings:
             predictions=f"predictions-{uid}",
             alerts=f"alerts-{uid}",
             dlq=f"events.dlq-{uid}",
+            monitor=f"monitor-{uid}",
             partitions=4,
         ),
         redis=RedisSettings(url=redis_url, prefix=f"test-{uid}"),
