@@ -110,6 +110,42 @@ class Metrics:
             registry=r,
         )
 
+        # monitoring (labels: subject = feature or prediction.score/.class, never an entity)
+        self.drift_statistic = Gauge(
+            f"{p}drift_statistic",
+            "Latest drift statistic per subject and detector",
+            ["subject", "detector"],
+            registry=r,
+        )
+        self.drift_threshold = Gauge(
+            f"{p}drift_threshold",
+            "Calibrated threshold of the drift statistic",
+            ["subject", "detector"],
+            registry=r,
+        )
+        self.drift_active = Gauge(
+            f"{p}drift_active",
+            "1 while a drift episode is open",
+            ["subject", "detector"],
+            registry=r,
+        )
+        self.alerts = Counter(f"{p}alerts", "Alerts published", ["kind", "status"], registry=r)
+        self.model_metric = Gauge(
+            f"{p}model_metric",
+            "Rolling model performance over the label window",
+            ["model", "metric"],
+            registry=r,
+        )
+        self.quality_rate = Gauge(
+            f"{p}data_quality_rate",
+            "Rolling rate of data-quality problems",
+            ["feature", "kind"],
+            registry=r,
+        )
+        self.monitor_values = Counter(
+            f"{p}monitor_values", "Values consumed by the drift monitors", registry=r
+        )
+
     def serve(self, address: str) -> None:
         """Serve ``/metrics`` on ``host:port`` (port 0 disables)."""
         host, _, port = address.rpartition(":")
