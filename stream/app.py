@@ -18,6 +18,7 @@ import faust
 import redis.asyncio as aioredis
 from faust.types import EventT
 
+from stream import lag
 from stream.config import Settings
 from stream.exceptions import DriftwatchError
 from stream.metrics import Metrics
@@ -77,6 +78,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Worker:
     holder = ModelHolder(store, trainer.fresh_model())
     worker = Worker(app, settings, redis, metrics, holder, trainer)
     _agents(worker)
+    lag.install(worker.app, worker.metrics)
     return worker
 
 

@@ -146,6 +146,23 @@ class Metrics:
             f"{p}monitor_values", "Values consumed by the drift monitors", registry=r
         )
 
+        # Kafka consumer (stream/lag.py): topic and partition are bounded by the deployment
+        self.consumer_lag = Gauge(
+            f"{p}consumer_lag_messages",
+            "Messages behind the partition's end offset (highwater minus committed offset)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            f"{p}assigned_partitions",
+            "Partitions currently assigned to this worker",
+            ["topic"],
+            registry=r,
+        )
+        self.rebalances = Counter(
+            f"{p}rebalances", "Consumer-group rebalances this worker took part in", registry=r
+        )
+
     def serve(self, address: str) -> None:
         """Serve ``/metrics`` on ``host:port`` (port 0 disables)."""
         host, _, port = address.rpartition(":")
