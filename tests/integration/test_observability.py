@@ -1,0 +1,321 @@
+"""Every Grafana panel's query returns data from a real Prometheus scraping a real worker.
+
+A ``driftwatch worker`` process scores a demo stream (events with drift, malformed events,
+events with data-quality problems, then delayed labels) while Debian's ``prometheus``,
+started through ``scripts/services.py``, scrapes its ``/metrics`` every second. Then every
+PromQL expression of every dashboard under ``deploy/grafana/dashboards`` (panel targets and
+annotations) is evaluated through Prometheus' HTTP API: it must parse and return at least one
+finite sample. A panel over a metric that nobody exports fails here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from stream.config import Settings, load_settings
+from stream.synthetic import CardStream, Drift, bad_event
+from tests.integration.kafka_io import produce
+
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"
+pytestmark = pytest.mark.integration
+
+N_EVENTS = 3000
+DRIFT_AT = 2000  # after the monitors' reference (monitoring.reference_size = 2000 values)
+N_BAD = 10
+N_QUALITY = 20
+N_UNMATCHED = 5
+#: Stands in for Grafana's $__rate_interval, $__interval and $__range: long enough to cover
+#: the whole run, so a rate over it sees every sample of this test.
+WINDOW = "10m"
+WAIT_S = 120.0
+
+# Expressions allowed to return no data yet, each with the reason. They must still parse.
+# All of them read metrics that stream/metrics.py declares but that only the drift and
+# performance monitoring sets (MonitorHub / PerformanceMonitor, being wired into
+# stream/app.py in the monitoring issue; not in `git log` when this test was written).
+# When the wiring lands these return data: the test then prints them under
+# "allow-listed but returning data" — delete those lines here.
+MONITORING = "set by the monitoring wiring, not yet committed"
+ALLOWED_EMPTY: dict[str, str] = {
+    # drift.json
+    'max by (subject, detector) (driftwatch_drift_statistic{subject=~"$subject"})': MONITORING,
+    'max by (subject, detector) (driftwatch_drift_threshold{subject=~"$subject"})': MONITORING,
+    'max by (subject, detector) (driftwatch_drift_active{subject=~"$subject"})': MONITORING,
+    "sum by (kind, status) (increase(driftwatch_alerts_total[$__rate_interval]))": MONITORING,
+    "sum by (kind, status) (changes(driftwatch_alerts_total[1m])) > 0": MONITORING,
+    "max by (feature, kind) (driftwatch_data_quality_rate)": MONITORING,
+    # model.json
+    'max by (model, metric) (driftwatch_model_metric{model=~"$model"})': MONITORING,
+}
+
+
+@pytest.fixture
+def observed_settings(settings: Settings) -> Settings:
+    """The sample features and model of driftwatch.toml, /metrics on a free local port."""
+    sample = load_settings(REPO / "driftwatch.toml")
+    worker = settings.worker.model_copy(update={"metrics_address": f"127.0.0.1:{free_port()}"})
+    return settings.model_copy(
+        update={
+            "features": sample.features,
+            "windows": sample.windows,
+            "model": sample.model.model_copy(update={"publish_every": 200}),
+            "monitoring": sample.monitoring,
+            "worker": worker,
+        }
+    )
+
+
+@pytest.fixture
+def prometheus(observed_settings: Settings, tmp_path: Path) -> Iterator[str]:
+    """A real Prometheus scraping the test's worker every second; its base URL."""
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    target = observed_settings.worker.metrics_address
+    config.write_text(
+        json.dumps(  # JSON is YAML: no YAML writer needed
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [
+                    {"job_name": "driftwatch", "static_configs": [{"targets": [target]}]}
+                ],
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        "DRIFTWATCH_RUN_DIR": str(tmp_path / "prometheus-run"),
+        "DRIFTWATCH_PROMETHEUS_PORT": str(port),
+        "DRIFTWATCH_PROMETHEUS_CONFIG": str(config),
+    }
+    services = [sys.executable, str(REPO / "scripts" / "services.py")]
+    started = subprocess.run(
+        [*services, "start", "prometheus"], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert started.returncode == 0, f"prometheus did not start:\n{started.stderr}"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        subprocess.run([*services, "stop", "prometheus"], env=env, capture_output=True, timeout=60)
+
+
+def test_every_dashboard_query_returns_data(
+    observed_settings: Settings,
+    worker_factory: Callable[[Settings], Any],
+    prometheus: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    s = observed_settings
+    worker_factory(s)
+    metrics_url = f"http://{s.worker.metrics_address}/metrics"
+    wait_for(lambda: http_get(metrics_url) is not None, "the worker's /metrics")
+    wait_for(
+        lambda: prom_values(prometheus, 'up{job="driftwatch"}') == [1.0],
+        "prometheus to scrape the worker",
+    )
+
+    events, labels = demo_stream(s)
+    asyncio.run(produce(s.kafka.bootstrap, s.topics.events, events))
+    accepted = N_EVENTS + N_QUALITY
+    wait_for(
+        lambda: (
+            scraped(metrics_url, "driftwatch_events_accepted_total") >= accepted
+            and scraped(metrics_url, "driftwatch_events_rejected_total") >= N_BAD
+        ),
+        f"{accepted} accepted and {N_BAD} rejected events",
+    )
+    asyncio.run(produce(s.kafka.bootstrap, s.topics.labels, labels))  # labels come later
+    wait_for(
+        lambda: (
+            scraped(metrics_url, "driftwatch_labels_joined_total")
+            + scraped(metrics_url, "driftwatch_labels_unmatched_total")
+            >= len(labels)
+            and scraped(metrics_url, "driftwatch_model_learned_examples_total") > 0
+        ),
+        f"{len(labels)} labels joined or unmatched, and learned",
+    )
+    final = scraped(metrics_url, "driftwatch_labels_joined_total")
+    wait_for(
+        lambda: (
+            sum(prom_values(prometheus, "driftwatch_labels_joined_total")) >= final
+            and prom_values(prometheus, "driftwatch_consumer_lag_messages") != []
+        ),
+        "prometheus to scrape the final counts and the consumer lag",
+    )
+
+    queries = [q for path in sorted(DASHBOARDS.glob("*.json")) for q in dashboard_queries(path)]
+    assert len(queries) >= 30, queries
+    variables = resolve_variables(prometheus, sorted(DASHBOARDS.glob("*.json")))
+    failures, allowed_with_data, evaluated = [], [], 0
+    for where, expr in queries:
+        result = prom_query(prometheus, substitute(expr, variables))
+        evaluated += 1
+        if result["status"] != "success":
+            failures.append(f"{where}: {expr}\n    invalid: {result.get('error')}")
+            continue
+        has_data = any(math.isfinite(v) for v in sample_values(result))
+        if expr in ALLOWED_EMPTY:
+            if has_data:
+                allowed_with_data.append(f"{where}: {expr}")
+        elif not has_data:
+            failures.append(f"{where}: {expr}\n    no data")
+    stale = set(ALLOWED_EMPTY) - {expr for _, expr in queries}
+    assert not stale, f"ALLOWED_EMPTY names expressions no dashboard has: {sorted(stale)}"
+
+    exposition = http_get(metrics_url) or ""
+    series = [ln for ln in exposition.splitlines() if ln and not ln.startswith("#")]
+    in_prometheus = prom_values(prometheus, 'count({job="driftwatch"})')
+    with capsys.disabled():
+        print(
+            f"\nobservability: {evaluated} dashboard expressions evaluated, "
+            f"{len(ALLOWED_EMPTY)} allow-listed as possibly empty; the worker exports "
+            f"{len(series)} series on /metrics ({in_prometheus} in Prometheus with up/scrape_*)"
+        )
+        for line in allowed_with_data:
+            print(f"observability: allow-listed but returning data (remove it): {line}")
+    assert not failures, "dashboard queries failing:\n" + "\n".join(failures)
+
+
+def demo_stream(s: Settings) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """Events (with a mean shift, malformed and low-quality ones), then their labels."""
+    cards = CardStream(seed=5, n_cards=100, run_id="obs", drifts=(Drift("mean_shift", DRIFT_AT),))
+    pairs = list(cards.events(N_EVENTS))
+    events = [(e["entity_id"].encode(), orjson.dumps(e)) for e, _ in pairs]
+    last_ts = pairs[-1][0]["ts"]
+    for i in range(N_QUALITY):  # accepted, imputed, counted as data-quality problems
+        features = {"amount": 60_000.0, "merchant_category": "crypto", "hour": None}
+        event = {
+            "event_id": f"obs-q{i}",
+            "entity_id": "card-q",
+            "ts": last_ts,
+            "features": features,
+        }
+        events.insert(i * 100, (b"card-q", orjson.dumps(event)))
+    for i in range(N_BAD):
+        events.insert(i * 250 + 7, (b"bad", bad_event(i)))
+    lag_ms = 30_000
+    labels = [
+        (
+            e["event_id"].encode(),
+            orjson.dumps({"event_id": e["event_id"], "label": y, "ts": e["ts"] + lag_ms}),
+        )
+        for e, y in pairs
+    ]
+    labels += [
+        (f"obs-none-{i}".encode(), orjson.dumps({"event_id": f"obs-none-{i}", "label": 0}))
+        for i in range(N_UNMATCHED)
+    ]
+    return events, labels
+
+
+def dashboard_queries(path: Path) -> list[tuple[str, str]]:
+    """``(where, expr)`` of every Prometheus target and annotation of a dashboard."""
+    board = json.loads(path.read_text())
+    out = []
+    panels = list(board["panels"])
+    while panels:
+        p = panels.pop(0)
+        panels.extend(p.get("panels", []))  # collapsed rows hold their panels
+        for t in p.get("targets", []):
+            out.append((f"{path.name} / {p['title']} / {t['refId']}", t["expr"]))
+    for a in board.get("annotations", {}).get("list", []):
+        if a.get("datasource", {}).get("type") == "prometheus":
+            out.append((f"{path.name} / annotation {a['name']}", a["expr"]))
+    return out
+
+
+def resolve_variables(base: str, paths: list[Path]) -> dict[str, str]:
+    """Each template variable as a regex of its current label values ('.*' if none yet)."""
+    values: dict[str, str] = {}
+    for path in paths:
+        for var in json.loads(path.read_text())["templating"]["list"]:
+            m = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", var["definition"])
+            assert m, f"{path.name}: variable {var['name']}: unsupported {var['definition']}"
+            metric, label = m.groups()
+            found = prom_get(base, f"/api/v1/label/{label}/values", {"match[]": metric})["data"]
+            values[var["name"]] = "|".join(re.escape(v) for v in found) or var["allValue"]
+    return values
+
+
+def substitute(expr: str, variables: dict[str, str]) -> str:
+    """Grafana's built-in and template variables replaced by concrete values."""
+    for name in ("__rate_interval", "__interval", "__range"):
+        expr = expr.replace(f"${name}", WINDOW)
+    for name, value in variables.items():
+        expr = expr.replace(f"${name}", value)
+    assert "$" not in expr, f"unresolved variable in {expr}"
+    return expr
+
+
+def sample_values(result: dict[str, Any]) -> list[float]:
+    data = result["data"]
+    if data["resultType"] == "scalar":
+        return [float(data["result"][1])]
+    return [float(r["value"][1]) for r in data["result"]]
+
+
+def prom_query(base: str, expr: str) -> dict[str, Any]:
+    return prom_get(base, "/api/v1/query", {"query": expr})
+
+
+def prom_values(base: str, expr: str) -> list[float]:
+    result = prom_query(base, expr)
+    return sample_values(result) if result["status"] == "success" else []
+
+
+def prom_get(base: str, path: str, params: dict[str, str]) -> dict[str, Any]:
+    url = f"{base}{path}?{urllib.parse.urlencode(params)}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - local http only
+            body: dict[str, Any] = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # 400/422 carry the error as JSON
+        body = json.loads(exc.read())
+    return body
+
+
+def http_get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - local http only
+            text: str = resp.read().decode()
+            return text
+    except OSError:
+        return None
+
+
+def scraped(metrics_url: str, name: str) -> float:
+    """Sum of ``name`` over all its label sets on the worker's /metrics (0 if absent)."""
+    text = http_get(metrics_url) or ""
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", re.M)
+    return sum(float(v) for v in pattern.findall(text))
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.25)
+    raise TimeoutError(f"no {what} within {timeout:.0f}s")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
