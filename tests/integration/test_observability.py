@@ -159,6 +159,17 @@ def test_every_dashboard_query_returns_data(
         "prometheus to scrape the final counts and the consumer lag",
     )
 
+    # everything consumed and committed: the lag of the input topics drains to zero
+    drained = (
+        f'sum(driftwatch_consumer_lag_messages{{topic=~"{s.topics.events}|{s.topics.labels}"}})'
+    )
+    wait_for(lambda: prom_values(prometheus, drained) == [0.0], "consumer lag to drain to 0")
+    assert prom_values(prometheus, "driftwatch_rebalances_total")[0] >= 1
+    assigned = prom_values(
+        prometheus, f'driftwatch_assigned_partitions{{topic="{s.topics.events}"}}'
+    )
+    assert assigned == [float(s.topics.partitions)]
+
     queries = [q for path in sorted(DASHBOARDS.glob("*.json")) for q in dashboard_queries(path)]
     assert len(queries) >= 30, queries
     variables = resolve_variables(prometheus, sorted(DASHBOARDS.glob("*.json")))
