@@ -1,0 +1,453 @@
+"""Live model performance with delayed labels: :class:`PerformanceMonitor`.
+
+Pure decision logic, no I/O.  The labelled examples arrive in label order (the learner's
+order); the monitor keeps the last ``performance_window`` of them and, every ``check_every``
+examples, computes exact rolling metrics with numpy/scipy (ROC AUC as the Mann-Whitney U
+statistic, ties averaged, equal to ``sklearn.metrics.roc_auc_score``).
+
+Reference
+    The metrics over the first ``performance_reference`` labelled examples the monitor sees
+    (per monitor lifetime: a new monitor, e.g. after a model promotion, starts a new one).
+``performance`` alerts (subject = metric, detector ``"margin"``)
+    A higher-is-better metric (accuracy, precision, recall, F1, ROC AUC, macro F1, R²) fires
+    when it falls more than ``performance_margin`` (absolute) below its reference value; an
+    error metric (MAE, RMSE) when it rises more than ``performance_margin`` *relative* to its
+    reference (errors have the data's scale, so an absolute margin would mean nothing).  It
+    resolves when the shortfall is back under ``margin / 2`` (hysteresis against flapping).
+``concept_drift`` alerts (subject ``"error_rate"``, detector ``"adwin"``)
+    :class:`river.drift.ADWIN` watches the error stream (0/1 errors; for regression the
+    absolute error divided by the reference MAE, so that ADWIN's bound sees a unit scale)
+    from the end of the reference on.  It fires when ADWIN detects a change, the mean after
+    the change is above the mean before it, and above the reference error rate by more than
+    the margin (relative for regression) — so a detected change too small to matter does not
+    page anyone.  It resolves when the error rate over the rolling window (or over the
+    examples since the alarm, if fewer, and at least half a window of them) is back within
+    ``margin / 2`` of the reference.
+
+Each decision is taken at a check on a given example, so the alerts (and their ids) depend
+only on the order of the examples, not on how they were batched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from river.drift import ADWIN
+from scipy.stats import rankdata
+
+from stream.alerts import EMPTY_SPAN, AlertStatus, Span, fmt, make_alert
+from stream.config import MonitoringSettings
+from stream.exceptions import ConfigError, RejectedInput
+from stream.labels import TrainingExample
+from stream.model import coerce_label
+
+Task = Literal["binary", "multiclass", "regression"]
+TASK_METRICS: dict[Task, tuple[str, ...]] = {
+    "binary": ("accuracy", "precision", "recall", "f1", "roc_auc"),
+    "multiclass": ("accuracy", "macro_f1"),
+    "regression": ("mae", "rmse", "r2"),
+}
+ERROR_METRICS = frozenset({"mae", "rmse"})
+ERROR_SUBJECT = "error_rate"
+_TINY = 1e-12
+
+
+class PerformanceMonitor:
+    """Rolling metrics, margin alerts and ADWIN concept drift (see the module docstring).
+
+    Parameters
+    ----------
+    task
+        The model's task.
+    settings
+        ``performance_window``, ``performance_reference``, ``performance_margin``,
+        ``performance_metrics`` (empty: every metric of the task) and ``check_every``.
+    model
+        Model name for the alerts.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stream.labels import TrainingExample
+    >>> rng = np.random.default_rng(0)
+    >>> def example(i, flip):
+    ...     x = float(rng.normal()); y = int((x > 0) != flip)
+    ...     return TrainingExample(f"e{i}", {"x": x}, y, i, i, 1, int(x > 0), float(x > 0))
+    >>> mon = PerformanceMonitor("binary", MonitoringSettings(performance_reference=200,
+    ...                          performance_window=100, performance_metrics=("accuracy",)), "m")
+    >>> mon.update([example(i, False) for i in range(400)], now_ms=0)
+    []
+    >>> alerts = mon.update([example(i, True) for i in range(400, 600)], now_ms=0)
+    >>> [(a["kind"], a["subject"], a["ts"]) for a in alerts]
+    [('performance', 'accuracy', 409), ('concept_drift', 'error_rate', 423)]
+    >>> mon.metrics()
+    {'accuracy': 0.0}
+    """
+
+    def __init__(self, task: Task, settings: MonitoringSettings, model: str) -> None:
+        self.task = task
+        self.settings = settings
+        self.model = model
+        self._validate()
+        self._reset()
+
+    def _validate(self) -> None:
+        allowed = TASK_METRICS.get(self.task)
+        if allowed is None:
+            raise ConfigError(f"task: expected one of {sorted(TASK_METRICS)}, got {self.task!r}")
+        wrong = [m for m in self.settings.performance_metrics if m not in allowed]
+        if wrong:
+            raise ConfigError(
+                f"monitoring.performance_metrics: {wrong} do not apply to task {self.task!r}; "
+                f"expected some of {list(allowed)}"
+            )
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        chosen = self.settings.performance_metrics
+        return tuple(m for m in TASK_METRICS[self.task] if not chosen or m in chosen)
+
+    def _reset(self) -> None:
+        size = self.settings.performance_window
+        self._y: deque[Any] = deque(maxlen=size)
+        self._pred: deque[Any] = deque(maxlen=size)
+        self._score: deque[float] = deque(maxlen=size)
+        self._error: deque[float] = deque(maxlen=size)
+        self._ts: deque[int] = deque(maxlen=size)
+        self._ref: list[tuple[Any, Any, float, int]] = []  # (y, pred, score, event ts)
+        self._reference: dict[str, float] | None = None
+        self._reference_span: Span = EMPTY_SPAN
+        self._reference_error = math.nan
+        self._current: dict[str, float] = {}
+        self._open: dict[str, int] = {}  # subject -> event time its episode started
+        self._adwin = ADWIN()
+        self._since_fire = 0  # examples since the open concept_drift alarm
+        self._n = 0
+        self._model_version: int | None = None
+        self.skipped = 0  # labels that do not fit the task, or examples without a prediction
+
+    # -- public API -------------------------------------------------------------------------
+
+    def update(self, examples: Sequence[TrainingExample], now_ms: int) -> list[dict[str, Any]]:
+        """Consume labelled examples in label order; return the alerts raised.
+
+        ``now_ms`` (processing time) only goes into the evidence: decisions and alert times
+        are event times (the example's label time), so replays give the same alerts.
+        """
+        alerts: list[dict[str, Any]] = []
+        for example in examples:
+            if self._add(example):
+                alerts.extend(self._after(example))
+        for alert in alerts:
+            alert["evidence"]["processed_at"] = now_ms
+        return alerts
+
+    def metrics(self) -> dict[str, float]:
+        """The rolling metrics at the last check (NaN where undefined, e.g. AUC of one class)."""
+        return dict(self._current)
+
+    @property
+    def reference(self) -> dict[str, float] | None:
+        """The reference metrics, ``None`` until ``performance_reference`` labels arrived."""
+        return None if self._reference is None else dict(self._reference)
+
+    # -- consuming --------------------------------------------------------------------------
+
+    def _add(self, example: TrainingExample) -> bool:
+        try:
+            y = coerce_label(example.y, self.task)
+            pred = (
+                None if example.prediction is None else coerce_label(example.prediction, self.task)
+            )
+        except RejectedInput:
+            self.skipped += 1
+            return False
+        if pred is None and self.task == "regression":
+            self.skipped += 1
+            return False
+        error = _error(self.task, y, pred)
+        self._y.append(y)
+        self._pred.append(pred)
+        self._score.append(example.score)
+        self._error.append(error)
+        self._ts.append(example.event_ts_ms)
+        self._n += 1
+        self._model_version = example.model_version
+        if self._reference is None:
+            self._ref.append((y, pred, example.score, example.event_ts_ms))
+        return True
+
+    def _after(self, example: TrainingExample) -> list[dict[str, Any]]:
+        if self._reference is None:
+            if len(self._ref) >= self.settings.performance_reference:
+                self._fix_reference()
+            return []
+        alerts = self._concept(example)
+        if self._n % self.settings.check_every == 0:
+            self._current = self._compute(list(self._y), list(self._pred), list(self._score))
+            alerts.extend(self._check(example.label_ts_ms))
+        return alerts
+
+    def _fix_reference(self) -> None:
+        ys, preds, scores, ts = (list(col) for col in zip(*self._ref, strict=True))
+        self._reference = self._compute(ys, preds, scores)
+        self._current = dict(self._reference)
+        self._reference_span = Span(len(ts), min(ts), max(ts))
+        errors = [_error(self.task, y, p) for y, p in zip(ys, preds, strict=True)]
+        self._reference_error = float(np.mean(errors))
+        self._ref = []
+
+    def _compute(self, ys: list[Any], preds: list[Any], scores: list[float]) -> dict[str, float]:
+        if self.task == "binary":
+            values = binary_metrics(np.asarray(ys), np.asarray(preds), np.asarray(scores))
+        elif self.task == "multiclass":
+            values = multiclass_metrics([str(y) for y in ys], [str(p) for p in preds])
+        else:
+            values = regression_metrics(np.asarray(ys, float), np.asarray(preds, float))
+        return {name: values[name] for name in self.metric_names}
+
+    # -- performance alerts -----------------------------------------------------------------
+
+    def _check(self, ts: int) -> list[dict[str, Any]]:
+        assert self._reference is not None  # noqa: S101 - only called after the reference
+        alerts: list[dict[str, Any]] = []
+        for name in self.metric_names:
+            ref, now = self._reference[name], self._current[name]
+            shortfall = _shortfall(name, ref, now)
+            if math.isnan(shortfall):
+                continue
+            if name not in self._open and shortfall > self.settings.performance_margin:
+                self._open[name] = ts
+                alerts.append(self._performance_alert(name, "firing", ts))
+            elif name in self._open and shortfall < self.settings.performance_margin / 2:
+                alerts.append(self._performance_alert(name, "resolved", ts))
+        return alerts
+
+    def _performance_alert(self, name: str, status: AlertStatus, ts: int) -> dict[str, Any]:
+        assert self._reference is not None  # noqa: S101
+        ref, now, margin = (
+            self._reference[name],
+            self._current[name],
+            self.settings.performance_margin,
+        )
+        limit = ref * (1 + margin) if name in ERROR_METRICS else ref - margin
+        start = self._open[name] if status == "firing" else self._open.pop(name)
+        return self._make("performance", status, name, "margin", now, limit, ts, start, {
+            "metric": name, "reference_value": ref, "current_value": now,
+            "change": now - ref, "margin": margin,
+            "message": _performance_message(name, status, ref, now, margin, len(self._y),
+                                            self._reference_span.n),
+        })  # fmt: skip
+
+    # -- concept drift ----------------------------------------------------------------------
+
+    def _concept(self, example: TrainingExample) -> list[dict[str, Any]]:
+        error = self._error[-1]
+        if self.task == "regression":
+            error /= max(self._reference_error, _TINY)
+        before = self._adwin.estimation
+        self._adwin.update(error)
+        ts = example.label_ts_ms
+        if ERROR_SUBJECT in self._open:
+            self._since_fire += 1
+            # judge only errors made since the alarm, and enough of them: right after a fast
+            # detection the rolling window still holds mostly pre-change errors
+            enough = self._since_fire >= self.settings.performance_window // 2
+            if enough and self._recent_error_excess() < self.settings.performance_margin / 2:
+                return [self._concept_alert("resolved", ts, before)]
+            return []
+        after = self._adwin.estimation
+        if (
+            self._adwin.drift_detected
+            and after > before
+            and self._adwin_excess(after) > self.settings.performance_margin
+        ):
+            self._open[ERROR_SUBJECT], self._since_fire = ts, 0
+            return [self._concept_alert("firing", ts, before)]
+        return []
+
+    def _adwin_excess(self, mean: float) -> float:
+        if self.task == "regression":  # ADWIN sees errors in units of the reference MAE
+            return mean - 1.0
+        return mean - self._reference_error
+
+    def _recent_error(self) -> float:
+        """Mean error over the rolling window, or over the examples since the alarm if fewer."""
+        n = min(self._since_fire, len(self._error)) or len(self._error)
+        return float(np.mean(list(self._error)[-n:]))
+
+    def _recent_error_excess(self) -> float:
+        rate = self._recent_error()
+        if self.task == "regression":
+            return rate / max(self._reference_error, _TINY) - 1.0
+        return rate - self._reference_error
+
+    def _concept_alert(self, status: AlertStatus, ts: int, before: float) -> dict[str, Any]:
+        start = self._open[ERROR_SUBJECT] if status == "firing" else self._open.pop(ERROR_SUBJECT)
+        rolling = self._recent_error()
+        scale = self._reference_error if self.task == "regression" else 1.0
+        after = self._adwin.estimation * scale
+        statistic = after if status == "firing" else rolling
+        margin = self.settings.performance_margin
+        limit = (
+            self._reference_error * (1 + margin)
+            if self.task == "regression"
+            else self._reference_error + margin
+        )
+        what = "mean absolute error" if self.task == "regression" else "error rate"
+        if status == "firing":
+            text = (
+                f"{ERROR_SUBJECT}: ADWIN detected a change in the {what}: {fmt(before * scale)}"
+                f" -> {fmt(after)} over the last {int(self._adwin.width)} labels (reference "
+                f"{fmt(self._reference_error)} over {self._reference_span.n} labels)"
+            )
+        else:
+            text = (
+                f"{ERROR_SUBJECT}: {what} back to {fmt(rolling)} over the last "
+                f"{min(self._since_fire, len(self._error))} labels (reference {fmt(self._reference_error)}); "
+                "concept drift resolved"
+            )
+        kind: Literal["concept_drift"] = "concept_drift"
+        return self._make(kind, status, ERROR_SUBJECT, "adwin", statistic, limit, ts, start, {
+            "before": before * scale, "after": after, "rolling": rolling,
+            "reference_value": self._reference_error, "adwin_width": int(self._adwin.width),
+            "adwin_delta": self._adwin.delta, "message": text,
+        })  # fmt: skip
+
+    # -- shared -----------------------------------------------------------------------------
+
+    def _make(
+        self,
+        kind: Literal["performance", "concept_drift"],
+        status: AlertStatus,
+        subject: str,
+        detector: str,
+        statistic: float,
+        threshold: float,
+        ts: int,
+        start: int,
+        evidence: dict[str, Any],
+    ) -> dict[str, Any]:
+        message = evidence.pop("message")
+        return make_alert(
+            kind,
+            status,
+            subject,
+            detector,
+            statistic=statistic,
+            p_value=None,
+            threshold=threshold,
+            reference=self._reference_span,
+            window=Span(len(self._ts), min(self._ts), max(self._ts)),
+            model=self.model,
+            model_version=self._model_version,
+            ts=ts,
+            message=message,
+            evidence=evidence,
+            episode_start_ts=start,
+        )
+
+
+def _error(task: Task, y: Any, pred: Any) -> float:
+    """0/1 error of a class, absolute error of a regression."""
+    return abs(float(y) - float(pred)) if task == "regression" else float(y != pred)
+
+
+def _shortfall(name: str, reference: float, current: float) -> float:
+    """How much worse ``current`` is than ``reference``: absolute for scores in [0, 1] and R²,
+    relative for error metrics."""
+    if name in ERROR_METRICS:
+        return (current - reference) / max(reference, _TINY)
+    return reference - current
+
+
+def _performance_message(
+    name: str, status: AlertStatus, ref: float, now: float, margin: float, n: int, n_ref: int
+) -> str:
+    if name in ERROR_METRICS:
+        change = f"{(now - ref) / max(ref, _TINY):+.0%} (margin {margin:.0%})"
+    else:
+        change = f"{now - ref:+.3f} (margin {margin:.3g})"
+    if status == "firing":
+        verb = "rose" if name in ERROR_METRICS else "dropped"
+        return (f"{name} {verb} from {fmt(ref)} (reference, {n_ref} labels) to {fmt(now)} over "
+                f"the last {n} labels: {change}")  # fmt: skip
+    return f"{name} back to {fmt(now)} over the last {n} labels vs reference {fmt(ref)}: {change}"
+
+
+def binary_metrics(
+    y: NDArray[Any], pred: NDArray[Any], score: NDArray[np.float64]
+) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 (of class 1) and ROC AUC of ``score``; exact.
+
+    Precision, recall and F1 are 0 when undefined (sklearn's ``zero_division=0``); ROC AUC is
+    NaN when ``y`` holds one class.
+
+    >>> m = binary_metrics(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]),
+    ...                    np.array([0.1, 0.6, 0.4, 0.9]))
+    >>> {k: round(v, 3) for k, v in m.items()}
+    {'accuracy': 0.75, 'precision': 0.667, 'recall': 1.0, 'f1': 0.8, 'roc_auc': 0.75}
+    """
+    y, pred = y.astype(bool), pred.astype(bool)
+    tp = float(np.sum(y & pred))
+    fp = float(np.sum(~y & pred))
+    fn = float(np.sum(y & ~pred))
+    return {
+        "accuracy": float(np.mean(y == pred)) if y.size else math.nan,
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+        "roc_auc": roc_auc(y, score),
+    }
+
+
+def roc_auc(y: NDArray[np.bool_], score: NDArray[np.float64]) -> float:
+    """Exact ROC AUC: the Mann-Whitney U of the positives' score ranks (ties averaged).
+
+    >>> roc_auc(np.array([False, False, True, True]), np.array([0.1, 0.4, 0.35, 0.8]))
+    0.75
+    """
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if not n_pos or not n_neg:
+        return math.nan
+    ranks = rankdata(score)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def multiclass_metrics(y: Sequence[str], pred: Sequence[str]) -> dict[str, float]:
+    """Accuracy and macro F1 over the classes seen in ``y`` or ``pred`` (as sklearn).
+
+    >>> multiclass_metrics(["a", "b", "c", "a"], ["a", "b", "b", "c"])
+    {'accuracy': 0.5, 'macro_f1': 0.4444444444444444}
+    """
+    ya, pa = np.asarray(y), np.asarray(pred)
+    f1s = []
+    for c in sorted(set(y) | set(pred)):
+        tp = float(np.sum((ya == c) & (pa == c)))
+        wrong = float(np.sum((ya == c) != (pa == c)))
+        f1s.append(2 * tp / (2 * tp + wrong) if tp + wrong else 0.0)
+    return {
+        "accuracy": float(np.mean(ya == pa)) if ya.size else math.nan,
+        "macro_f1": float(np.mean(f1s)) if f1s else math.nan,
+    }
+
+
+def regression_metrics(y: NDArray[np.float64], pred: NDArray[np.float64]) -> dict[str, float]:
+    """MAE, RMSE and R² (NaN when ``y`` is constant).
+
+    >>> regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]))
+    {'mae': 0.3333333333333333, 'rmse': 0.5773502691896257, 'r2': 0.5}
+    """
+    err = y - pred
+    sst = float(np.sum((y - y.mean()) ** 2)) if y.size else 0.0
+    return {
+        "mae": float(np.mean(np.abs(err))) if y.size else math.nan,
+        "rmse": float(np.sqrt(np.mean(err**2))) if y.size else math.nan,
+        "r2": 1.0 - float(np.sum(err**2)) / sst if sst > 0 else math.nan,
+    }
