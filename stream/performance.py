@@ -309,7 +309,8 @@ class PerformanceMonitor:
         else:
             text = (
                 f"{ERROR_SUBJECT}: {what} back to {fmt(rolling)} over the last "
-                f"{min(self._since_fire, len(self._error))} labels (reference {fmt(self._reference_error)}); "
+                f"{min(self._since_fire, len(self._error))} labels (reference "
+                f"{fmt(self._reference_error)}); "
                 "concept drift resolved"
             )
         kind: Literal["concept_drift"] = "concept_drift"
