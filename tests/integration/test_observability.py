@@ -45,6 +45,8 @@ N_UNMATCHED = 5
 #: the whole run, so a rate over it sees every sample of this test.
 WINDOW = "10m"
 WAIT_S = 120.0
+CHUNKS = 10
+CHUNK_PAUSE_S = 0.5  # with CHUNKS, spreads a burst over ~5 scrapes of 1 s
 
 # Expressions allowed to return no data yet, each with the reason. They must still parse.
 # All of them read metrics that stream/metrics.py declares but that only the drift and
@@ -131,7 +133,7 @@ def test_every_dashboard_query_returns_data(
     )
 
     events, labels = demo_stream(s)
-    asyncio.run(produce(s.kafka.bootstrap, s.topics.events, events))
+    produce_paced(s, s.topics.events, events)
     accepted = N_EVENTS + N_QUALITY
     wait_for(
         lambda: (
@@ -140,7 +142,7 @@ def test_every_dashboard_query_returns_data(
         ),
         f"{accepted} accepted and {N_BAD} rejected events",
     )
-    asyncio.run(produce(s.kafka.bootstrap, s.topics.labels, labels))  # labels come later
+    produce_paced(s, s.topics.labels, labels)  # labels come later
     wait_for(
         lambda: (
             scraped(metrics_url, "driftwatch_labels_joined_total")
@@ -233,6 +235,19 @@ def demo_stream(s: Settings) -> tuple[list[tuple[bytes, bytes]], list[tuple[byte
         for i in range(N_UNMATCHED)
     ]
     return events, labels
+
+
+def produce_paced(s: Settings, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    """Send ``records`` in chunks over a few scrape intervals, as a live stream arrives.
+
+    A burst processed between two scrapes would leave a labelled series (created by its
+    first observation) with no increase that rate() can see: Prometheus never counts a
+    series' first sample as an increase.
+    """
+    size = -(-len(records) // CHUNKS)
+    for start in range(0, len(records), size):
+        asyncio.run(produce(s.kafka.bootstrap, topic, records[start : start + size]))
+        time.sleep(CHUNK_PAUSE_S)
 
 
 def dashboard_queries(path: Path) -> list[tuple[str, str]]:
