@@ -192,20 +192,20 @@ class PerformanceMonitor:
         return True
 
     def _after(self, example: TrainingExample) -> list[dict[str, Any]]:
-        if self._reference is None:
-            if len(self._ref) >= self.settings.performance_reference:
-                self._fix_reference()
-            return []
-        alerts = self._concept(example)
-        if self._n % self.settings.check_every == 0:
+        alerts: list[dict[str, Any]] = []
+        if self._reference is not None:
+            alerts = self._concept(example)
+        elif len(self._ref) >= self.settings.performance_reference:
+            self._fix_reference()
+        if self._n % self.settings.check_every == 0:  # metrics for the dashboards from the start
             self._current = self._compute(list(self._y), list(self._pred), list(self._score))
-            alerts.extend(self._check(example.label_ts_ms))
+            if self._reference is not None:
+                alerts.extend(self._check(example.label_ts_ms))
         return alerts
 
     def _fix_reference(self) -> None:
         ys, preds, scores, ts = (list(col) for col in zip(*self._ref, strict=True))
         self._reference = self._compute(ys, preds, scores)
-        self._current = dict(self._reference)
         self._reference_span = Span(len(ts), min(ts), max(ts))
         errors = [_error(self.task, y, p) for y, p in zip(ys, preds, strict=True)]
         self._reference_error = float(np.mean(errors))

@@ -225,3 +225,11 @@ def test_invalid_labels_are_skipped() -> None:
     bad = TrainingExample("e", {}, "maybe", 0, 1, 1, 0, 0.1)
     assert mon.update([bad], now_ms=0) == [] and mon.skipped == 1
     assert mon.reference is None
+
+
+def test_metrics_are_reported_before_the_reference_is_complete() -> None:
+    mon = PerformanceMonitor("binary", SETTINGS, "fraud")
+    assert mon.metrics() == {}
+    assert mon.update(binary_stream(6, n=20), now_ms=0) == []
+    assert mon.reference is None
+    assert set(mon.metrics()) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
