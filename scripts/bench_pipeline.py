@@ -46,26 +46,28 @@ def bench_settings(
         {"name": f"f{i}", "impute": 0.0, "windows": ["1m", "1h", "24h"] if i < WINDOWED else []}
         for i in range(N_FEATURES)
     ]
-    return Settings(
-        kafka={"bootstrap": bootstrap},
-        topics={
-            "events": f"bench-events-{uid}",
-            "labels": f"bench-labels-{uid}",
-            "predictions": f"bench-predictions-{uid}",
-            "alerts": f"bench-alerts-{uid}",
-            "dlq": f"bench-dlq-{uid}",
-            "monitor": f"bench-monitor-{uid}",
-            "partitions": 4,
-        },
-        redis={"url": redis_url, "prefix": f"bench-{uid}"},
-        worker={
-            "app_id": f"bench-{uid}",
-            "batch_size": batch_size,
-            "metrics_address": "127.0.0.1:0",
-        },
-        features=features,
-        model={"name": "bench"},
-        **extra,  # type: ignore[arg-type]
+    return Settings.model_validate(
+        {
+            "kafka": {"bootstrap": bootstrap},
+            "topics": {
+                "events": f"bench-events-{uid}",
+                "labels": f"bench-labels-{uid}",
+                "predictions": f"bench-predictions-{uid}",
+                "alerts": f"bench-alerts-{uid}",
+                "dlq": f"bench-dlq-{uid}",
+                "monitor": f"bench-monitor-{uid}",
+                "partitions": 4,
+            },
+            "redis": {"url": redis_url, "prefix": f"bench-{uid}"},
+            "worker": {
+                "app_id": f"bench-{uid}",
+                "batch_size": batch_size,
+                "metrics_address": "127.0.0.1:0",
+            },
+            "features": features,
+            "model": {"name": "bench"},
+            **extra,
+        }
     )
 
 
@@ -217,17 +219,23 @@ def main() -> int:
     uid = uuid.uuid4().hex[:8]
     base = bench_settings(f"p{uid}", args.bootstrap, args.redis, args.batch_size)
     pass_eps, pass_lat = asyncio.run(run_passthrough(base, args.events, args.rate))
-    with tempfile.TemporaryDirectory() as tmp:
-        s = bench_settings(f"w{uid}", args.bootstrap, args.redis, args.batch_size)
-        work_eps, work_lat = run_worker(s, args.events, args.rate, Path(tmp))
+    rows = [("aiokafka passthrough", pass_eps, pass_lat)]
+    for label, enabled in (("worker, monitoring on", True), ("worker, monitoring off", False)):
+        with tempfile.TemporaryDirectory() as tmp:
+            s = bench_settings(
+                f"w{int(enabled)}{uid}",
+                args.bootstrap,
+                args.redis,
+                args.batch_size,
+                monitoring={"enabled": enabled},
+            )
+            eps, lat = run_worker(s, args.events, args.rate, Path(tmp))
+        rows.append((label, eps, lat))
     print(f"end-to-end, {args.events} events backlog, latency at {args.rate:.0f} events/s")
-    print(f"{'':24}{'events/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, eps, lat in (
-        ("aiokafka passthrough", pass_eps, pass_lat),
-        ("driftwatch worker", work_eps, work_lat),
-    ):
-        print(f"{name:24}{eps:>10.0f}{pct(lat, 50):>10.1f}{pct(lat, 99):>10.1f}")
-    print(f"worker / passthrough throughput ratio: {work_eps / pass_eps:.3f}")
+    print(f"{'':24}{'events/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'vs passthrough':>16}")
+    for name, eps, lat in rows:
+        ratio = eps / pass_eps
+        print(f"{name:24}{eps:>10.0f}{pct(lat, 50):>10.1f}{pct(lat, 99):>10.1f}{ratio:>16.3f}")
     return 0
 
 

@@ -15,14 +15,19 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
+import orjson
 import redis.asyncio as aioredis
 from faust.types import EventT
 
 from stream import lag
+from stream.alerts import alert_key
 from stream.config import Settings
 from stream.exceptions import DriftwatchError
 from stream.metrics import Metrics
 from stream.model import OnlineModel
+from stream.monitor_hub import MonitorHub, monitor_messages
+from stream.monitoring import monitored_subjects
+from stream.performance import PerformanceMonitor
 from stream.pipeline import (
     EventProcessor,
     Incoming,
@@ -48,6 +53,8 @@ class Worker:
     metrics: Metrics
     holder: ModelHolder
     trainer: Trainer
+    hub: MonitorHub
+    performance: PerformanceMonitor
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> Worker:
@@ -76,7 +83,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Worker:
     store = SnapshotStore.from_settings(redis, settings)
     trainer = Trainer(settings, store, metrics)
     holder = ModelHolder(store, trainer.fresh_model())
-    worker = Worker(app, settings, redis, metrics, holder, trainer)
+    key = settings.snapshot_key.get_secret_value().encode() if settings.snapshot_key else b""
+    hub = MonitorHub(settings, redis, metrics, key)
+    performance = PerformanceMonitor(settings.model.task, settings.monitoring, settings.model.name)
+    worker = Worker(app, settings, redis, metrics, holder, trainer, hub, performance)
     _agents(worker)
     lag.install(worker.app, worker.metrics)
     return worker
@@ -88,21 +98,34 @@ def _agents(w: Worker) -> None:
     events = app.topic(topics.events, key_type=bytes, value_type=bytes)
     labels = app.topic(topics.labels, key_type=bytes, value_type=bytes)
     train = app.topic(train_topic_name(settings), key_type=bytes, value_type=bytes, partitions=1)
+    monitor = app.topic(topics.monitor, key_type=bytes, value_type=bytes)
     scorer = EventProcessor(settings, w.redis, lambda: _served(w), w.metrics)
     joiner = LabelProcessor(settings, w.redis, w.metrics)
     pending = PredictionStore(w.redis, settings.redis.prefix, settings.labels.horizon_s)
     batch, within = settings.worker.batch_size, settings.worker.batch_max_latency_s
     train_key = settings.model.name.encode()
 
+    monitoring = settings.monitoring.enabled
+    kinds = {name: kind for name, (kind, _) in monitored_subjects(settings).items()}
+
     @app.agent(events, name="driftwatch.score")
     async def score(stream: faust.StreamT[bytes]) -> None:
         async for evs in cast(faust.Stream[bytes], stream).take_events(batch, within):
             result = await scorer.process([_incoming(e) for e in evs])
-            examples = [
-                Outgoing(train.get_topic_name(), train_key, x.encode()) for x in result.examples
-            ]
-            await publish(app, [*result.outgoing, *examples])
+            out = [Outgoing(train.get_topic_name(), train_key, x.encode()) for x in result.examples]
+            if monitoring:
+                msgs = monitor_messages(settings, result, kinds)
+                out += [Outgoing(topics.monitor, k, v) for k, v in msgs]
+            await publish(app, [*result.outgoing, *out])
             _observe_latency(w, result.scored)
+
+    @app.agent(monitor, name="driftwatch.monitor")
+    async def watch(stream: faust.StreamT[bytes]) -> None:
+        async for evs in cast(faust.Stream[bytes], stream).take_events(batch, within):
+            items = [(e.message.partition, e.message.offset, e.value) for e in evs]
+            alerts = await w.hub.apply(items)
+            await w.hub.save(force=bool(alerts))
+            await publish_alerts(w, alerts)
 
     @app.agent(labels, name="driftwatch.join")
     async def join(stream: faust.StreamT[bytes]) -> None:
@@ -117,6 +140,13 @@ def _agents(w: Worker) -> None:
 
         async for evs in cast(faust.Stream[bytes], stream).take_events(batch, within):
             items = [(e.message.offset, TrainingExample.decode(e.value)) for e in evs]
+            if w.trainer.model is None:
+                await w.trainer.restore()
+            fresh = [x for off, x in items if off > w.trainer.last_offset]
+            if monitoring and fresh:
+                await publish_alerts(w, w.performance.update(fresh, now_ms()))
+                for metric, value in w.performance.metrics().items():
+                    w.metrics.model_metric.labels(settings.model.name, metric).set(value)
             if await w.trainer.learn(items) is not None:
                 with contextlib.suppress(DriftwatchError):  # holder.run logs refusals
                     await w.holder.refresh()
@@ -129,11 +159,17 @@ def _agents(w: Worker) -> None:
     async def sweep_expired() -> None:
         w.metrics.predictions_expired.inc(await pending.sweep_expired(now_ms()))
 
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types async receivers loosely
+    async def on_revoked(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        with contextlib.suppress(Exception):  # best effort: the periodic save is the guarantee
+            await w.hub.save(force=True)
+
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types async receivers loosely
     async def on_assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
-        # the train partition may have been learned on elsewhere meanwhile: re-read the checkpoint
+        # partitions may have been worked on elsewhere meanwhile: re-read the saved state
         w.trainer.model = None
         w.trainer.last_offset = -1
+        w.hub.forget()
 
 
 def _served(w: Worker) -> OnlineModel:
@@ -158,6 +194,24 @@ async def publish(app: faust.App, messages: Sequence[Outgoing]) -> None:
         await producer.send(m.topic, m.key, m.value, None, None, None) for m in messages
     ]
     await asyncio.gather(*futures)
+
+
+async def publish_alerts(w: Worker, alerts: Sequence[dict[str, Any]]) -> None:
+    """Publish alerts keyed by kind and subject, and count them."""
+    if not alerts:
+        return
+    topic = w.settings.topics.alerts
+    await publish(w.app, [Outgoing(topic, alert_key(a), orjson.dumps(a)) for a in alerts])
+    for a in alerts:
+        w.metrics.alerts.labels(a["kind"], a["status"]).inc()
+        log.warning(
+            "alert %s %s %s/%s: %s",
+            a["status"],
+            a["kind"],
+            a["subject"],
+            a["detector"],
+            a["message"],
+        )
 
 
 def _observe_latency(w: Worker, scored: Sequence[Any]) -> None:

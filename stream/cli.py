@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from stream.config import Settings, load_settings
 from stream.exceptions import ConfigError, DriftwatchError
@@ -59,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         type=_positive_int,
         help="promote: the version to serve (pinned); without one, follow the latest again",
+    )
+    ref = sub.add_parser("reference", help="pin the drift reference, or return to the default")
+    ref.add_argument("action", choices=["pin", "unpin"])
+    src = ref.add_mutually_exclusive_group()
+    src.add_argument("--file", type=Path, help="JSON-lines file of Prediction messages")
+    src.add_argument(
+        "--range",
+        nargs=2,
+        metavar=("FROM", "TO"),
+        help="event-time range (epoch ms or ISO-8601) of the predictions topic",
     )
     return parser
 
@@ -126,6 +137,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from stream.tail import run_tail
 
         return run_tail(settings, args.what, args.from_beginning, args.limit)
+    if args.command == "reference":
+        return _reference_command(settings, args)
     if args.command == "model":
         return _model_command(settings, args.action, args.version)
     raise AssertionError(f"unhandled command {args.command}")  # argparse guarantees a choice
@@ -156,6 +169,46 @@ def _model_command(settings: Settings, action: str, version: int | None) -> int:
             await client.aclose()
 
     print("\n".join(asyncio.run(go())))
+    return 0
+
+
+def _reference_command(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from stream import reference
+    from stream.monitoring import monitored_subjects
+
+    if args.action == "pin" and args.file is None and args.range is None:
+        raise DriftwatchError("reference pin needs --file PATH or --range FROM TO")
+
+    async def go() -> str:
+        client = aioredis.Redis.from_url(
+            settings.redis.url,
+            password=settings.redis_password.get_secret_value()
+            if settings.redis_password
+            else None,
+        )
+        prefix = settings.redis.prefix
+        try:
+            if args.action == "unpin":
+                gen = await reference.unpin(client, prefix)
+                return f"references unpinned (generation {gen}): monitors collect afresh"
+            if args.file is not None:
+                rows = reference.read_file(args.file)
+            else:
+                rows = await reference.read_topic(settings, *args.range)
+            kinds = {n: k for n, (k, _) in monitored_subjects(settings).items()}
+            size = settings.monitoring.reference_size
+            values = reference.reference_values(rows, kinds, size)
+            gen = await reference.pin(client, prefix, values)
+            sizes = ", ".join(f"{s}: {len(v)}" for s, (v, _) in sorted(values.items()))
+            return f"pinned references (generation {gen}) from {len(rows)} predictions: {sizes}"
+        finally:
+            await client.aclose()
+
+    print(asyncio.run(go()))
     return 0
 
 

@@ -224,6 +224,10 @@ class MonitoringSettings(_Frozen):
     window: int = Field(default=1000, ge=20)
     check_every: int = Field(default=10, ge=1)
     ert: float = Field(default=1e6, ge=100)  # family-wise values between false alarms
+    # an episode ends after `patience` checks in a row with every statistic <= release x
+    # threshold; 0 means a whole window of values (window / check_every checks)
+    release: float = Field(default=0.7, gt=0, le=1)
+    patience: int = Field(default=0, ge=0)
     numeric_detectors: tuple[NumericDetector, ...] = ("ks", "psi", "wasserstein")
     categorical_detectors: tuple[CategoricalDetector, ...] = ("chi2",)
     checkpoint_interval: Duration = "10s"
@@ -248,6 +252,10 @@ class MonitoringSettings(_Frozen):
     @property
     def checkpoint_interval_s(self) -> float:
         return parse_duration(self.checkpoint_interval)
+
+    @property
+    def patience_checks(self) -> int:
+        return self.patience or max(1, self.window // self.check_every)
 
 
 class Settings(BaseSettings):

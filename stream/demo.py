@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream.config import Settings
 from stream.synthetic import CardStream, Drift, bad_event
+from stream.topics import wait_consumed
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,16 @@ async def _demo(settings: Settings, opts: DemoOptions) -> int:
         await producer.stop()
         await consumer.stop()
     joined = await _labels_joined(opts.metrics_url, len(labels), opts.timeout)
-    print(summary(opts, got, labels, n_bad, elapsed, joined))
+    if opts.drifts:  # let the monitors finish what the scorers sent them
+        with contextlib.suppress(TimeoutError):
+            await wait_consumed(
+                settings.kafka.bootstrap,
+                settings.worker.app_id,
+                settings.topics.monitor,
+                opts.timeout,
+            )
+        await asyncio.sleep(2.0)
+    print(summary(opts, got, labels, n_bad, elapsed, joined, stream.start_ms, stream.step_ms))
     return 0 if len(got.predictions) == opts.events else 1
 
 
@@ -167,6 +177,8 @@ def summary(
     n_bad: int,
     elapsed: float,
     joined: float | None,
+    start_ms: int = 0,
+    step_ms: int = 50,
 ) -> str:
     """The end-of-demo report."""
     rate = opts.events / elapsed if elapsed > 0 else 0.0
@@ -184,8 +196,38 @@ def summary(
         f"  alerts               {len(got.alerts)}",
         "",
         *accuracy_table(got.predictions, labels, opts.events),
+        *drift_report(opts, got.alerts, start_ms, step_ms),
     ]
     return "\n".join(lines)
+
+
+def drift_report(
+    opts: DemoOptions, alerts: list[dict[str, Any]], start_ms: int, step_ms: int
+) -> list[str]:
+    """For each injected drift: where it started and where each detector caught it."""
+    if not opts.drifts:
+        return []
+    rows = ["", "  injected drift and where each detector caught it (event number, delay)"]
+    starts = sorted(d.start for d in opts.drifts)
+    for drift in sorted(opts.drifts, key=lambda d: d.start):
+        nxt = min((s for s in starts if s > drift.start), default=None)
+        end = f"-{drift.end}" if drift.end is not None else ""
+        rows.append(f"  {drift.kind} at {drift.start}{end}:")
+        caught: dict[tuple[str, str, str], int] = {}
+        for a in alerts:
+            if a.get("status") != "firing":
+                continue
+            to_ts = (a.get("window") or {}).get("to_ts")
+            if to_ts is None:
+                continue
+            at = (int(to_ts) - start_ms) // step_ms
+            if at >= drift.start and (nxt is None or at < nxt):
+                caught.setdefault((a["kind"], a["subject"], a["detector"]), at)
+        if not caught:
+            rows.append("      not caught")
+        for (kind, subject, detector), at in sorted(caught.items(), key=lambda kv: kv[1]):
+            rows.append(f"      {kind:<16} {subject}/{detector:<12} at {at} (+{at - drift.start})")
+    return rows
 
 
 def _dlq_reasons(dlq: list[dict[str, Any]]) -> Counter[str]:

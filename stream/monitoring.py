@@ -376,6 +376,9 @@ class SubjectMonitor:
             check_every=m.check_every,
             ert=m.ert * self.family_size,
             random_state=seed,
+            # hysteresis: a drift that hovers near the threshold stays one episode
+            release=m.release,
+            patience=m.patience_checks,
         )
 
     # -- detection ----------------------------------------------------------------------------

@@ -81,7 +81,9 @@ class CardStream:
             log_amount = self._base[card] + (log_amount - self._base[card]) * 1.5
         amount = math.exp(log_amount)
         if "mean_shift" in active:
-            amount *= 1.0 + 0.5 * 0.6  # ~ +0.5 sigma of log-amount, in the raw scale
+            # +0.5 sigma of log-amount over all cards (sd of the card bases ~0.43 and of the
+            # noise 0.6: ~0.74 together)
+            amount *= math.exp(0.5 * 0.74)
         shares = DRIFTED_SHARES if "category_mix" in active else SHARES
         category = rng.choices(CATEGORIES, shares)[0]
         ts = self.start_ms + i * self.step_ms
@@ -96,10 +98,10 @@ class CardStream:
         return event, label
 
     def _fraud(self, excess: float, category: str, hour: int, flipped: bool) -> int:
-        risky = ("online", "travel") if not flipped else ("grocery", "fuel")
-        z = -1.6 + 2.2 * excess + (1.8 if category in risky else -0.6) + (0.8 if hour < 6 else 0.0)
-        if flipped:
-            z = -1.6 - 2.2 * excess + (1.8 if category in risky else -0.6)
+        z = -1.6 + 2.2 * excess + (1.8 if category in ("online", "travel") else -0.6)
+        z += 0.8 if hour < 6 else 0.0
+        if flipped:  # the rule turns around: what was safe is now fraud and vice versa
+            z = -z - 1.0
         return int(self._rng.random() < 1.0 / (1.0 + math.exp(-z)))
 
 

@@ -8,11 +8,15 @@ up front avoids both.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import TopicPartition
 
 from stream.config import Settings
 
@@ -45,4 +49,29 @@ async def ensure_topics(settings: Settings, replication: int = 1) -> list[str]:
             log.info("created topics %s with %d partitions", missing, settings.topics.partitions)
         return missing
     finally:
+        await admin.close()
+
+
+async def wait_consumed(bootstrap: str, group: str, topic: str, wait_s: float) -> None:
+    """Wait until ``group`` has committed every partition of ``topic`` up to its end."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        await consumer.topics()  # refreshes the metadata
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        deadline = time.monotonic() + wait_s
+        while True:
+            ends = await consumer.end_offsets(tps)
+            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+            behind = {tp: ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps}
+            if all(v <= 0 for v in behind.values()):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"group {group} still behind on {topic}: {behind}")
+            await asyncio.sleep(0.5)
+    finally:
+        await consumer.stop()
         await admin.close()
