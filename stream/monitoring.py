@@ -436,7 +436,10 @@ class SubjectMonitor:
     ) -> dict[str, Any]:
         start = self._episodes[name] if status == "firing" else self._episodes.pop(name)
         recent = list(self._values)[len(self._values) - n :]
-        window = Span(n, self._ts[-n] if n else None, self._ts[-1] if n else None)
+        # values arrive in processing order, interleaved across partitions: the window's
+        # event-time range is its min and max, not its first and last value
+        recent_ts = list(self._ts)[len(self._ts) - n :]
+        window = Span(n, min(recent_ts) if n else None, max(recent_ts) if n else None)
         summary = self._summary(recent)
         return make_alert(
             self._alert_kind(),

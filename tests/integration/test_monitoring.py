@@ -55,13 +55,25 @@ def index_of(ts: int) -> int:
 RAW = ("amount", "hour", "merchant_category")
 
 
+def produce_paced(s: Settings, records: list[tuple[bytes, bytes]], rate: float = 2000.0) -> None:
+    """Produce like a live source (~rate events/s), so the partitions advance together and
+    a detection delay in events means something."""
+
+    async def go() -> None:
+        for i in range(0, len(records), 200):
+            await produce(s.kafka.bootstrap, s.topics.events, records[i : i + 200])
+            await asyncio.sleep(200 / rate)
+
+    asyncio.run(go())
+
+
 def test_injected_drift_fires_once_per_detector_and_resolves(
     settings: Settings, worker_factory
 ) -> None:
     s = with_monitoring(settings, subjects=RAW)
     drift = Drift("mean_shift", 4000, 7000)
     worker_factory(s)
-    asyncio.run(produce(s.kafka.bootstrap, s.topics.events, card_records(11_000, (drift,))))
+    produce_paced(s, card_records(11_000, (drift,)))
     asyncio.run(consume(s.kafka.bootstrap, s.topics.predictions, 11_000, 180))
     monitored(s)
     # 3 numeric detectors fire and resolve on amount: 6 alerts
@@ -80,7 +92,7 @@ def test_injected_drift_fires_once_per_detector_and_resolves(
         if a["status"] == "firing":
             caught = index_of(a["window"]["to_ts"])
             print(f"{a['detector']}: injected at 4000, firing at event {caught} (+{caught - 4000})")
-            assert 4000 <= caught <= 4000 + 800, a  # delays measured: README
+            assert 4000 <= caught <= 4000 + 1000, a  # delays measured: README
             assert a["statistic"] > a["threshold"] and a["reference"]["n"] == 2000
         else:
             assert index_of(a["window"]["to_ts"]) >= 7000
