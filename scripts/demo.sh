@@ -26,8 +26,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# default demo: 20,000 card transactions at 2,000 events/s, a mean shift in `amount` between
+# events 6,000 and 10,000, and a concept change (the fraud rule flips) from event 13,000
+if [ $# -eq 0 ]; then
+  set -- --events 20000 --drift mean_shift@6000-10000 --drift concept@13000
+fi
 export DRIFTWATCH_CONFIG=${DRIFTWATCH_CONFIG:-$PWD/driftwatch.toml}
 export DRIFTWATCH_SNAPSHOT_KEY=${DRIFTWATCH_SNAPSHOT_KEY:-demo-only-snapshot-key}
+# each run gets its own topics, consumer group and Redis prefix: a fresh model and fresh
+# monitors, and nothing of an earlier run (or of anyone else's data) is touched
+run=demo$(date +%s)
+export DRIFTWATCH_WORKER__APP_ID="driftwatch-$run" DRIFTWATCH_REDIS__PREFIX="$run"
+export DRIFTWATCH_TOPICS__EVENTS="$run.events" DRIFTWATCH_TOPICS__LABELS="$run.labels"
+export DRIFTWATCH_TOPICS__PREDICTIONS="$run.predictions" DRIFTWATCH_TOPICS__ALERTS="$run.alerts"
+export DRIFTWATCH_TOPICS__DLQ="$run.events.dlq" DRIFTWATCH_TOPICS__MONITOR="$run.monitor"
+echo "[demo] topics $run.*; watch alerts with: DRIFTWATCH_TOPICS__ALERTS=$run.alerts driftwatch tail alerts" >&2
 driftwatch --log-level warning worker > "$workdir/worker.log" 2>&1 &
 worker_pid=$!
 echo "[demo] worker started (pid $worker_pid, log $workdir/worker.log)" >&2

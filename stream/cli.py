@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--bad-every", type=int, default=200, help="one malformed event every N (0: none)"
     )
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument(
+        "--metrics-url",
+        help="a worker's /metrics, for the labels-joined count (default: worker.metrics_address)",
+    )
     demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for outputs")
     tail = sub.add_parser("tail", help="print a topic live, one readable line per message")
     tail.add_argument("what", choices=["predictions", "alerts", "dlq"])
@@ -130,7 +134,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             drifts=tuple(args.drift),
             seed=args.seed,
             timeout=args.timeout,
-            metrics_url=f"http://{host_port}/metrics",
+            metrics_url=args.metrics_url or f"http://{host_port}/metrics",
         )
         return run_demo(settings, options)
     if args.command == "tail":

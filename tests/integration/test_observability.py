@@ -48,24 +48,9 @@ WAIT_S = 120.0
 CHUNKS = 10
 CHUNK_PAUSE_S = 0.5  # with CHUNKS, spreads a burst over ~5 scrapes of 1 s
 
-# Expressions allowed to return no data yet, each with the reason. They must still parse.
-# All of them read metrics that stream/metrics.py declares but that only the drift and
-# performance monitoring sets (MonitorHub / PerformanceMonitor, being wired into
-# stream/app.py in the monitoring issue; not in `git log` when this test was written).
-# When the wiring lands these return data: the test then prints them under
-# "allow-listed but returning data" — delete those lines here.
-MONITORING = "set by the monitoring wiring, not yet committed"
-ALLOWED_EMPTY: dict[str, str] = {
-    # drift.json
-    'max by (subject, detector) (driftwatch_drift_statistic{subject=~"$subject"})': MONITORING,
-    'max by (subject, detector) (driftwatch_drift_threshold{subject=~"$subject"})': MONITORING,
-    'max by (subject, detector) (driftwatch_drift_active{subject=~"$subject"})': MONITORING,
-    "sum by (kind, status) (increase(driftwatch_alerts_total[$__rate_interval]))": MONITORING,
-    "sum by (kind, status) (changes(driftwatch_alerts_total[1m])) > 0": MONITORING,
-    "max by (feature, kind) (driftwatch_data_quality_rate)": MONITORING,
-    # model.json
-    'max by (model, metric) (driftwatch_model_metric{model=~"$model"})': MONITORING,
-}
+# Expressions allowed to return no data, each with the reason (they must still parse).
+# Empty: every panel must show data.
+ALLOWED_EMPTY: dict[str, str] = {}
 
 
 @pytest.fixture
@@ -78,7 +63,17 @@ def observed_settings(settings: Settings) -> Settings:
             "features": sample.features,
             "windows": sample.windows,
             "model": sample.model.model_copy(update={"publish_every": 200}),
-            "monitoring": sample.monitoring,
+            # small reference and windows so that drift, alerts, quality and performance
+            # metrics all have data within this short stream
+            "monitoring": sample.monitoring.model_copy(
+                update={
+                    "reference_size": 500,
+                    "window": 300,
+                    "performance_reference": 200,
+                    "performance_window": 100,
+                    "quality_window": 100,
+                }
+            ),
             "worker": worker,
         }
     )
