@@ -14,7 +14,8 @@ for svc in kafka redis; do
     started+=("$svc")
   fi
 done
-workdir=$(mktemp -d)
+workdir=${DRIFTWATCH_HOME:-$HOME/.cache/driftwatch}/demo
+mkdir -p "$workdir"
 cleanup() {
   if [ -n "${worker_pid:-}" ] && kill -0 "$worker_pid" 2>/dev/null; then
     kill -TERM "$worker_pid"
@@ -22,7 +23,6 @@ cleanup() {
     kill -KILL "$worker_pid" 2>/dev/null || true
   fi
   for svc in "${started[@]}"; do python3 scripts/services.py stop "$svc" || true; done
-  rm -rf "$workdir"
 }
 trap cleanup EXIT
 

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream.config import Settings
 from stream.synthetic import CardStream, Drift, bad_event
-from stream.topics import wait_consumed
+from stream.topics import ensure_topics, wait_consumed
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ async def _demo(settings: Settings, opts: DemoOptions) -> int:
     run_id = uuid.uuid4().hex[:8]
     stream = CardStream(seed=opts.seed, drifts=opts.drifts, run_id=run_id, start_ms=_now_ms())
     t = settings.topics
+    await ensure_topics(settings)  # subscribe to topics that exist, whoever starts first
     consumer = AIOKafkaConsumer(
         t.predictions,
         t.dlq,

@@ -87,7 +87,7 @@ class Metrics:
         )
         self.labels_unmatched = Counter(
             f"{p}labels_unmatched",
-            "Labels with no stored prediction (unknown or expired)",
+            "Labels that came before their prediction (parked until it is scored)",
             registry=r,
         )
         self.predictions_expired = Counter(

@@ -109,8 +109,13 @@ class EventProcessor:
         self.metrics.batch_seconds.labels("features_and_scoring").observe(t2 - t1)
         writes = BatchWriter(self.redis, self._write_script)
         self.features.stage(writes, update)
-        self.predictions.stage(writes, pending)
-        await writes.execute()  # one atomic command: states, dedupe markers, predictions
+        # one round trip, two atomic scripts: states with their dedupe markers; predictions
+        # stored, or joined to a label that overtook its event
+        pipe = self.redis.pipeline(transaction=False)
+        await writes.queue(pipe)
+        has_preds = await self.predictions.stage(pipe, pending)
+        replies = await pipe.execute()
+        claimed = self.predictions.claimed(replies[-1], pending) if has_preds else []
         self.metrics.redis_seconds.labels("write").observe(time.perf_counter() - t2)
         self._count(valid, update)
         outgoing.extend(self._predictions(scored))
@@ -119,6 +124,11 @@ class EventProcessor:
             for ev, p in zip(valid, pending, strict=True)
             if ev.label is not None
         ]
+        now = now_ms()
+        for pred, label in claimed:
+            examples.append(example_from(pred, label.label, label.ts or now))
+            self.metrics.label_lag.observe(examples[-1].lag_s)
+        self.metrics.labels_joined.inc(len(claimed))
         return BatchResult(outgoing, scored, examples, len(batch) - len(valid))
 
     def _validate(self, batch: Sequence[Incoming]) -> tuple[list[ValidEvent], list[Outgoing]]:
@@ -245,7 +255,7 @@ class LabelProcessor:
                 )
                 dlq.append(Outgoing(self.settings.topics.dlq, msg.key, value))
         t0 = time.perf_counter()
-        pending = await self.predictions.take([lb.event_id for lb in labels])
+        pending = await self.predictions.take(labels)
         self.metrics.redis_seconds.labels("label_join").observe(time.perf_counter() - t0)
         joined = join_labels(labels, pending, now_ms())
         self.metrics.labels_joined.inc(len(joined.examples))

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 # ARGV = [n_sets, value_1, ttl_1, ..., value_n, ttl_n, then per zadd key: n, score, member...]
@@ -93,6 +94,13 @@ class BatchWriter:
             for member, score in members.items():
                 out += (score, member)
         return out
+
+    async def queue(self, pipe: Pipeline) -> bool:
+        """Queue the single call on ``pipe`` (to share its round trip); False if empty."""
+        if not len(self):
+            return False
+        await self.script(keys=self.keys(), args=self.args(), client=pipe)  # queued only
+        return True
 
     async def execute(self) -> None:
         """Run every collected write atomically; nothing to do for an empty batch."""
