@@ -142,7 +142,8 @@ def _agents(w: Worker) -> None:
             items = [(e.message.offset, TrainingExample.decode(e.value)) for e in evs]
             if w.trainer.model is None:
                 await w.trainer.restore()
-            fresh = [x for off, x in items if off > w.trainer.last_offset]
+            # performance is judged on published models: version 0 is the untrained one
+            fresh = [x for off, x in items if off > w.trainer.last_offset and x.model_version > 0]
             if monitoring and fresh:
                 await publish_alerts(w, w.performance.update(fresh, now_ms()))
                 for metric, value in w.performance.metrics().items():
@@ -196,12 +197,24 @@ async def publish(app: faust.App, messages: Sequence[Outgoing]) -> None:
     await asyncio.gather(*futures)
 
 
+def encode_alert(alert: dict[str, Any]) -> bytes:
+    """Alert JSON; numpy scalars in the evidence become plain numbers."""
+    return orjson.dumps(alert, option=orjson.OPT_SERIALIZE_NUMPY, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        return item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 async def publish_alerts(w: Worker, alerts: Sequence[dict[str, Any]]) -> None:
     """Publish alerts keyed by kind and subject, and count them."""
     if not alerts:
         return
     topic = w.settings.topics.alerts
-    await publish(w.app, [Outgoing(topic, alert_key(a), orjson.dumps(a)) for a in alerts])
+    await publish(w.app, [Outgoing(topic, alert_key(a), encode_alert(a)) for a in alerts])
     for a in alerts:
         w.metrics.alerts.labels(a["kind"], a["status"]).inc()
         log.warning(

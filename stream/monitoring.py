@@ -48,7 +48,9 @@ from detectors import (
 from stream.alerts import EMPTY_SPAN, AlertKind, AlertStatus, Span, fmt, make_alert
 from stream.config import MonitoringSettings, Settings
 from stream.exceptions import ConfigError
-from stream.features import SINCE_LAST, window_names
+from stream.features import FIRST_EVENT, SINCE_LAST, window_names
+
+SINCE_LAST_WARMUP_MS = 300_000
 
 if TYPE_CHECKING:  # the pipeline imports the monitors, not the other way round
     from stream.pipeline import ScoredEvent
@@ -143,6 +145,9 @@ def _value_of(s: ScoredEvent, subject: str, kind: SubjectKind) -> float | str | 
         return None
     else:
         raw = s.x.get(subject)
+        if subject == SINCE_LAST and raw == FIRST_EVENT:
+            return None  # "no earlier event" is not a gap: watching it sees new entities
+
     if kind == "categorical":
         return None if raw is None else str(raw)
     if isinstance(raw, bool) or not isinstance(raw, int | float) or not np.isfinite(raw):
@@ -180,6 +185,9 @@ def monitored_subjects(settings: Settings) -> dict[str, tuple[SubjectKind, int]]
         for label, seconds in zip(f.windows, f.window_seconds, strict=True)
         for agg in f.aggregates
     }
+    # gaps between an entity's events are capped by the time the stream has run: give them
+    # SINCE_LAST_WARMUP_MS of event time to reach their stationary spread
+    warmups[SINCE_LAST] = SINCE_LAST_WARMUP_MS
     for name in window_names(settings.features):
         subjects[name] = ("numeric", warmups.get(name, 0))
     subjects[PREDICTION_SCORE] = ("numeric", 0)

@@ -14,6 +14,7 @@ from stream.exceptions import ConfigError
 from stream.features import window_names
 from stream.messages import Alert
 from stream.monitoring import (
+    SINCE_LAST_WARMUP_MS,
     SubjectBatch,
     SubjectKind,
     SubjectMonitor,
@@ -275,7 +276,7 @@ def test_monitored_subjects_names_kinds_and_warmups() -> None:
     )
     assert subjects["amount_std_1h"] == ("numeric", 3_600_000)
     assert subjects["amount_mean_1m"] == ("numeric", 60_000)
-    assert subjects["seconds_since_last"] == ("numeric", 0)
+    assert subjects["seconds_since_last"] == ("numeric", SINCE_LAST_WARMUP_MS)
     assert subjects["merchant"] == ("categorical", 0)
     assert subjects["prediction.class"] == ("categorical", 0)
 
