@@ -26,7 +26,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# default demo: 20,000 card transactions at 2,000 events/s, a mean shift in `amount` between
+# default demo: 20,000 card transactions at 1,000 events/s, a mean shift in `amount` between
 # events 6,000 and 10,000, and a concept change (the fraud rule flips) from event 13,000
 if [ $# -eq 0 ]; then
   set -- --events 20000 --drift mean_shift@6000-10000 --drift concept@13000

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("config", help="validate the configuration and print it with secrets hidden")
     demo = sub.add_parser("demo", help="produce a synthetic stream through running workers")
     demo.add_argument("--events", type=_positive_int, default=20_000, help="events to send")
-    demo.add_argument("--rate", type=float, default=2000.0, help="events/s (0: unthrottled)")
+    demo.add_argument("--rate", type=float, default=1000.0, help="events/s (0: unthrottled)")
     demo.add_argument(
         "--label-delay", type=int, default=200, help="send each label this many events later"
     )

@@ -73,22 +73,23 @@ async def _demo(settings: Settings, opts: DemoOptions) -> int:
         reader = asyncio.create_task(_collect(consumer, settings, run_id, got))
         labels, n_bad, elapsed = await _produce(producer, settings, stream, opts)
         await _wait_for(got, opts.timeout)
+        joined = await _labels_joined(opts.metrics_url, len(labels), opts.timeout)
+        if opts.drifts:  # let the monitors finish what the scorers sent them
+            print("waiting for the monitors to catch up ...", file=sys.stderr)
+            with contextlib.suppress(TimeoutError):
+                await wait_consumed(
+                    settings.kafka.bootstrap,
+                    settings.worker.app_id,
+                    settings.topics.monitor,
+                    opts.timeout,
+                )
+            await asyncio.sleep(2.0)  # the last alerts reach the reader
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
     finally:
         await producer.stop()
         await consumer.stop()
-    joined = await _labels_joined(opts.metrics_url, len(labels), opts.timeout)
-    if opts.drifts:  # let the monitors finish what the scorers sent them
-        with contextlib.suppress(TimeoutError):
-            await wait_consumed(
-                settings.kafka.bootstrap,
-                settings.worker.app_id,
-                settings.topics.monitor,
-                opts.timeout,
-            )
-        await asyncio.sleep(2.0)
     print(summary(opts, got, labels, n_bad, elapsed, joined, stream.start_ms, stream.step_ms))
     return 0 if len(got.predictions) == opts.events else 1
 

@@ -59,8 +59,10 @@ async def wait_consumed(bootstrap: str, group: str, topic: str, wait_s: float) -
     await admin.start()
     await consumer.start()
     try:
-        await consumer.topics()  # refreshes the metadata
-        parts = consumer.partitions_for_topic(topic) or set()
+        described = await admin.describe_topics([topic])
+        parts = [p["partition"] for d in described for p in d.get("partitions", [])]
+        if not parts:
+            raise TimeoutError(f"topic {topic} has no partitions (does it exist?)")
         tps = [TopicPartition(topic, p) for p in parts]
         deadline = time.monotonic() + wait_s
         while True:
