@@ -166,11 +166,13 @@ def _agents(w: Worker) -> None:
             await w.hub.save(force=True)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types async receivers loosely
-    async def on_assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+    async def on_assigned(
+        sender: Any, assigned: set[Any], *args: Any, signal: Any, **kwargs: Any
+    ) -> None:
         # partitions may have been worked on elsewhere meanwhile: re-read the saved state
         w.trainer.model = None
         w.trainer.last_offset = -1
-        w.hub.forget()
+        w.hub.keep_only({tp.partition for tp in assigned if tp.topic == topics.monitor})
 
 
 def _served(w: Worker) -> OnlineModel:

@@ -99,6 +99,8 @@ class MonitorHub:
     def __post_init__(self) -> None:
         self.subjects = monitored_subjects(self.settings)
         self.family = family_size(self.settings)
+        # apply (partly in a thread) and save (also from the rebalance signal) never overlap
+        self._lock = asyncio.Lock()
 
     def redis_key(self, name: str) -> str:
         return f"{self.settings.redis.prefix}:monitor:{name}"
@@ -111,14 +113,15 @@ class MonitorHub:
         With ``off_loop`` the detector work runs in a thread: fitting a reference takes
         seconds, and the scoring agent must keep going meanwhile.
         """
-        await self._follow_pins()
-        routed = [(p, o, *self._route(v)) for p, o, v in messages]
-        for partition, _, name, _ in routed:
-            if name is not None and name not in self.owned:
-                await self._owned(name, partition)
-        if off_loop:
-            return await asyncio.to_thread(self._apply_routed, routed)
-        return self._apply_routed(routed)
+        async with self._lock:
+            await self._follow_pins()
+            routed = [(p, o, *self._route(v)) for p, o, v in messages]
+            for partition, _, name, _ in routed:
+                if name is not None and name not in self.owned:
+                    await self._owned(name, partition)
+            if off_loop:
+                return await asyncio.to_thread(self._apply_routed, routed)
+            return self._apply_routed(routed)
 
     def _apply_routed(
         self, routed: Sequence[tuple[int, int, str | None, Any]]
@@ -217,6 +220,10 @@ class MonitorHub:
         due = time.monotonic() - self._saved_at >= self.settings.monitoring.checkpoint_interval_s
         if not (force or due):
             return 0
+        async with self._lock:
+            return await self._save()
+
+    async def _save(self) -> int:
         self._saved_at = time.monotonic()
         dirty = {name: o for name, o in self.owned.items() if o.dirty}
         if not dirty:
@@ -229,6 +236,7 @@ class MonitorHub:
         await pipe.execute()
         return len(dirty)
 
-    def forget(self) -> None:
-        """Drop the in-memory monitors (after a rebalance another worker may own them)."""
-        self.owned.clear()
+    def keep_only(self, partitions: set[int]) -> None:
+        """After a rebalance: drop the monitors of partitions this worker no longer owns (their
+        new owner resumes from the state saved at revocation); keep the rest in memory."""
+        self.owned = {n: o for n, o in self.owned.items() if o.partition in partitions}

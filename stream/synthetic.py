@@ -15,6 +15,7 @@ from typing import Any, Literal
 CATEGORIES = ("grocery", "fuel", "travel", "online", "restaurant")
 SHARES = (0.35, 0.2, 0.1, 0.2, 0.15)
 DRIFTED_SHARES = (0.1, 0.1, 0.3, 0.45, 0.05)
+HOUR_WEIGHTS = tuple(1.0 if h < 7 else 3.0 for h in range(24))
 DriftKind = Literal["mean_shift", "variance", "category_mix", "concept"]
 DRIFT_KINDS: tuple[DriftKind, ...] = ("mean_shift", "variance", "category_mix", "concept")
 
@@ -87,7 +88,8 @@ class CardStream:
         shares = DRIFTED_SHARES if "category_mix" in active else SHARES
         category = rng.choices(CATEGORIES, shares)[0]
         ts = self.start_ms + i * self.step_ms
-        hour = (ts // 3_600_000 + rng.choice((0, 0, 0, 7, 13))) % 24
+        # hour of day from a fixed distribution (not the clock): a stationary feature
+        hour = rng.choices(range(24), HOUR_WEIGHTS)[0]
         label = self._fraud(log_amount - self._base[card], category, hour, "concept" in active)
         event = {
             "event_id": f"{self.run_id}-{i:07d}",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -106,15 +105,8 @@ def test_two_workers_still_raise_one_alert_per_episode(settings: Settings, worke
     drift = Drift("category_mix", 4000)
     worker_factory(s, name="a")
     worker_factory(s, name="b")
-    records = card_records(8000, (drift,))
-
-    def paced() -> None:  # the two workers score concurrently, both feed the monitors
-        for i in range(0, len(records), 500):
-            asyncio.run(produce(s.kafka.bootstrap, s.topics.events, records[i : i + 500]))
-
-    t = threading.Thread(target=paced)
-    t.start()
-    t.join(120)
+    # the two workers score concurrently, both feed the one merchant_category monitor
+    produce_paced(s, card_records(8000, (drift,)))
     asyncio.run(consume(s.kafka.bootstrap, s.topics.predictions, 8000, 180))
     monitored(s)
     alerts = alerts_of(asyncio.run(consume(s.kafka.bootstrap, s.topics.alerts, 1, 120, settle=8)))
