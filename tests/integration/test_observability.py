@@ -30,7 +30,7 @@ import pytest
 
 from stream.config import Settings, load_settings
 from stream.synthetic import CardStream, Drift, bad_event
-from tests.integration.kafka_io import produce
+from tests.integration.kafka_io import produce, wait_consumed
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"
@@ -128,7 +128,20 @@ def test_every_dashboard_query_returns_data(
     )
 
     events, labels = demo_stream(s)
-    produce_paced(s, s.topics.events, events)
+    # two rounds of events then their labels: the second round is scored by a published
+    # (learned) model, whose live performance the model dashboard shows
+    half_e, half_l = len(events) // 2, len(labels) // 2
+    produce_paced(s, s.topics.events, events[:half_e])
+    wait_for(
+        lambda: scraped(metrics_url, "driftwatch_events_received_total") >= half_e,
+        "the first half of the events",
+    )
+    produce_paced(s, s.topics.labels, labels[:half_l])
+    wait_for(
+        lambda: scraped(metrics_url, "driftwatch_model_published_version") >= 1,
+        "a published model version",
+    )
+    produce_paced(s, s.topics.events, events[half_e:])
     accepted = N_EVENTS + N_QUALITY
     wait_for(
         lambda: (
@@ -137,7 +150,7 @@ def test_every_dashboard_query_returns_data(
         ),
         f"{accepted} accepted and {N_BAD} rejected events",
     )
-    produce_paced(s, s.topics.labels, labels)  # labels come later
+    produce_paced(s, s.topics.labels, labels[half_l:])  # labels come later
     wait_for(
         lambda: (
             scraped(metrics_url, "driftwatch_labels_joined_total")
@@ -147,6 +160,9 @@ def test_every_dashboard_query_returns_data(
         ),
         f"{len(labels)} labels joined or unmatched, and learned",
     )
+    asyncio.run(wait_consumed(s.kafka.bootstrap, s.worker.app_id, s.topics.monitor, WAIT_S))
+    for metric in ("driftwatch_drift_statistic", "driftwatch_model_metric"):
+        wait_for(lambda m=metric: prom_values(prometheus, m) != [], f"prometheus to have {metric}")
     final = scraped(metrics_url, "driftwatch_labels_joined_total")
     wait_for(
         lambda: (
@@ -270,7 +286,10 @@ def resolve_variables(base: str, paths: list[Path]) -> dict[str, str]:
             assert m, f"{path.name}: variable {var['name']}: unsupported {var['definition']}"
             metric, label = m.groups()
             found = prom_get(base, f"/api/v1/label/{label}/values", {"match[]": metric})["data"]
-            values[var["name"]] = "|".join(re.escape(v) for v in found) or var["allValue"]
+            # as Grafana renders a multi-value variable inside a PromQL string: regex-escaped,
+            # with the escaping backslash itself escaped for the string literal
+            escaped = (re.escape(v).replace("\\", "\\\\") for v in found)
+            values[var["name"]] = "|".join(escaped) or var["allValue"]
     return values
 
 
