@@ -113,9 +113,11 @@ class EventProcessor:
         # stored, or joined to a label that overtook its event
         pipe = self.redis.pipeline(transaction=False)
         await writes.queue(pipe)
-        has_preds = await self.predictions.stage(pipe, pending)
+        # an event that carries its label is learned now: nothing waits for a label
+        waiting = [p for ev, p in zip(valid, pending, strict=True) if ev.label is None]
+        has_preds = await self.predictions.stage(pipe, waiting)
         replies = await pipe.execute()
-        claimed = self.predictions.claimed(replies[-1], pending) if has_preds else []
+        claimed = self.predictions.claimed(replies[-1], waiting) if has_preds else []
         self.metrics.redis_seconds.labels("write").observe(time.perf_counter() - t2)
         self._count(valid, update)
         outgoing.extend(self._predictions(scored))

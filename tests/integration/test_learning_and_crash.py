@@ -100,3 +100,26 @@ def test_sigkilled_worker_loses_no_event(
     out = asyncio.run(consume(s.kafka.bootstrap, s.topics.predictions, 4000, 120, settle=2))
     ids = Counter(orjson.loads(r.value)["event_id"] for r in out)
     assert set(ids) == {e["event_id"] for e in events}
+
+
+def test_a_label_carried_on_the_event_is_learned_at_once(
+    demo_settings: Settings,  # noqa: F811
+    worker_factory,
+) -> None:
+    s = demo_settings
+    events, ys = labelled(300, seed=8)
+    for event, y in zip(events, ys, strict=True):
+        event["label"] = y
+    worker_factory(s)
+    asyncio.run(produce(s.kafka.bootstrap, s.topics.events, as_records(events)))
+
+    model, _ = asyncio.run(_latest(s, 300, 60))
+    assert model.n_learned == 300
+
+    async def waiting() -> int:
+        client = aioredis.Redis.from_url(s.redis.url)
+        n = len([k async for k in client.scan_iter(f"{s.redis.prefix}:pred:*")])
+        await client.aclose()
+        return n
+
+    assert asyncio.run(waiting()) == 0  # nothing waits for a label that already came
