@@ -46,10 +46,27 @@ async def ensure_topics(settings: Settings, replication: int = 1) -> list[str]:
             new = [NewTopic(n, wanted[n], replication) for n in missing]
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
                 await admin.create_topics(new)
+            await _wait_for_leaders(admin, missing)
             log.info("created topics %s with %d partitions", missing, settings.topics.partitions)
         return missing
     finally:
         await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
+    """New partitions answer NOT_LEADER until a leader is elected: wait (bounded) for it."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        described = await admin.describe_topics(topics)
+        ready = [
+            d.get("error_code", 1) == 0
+            and d["partitions"]
+            and all(p.get("leader", -1) >= 0 for p in d["partitions"])
+            for d in described
+        ]
+        if len(ready) == len(topics) and all(ready):
+            return
+        await asyncio.sleep(0.2)
 
 
 async def wait_consumed(bootstrap: str, group: str, topic: str, wait_s: float) -> None:
