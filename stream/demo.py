@@ -150,7 +150,8 @@ async def _collect(
                     got.dlq.append(value)
                 elif tp.topic == t.alerts:
                     got.alerts.append(value)
-                    print(f"\nALERT {_alert_line(value)}", file=sys.stderr)
+                    lead = "\n" if sys.stderr.isatty() else ""  # past the progress bar
+                    print(f"{lead}ALERT {_alert_line(value)}", file=sys.stderr)
 
 
 async def _wait_for(got: Collected, wait_s: float) -> None:
