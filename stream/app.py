@@ -234,6 +234,10 @@ def _observe_latency(w: Worker, scored: Sequence[Any]) -> None:
     hist = w.metrics.event_latency
     model = w.holder.model
     w.metrics.model_version.labels(model.name).set(model.version)
+    w.metrics.model_info.info(
+        {"model": model.name, "task": model.task, "pipeline": model.pipeline,
+         "version": str(model.version)}
+    )  # fmt: skip
     for s in scored:
         hist.observe(max(0.0, (now - s.event.ts_ms) / 1000.0))
         w.metrics.predictions.labels(model.name, str(s.prediction)).inc()
