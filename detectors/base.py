@@ -237,10 +237,18 @@ class Detector(abc.ABC):
         stats = self._statistics()
         if not stats:
             return False, False
-        thresholds = self._thresholds
-        fire = any(stat > thresholds[i] for i, stat, _ in stats)
-        calm = all(stat <= self.release * thresholds[i] for i, stat, _ in stats)
-        index, stat, p_value_fn = max(stats, key=lambda s: _excess(s[1], thresholds[s[0]]))
+        # One plain loop: at check_every=1 this runs on every value.
+        thresholds = self._thresholds.tolist()
+        fire, calm = False, True
+        best, best_excess = stats[0], _excess(stats[0][1], thresholds[stats[0][0]])
+        for item in stats:
+            threshold = thresholds[item[0]]
+            fire = fire or item[1] > threshold
+            calm = calm and item[1] <= self.release * threshold
+            excess = _excess(item[1], threshold)
+            if excess > best_excess:  # the first largest excess, as max() picks
+                best, best_excess = item, excess
+        index, stat, p_value_fn = best
         self._last = (stat, index, p_value_fn)
         if not self._drift:
             self._drift = fire

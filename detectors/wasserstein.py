@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from detectors.calibration import smoothed_bootstrap
 from detectors.validation import finite_1d
-from detectors.window import SortedWindow, SortedWindowDetector
+from detectors.window import SortedWindow, SortedWindowDetector, Stats
 
 
 def wasserstein(reference: Any, current: Any) -> float:
@@ -49,11 +49,15 @@ class WassersteinReference:
     center: float
     prefix: NDArray[np.float64] = field(init=False)
     scaled: NDArray[np.float64] = field(init=False)
-    _grids: dict[int, WindowGrid] = field(init=False, default_factory=dict)
+    twice_q: NDArray[np.float64] = field(init=False)
+    twice_scaled: NDArray[np.float64] = field(init=False)
+    _grids: dict[tuple[int, ...], WindowGrid] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.prefix = np.concatenate([[0.0], np.cumsum(self.sorted)])
         self.scaled = self.prefix / self.sorted.size
+        self.twice_q = 2 * (np.arange(self.sorted.size + 1) / self.sorted.size)
+        self.twice_scaled = 2 * self.scaled
 
     @classmethod
     def from_values(cls, values: NDArray[np.float64]) -> WassersteinReference:
@@ -62,42 +66,62 @@ class WassersteinReference:
         center = float(ordered[ordered.size // 2])
         return cls(sorted=ordered - center, center=center)
 
-    def grid(self, m: int) -> WindowGrid:
-        """Constants of the quantile form for windows of ``m`` values (cached)."""
-        if m not in self._grids:
-            n = self.sorted.size
-            i = np.arange(m + 1)
-            k = (i * n) // m
-            frac = (i * n - k * m) / (m * n)
-            p = self.prefix[k] / n + frac * np.append(self.sorted, 0.0)[k]
-            self._grids[m] = WindowGrid(i[:-1] / m, i[1:] / m, p[:-1], p[1:], n)
-        return self._grids[m]
+    def grid(self, *sizes: int) -> WindowGrid:
+        """Constants of the quantile form for windows of ``sizes`` values, end to end (cached)."""
+        if sizes not in self._grids:
+            self._grids[sizes] = WindowGrid.concat([self._grid_of(m) for m in sizes])
+        return self._grids[sizes]
 
-
-@dataclass
-class WindowGrid:
-    """``u``-intervals ``(low, high]`` of the i-th of ``m`` sorted values and ``P`` at both ends."""
-
-    low: NDArray[np.float64]
-    high: NDArray[np.float64]
-    p_low: NDArray[np.float64]
-    p_high: NDArray[np.float64]
-    n: int
-    p_width: NDArray[np.float64] = field(init=False)
-    rank_low: NDArray[np.int64] = field(init=False)
-    rank_span: NDArray[np.uint64] = field(init=False)
-
-    def __post_init__(self) -> None:
-        m, n = self.low.size, self.n
-        self.p_width = self.p_high - self.p_low
+    def _grid_of(self, m: int) -> WindowGrid:
+        n = self.sorted.size
+        i = np.arange(m + 1)
+        k = (i * n) // m
+        frac = (i * n - k * m) / (m * n)
+        p = self.prefix[k] / n + frac * np.append(self.sorted, 0.0)[k]
         # q = rank / n in (i/m, (i+1)/m)  <=>  floor(i n / m) < rank < ceil((i+1) n / m)
-        i = np.arange(m, dtype=np.int64)
-        low = (i * n) // m + 1
-        high = -((-(i + 1) * n) // m) - 1
-        empty = high < low
-        # an empty range gets a low bound above every rank: rank - low wraps to a huge unsigned
-        self.rank_low = np.where(empty, n + 1, low)
-        self.rank_span = np.where(empty, 0, high - low).astype(np.uint64)
+        rank_low = k[:-1] + 1
+        rank_high = -((-i[1:] * n) // m) - 1
+        empty = rank_high < rank_low
+        return WindowGrid(
+            inv_m=np.full(m, 1.0 / m),
+            low_plus_high=i[:-1] / m + i[1:] / m,
+            p_width=p[1:] - p[:-1],
+            p_sum=p[:-1] + p[1:],
+            # an empty range gets a low bound above every rank: rank - low wraps to a huge
+            # unsigned number
+            rank_low=np.where(empty, n + 1, rank_low),
+            rank_span=np.where(empty, 0, rank_high - rank_low).astype(np.uint64),
+            starts=np.zeros(1, dtype=np.intp),
+        )
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """Constants of each sorted position of one or several windows laid end to end.
+
+    The i-th of ``m`` sorted values owns ``u`` in ``(a, b] = (i/m, (i+1)/m]``;
+    ``low_plus_high = a + b``, ``p_width = P(b) - P(a)`` and ``p_sum = P(a) + P(b)``; a reference
+    rank ``k`` has ``q = k / n`` strictly inside ``(a, b)`` iff ``k - rank_low <= rank_span``
+    (unsigned).  ``starts`` are the first positions of the windows.
+    """
+
+    inv_m: NDArray[np.float64]
+    low_plus_high: NDArray[np.float64]
+    p_width: NDArray[np.float64]
+    p_sum: NDArray[np.float64]
+    rank_low: NDArray[np.int64]
+    rank_span: NDArray[np.uint64]
+    starts: NDArray[np.intp]
+
+    @classmethod
+    def concat(cls, grids: list[WindowGrid]) -> WindowGrid:
+        """The grids of several windows end to end."""
+        if len(grids) == 1:
+            return grids[0]
+        names = ("inv_m", "low_plus_high", "p_width", "p_sum", "rank_low", "rank_span")
+        arrays = {name: np.concatenate([getattr(g, name) for g in grids]) for name in names}
+        starts = np.cumsum([0] + [g.inv_m.size for g in grids[:-1]], dtype=np.intp)
+        return cls(**arrays, starts=starts)
 
 
 def wasserstein_sorted_statistic(
@@ -114,24 +138,51 @@ def wasserstein_sorted_statistic(
     ``x (2q - a - b) + P(a) + P(b) - 2 P(q)``.  Summing small non-negative pieces keeps the
     result within ~1e-13 relative of scipy's.  ``rank`` may pass ``#{ref <= x}`` precomputed.
     """
-    n, m = ref.sorted.size, rows.shape[-1]
-    grid = ref.grid(m)
     if rank is None:
         rank = ref.sorted.searchsorted(rows, side="right")
-    pieces = np.abs(rows * (1.0 / m) - grid.p_width)
-    # lo <= rank <= hi as one unsigned comparison
-    inside = np.nonzero((rank - grid.rank_low).view(np.uint64) <= grid.rank_span)
-    if inside[0].size:
-        col = inside[-1]
-        x, k = rows[inside], rank[inside]
-        q = k / n
-        pieces[inside] = (
-            x * (2 * q - grid.low[col] - grid.high[col])
-            + (grid.p_low[col] + grid.p_high[col])
-            - 2 * ref.scaled[k]
-        )
-    result: NDArray[np.float64] = pieces.sum(axis=-1)
+    result: NDArray[np.float64] = _pieces(ref, ref.grid(rows.shape[-1]), rows, rank).sum(axis=-1)
     return result
+
+
+def wasserstein_of_windows(
+    ref: WassersteinReference,
+    keys: NDArray[np.float64],
+    rank: NDArray[np.int64],
+    sizes: tuple[int, ...],
+) -> list[float]:
+    """W1 of several sorted windows laid end to end in ``keys`` (one vectorised pass).
+
+    The pieces are those of :func:`wasserstein_sorted_statistic`; each window's are summed
+    on their own (``np.add.reduceat``), so the results agree with it to rounding.
+    """
+    grid = ref.grid(*sizes)
+    sums: list[float] = np.add.reduceat(_pieces(ref, grid, keys, rank), grid.starts).tolist()
+    return sums
+
+
+def _pieces(
+    ref: WassersteinReference,
+    grid: WindowGrid,
+    rows: NDArray[np.float64],
+    rank: NDArray[np.int64],
+) -> NDArray[np.float64]:
+    """The pieces ``integral_a^b |x - Q_ref(u)| du`` of :func:`wasserstein_sorted_statistic`.
+
+    Both forms are computed for every value, in place, and the inside one kept where ``q`` is
+    inside ``(a, b)``: fewer numpy calls than gathering the inside values, which matters at
+    ``check_every=1``, where a check costs mostly per-call overhead.
+    """
+    pieces: NDArray[np.float64] = np.multiply(rows, grid.inv_m)
+    pieces -= grid.p_width
+    np.abs(pieces, out=pieces)
+    inner = ref.twice_q.take(rank)
+    inner -= grid.low_plus_high
+    inner *= rows
+    inner += grid.p_sum
+    inner -= ref.twice_scaled.take(rank)
+    # lo <= rank <= hi as one unsigned comparison
+    np.copyto(pieces, inner, where=(rank - grid.rank_low).view(np.uint64) <= grid.rank_span)
+    return pieces
 
 
 class WassersteinDetector(SortedWindowDetector):
@@ -211,3 +262,31 @@ class WassersteinDetector(SortedWindowDetector):
 
     def _window_statistic(self, window: SortedWindow) -> float:
         return float(wasserstein_sorted_statistic(self._state, window.sorted, window.tags))
+
+    def _start_windows(self) -> None:
+        super()._start_windows()
+        self._share_storage()
+
+    def _share_storage(self) -> None:
+        # The sorted windows live end to end in one buffer, so that a check computes all of
+        # them in one vectorised pass with no copy (its cost is mostly per-call overhead, so
+        # the short window then comes almost for free).
+        self._sizes = self.windows
+        self._keys = np.empty(sum(self._sizes))
+        self._ranks = np.zeros(sum(self._sizes), dtype=np.int64)
+        start = 0
+        for window in self._windows:
+            end = start + window.size
+            window.use_storage(self._keys[start:end], self._ranks[start:end])
+            start = end
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self._windows:  # unpickled views are copies: share one buffer again
+            self._share_storage()
+
+    def _statistics(self) -> Stats:
+        if not self._windows or not self._windows[-1].full:  # the longest fills last
+            return super()._statistics()
+        found = wasserstein_of_windows(self._state, self._keys, self._ranks, self._sizes)
+        return [(index, stat, None) for index, stat in enumerate(found)]

@@ -63,11 +63,20 @@ class SortedWindow:
             return self._ring[: self._count].copy()
         return np.roll(self._ring, -self._head)
 
+    def use_storage(self, keys: NDArray[np.float64], tags: NDArray[np.int64]) -> None:
+        """Keep the sorted keys and tags in ``keys`` and ``tags`` (``size`` each, e.g. views of
+        one buffer shared by several windows) from now on."""
+        keys[:] = self._sorted
+        tags[:] = self._tags
+        self._sorted, self._tags = keys, tags
+
     def push(self, keys: NDArray[np.float64], tags: NDArray[np.int64] | None = None) -> None:
         """Append ``keys`` (and their ``tags``), evicting the oldest once the window is full."""
         if tags is None:
             tags = np.zeros(len(keys), dtype=np.int64)
-        if len(keys) > self.size // 8 or self._count + len(keys) <= self.size:
+        if len(keys) == 1 and self._count == self.size:
+            self._push_one(float(keys[0]), int(tags[0]))
+        elif len(keys) > self.size // 8 or self._count + len(keys) <= self.size:
             self._push_many(keys, tags)
         elif len(keys) > 6 and self.full:
             self._push_some(keys, tags)

@@ -163,6 +163,26 @@ def test_incremental_statistics_equal_the_pure_functions(
             assert statistic == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_wasserstein_default_windows_checked_on_every_value_equal_the_pure_function(
+    ties: bool,
+) -> None:
+    # Both default windows (1000 and 150) are computed in one pass from a shared buffer.
+    rng = np.random.default_rng(11)
+    reference = rng.normal(3.0, 2.0, 5000)
+    stream = np.concatenate([rng.normal(3.0, 2.0, 1500), rng.normal(4.0, 3.0, 800)])
+    if ties:
+        reference, stream = np.round(reference), np.round(stream)
+    det = WassersteinDetector(check_every=1, threshold=1.0).fit(reference)
+    position = 0
+    for size in [1000, 1, 7, 1, 1, 150, 1, 333, 1, 1, 2, 500]:
+        det.update(stream[position : position + size])
+        position += size
+        for window, statistic in det.statistics().items():
+            expected = detectors.wasserstein(reference, stream[position - window : position])
+            assert statistic == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
 @pytest.mark.parametrize("cls", [KSDetector, WassersteinDetector, PSIDetector, Chi2Detector])
 def test_no_alarm_on_a_constant_stream(cls: type[Detector]) -> None:
     value: Any = "x" if cls is Chi2Detector else 2.5
