@@ -141,22 +141,8 @@ class EventProcessor:
             try:
                 valid.append(validate_event(msg.value, specs, self.limits))
             except RejectedInput as exc:
-                dlq.append(self._dead_letter(msg, exc))
+                dlq.append(reject(self.settings, self.metrics, msg, exc))
         return valid, dlq
-
-    def _dead_letter(self, msg: Incoming, exc: RejectedInput) -> Outgoing:
-        self.metrics.events_rejected.labels(msg.topic, exc.stage, exc.code).inc()
-        value = dead_letter(
-            exc.reason,
-            exc.stage,
-            msg.topic,
-            msg.partition,
-            msg.offset,
-            msg.key,
-            msg.value or b"",
-            now_ms(),
-        )
-        return Outgoing(self.settings.topics.dlq, msg.key, value)
 
     def _score(
         self, valid: Sequence[ValidEvent], enriched: Sequence[dict[str, float]]
@@ -216,6 +202,16 @@ class EventProcessor:
         m.events_late.inc(update.late_count)
 
 
+def reject(settings: Settings, metrics: Metrics, msg: Incoming, exc: RejectedInput) -> Outgoing:
+    """The dead letter for a rejected input message, counted by topic, stage and code."""
+    metrics.events_rejected.labels(msg.topic, exc.stage, exc.code).inc()
+    value = dead_letter(
+        exc.reason, exc.stage, msg.topic, msg.partition, msg.offset, msg.key, msg.value or b"",
+        now_ms(),
+    )  # fmt: skip
+    return Outgoing(settings.topics.dlq, msg.key, value)
+
+
 def _feature_input(ev: ValidEvent) -> FeatureInput:
     values = {
         k: (None if k in ev.missing else float(v))
@@ -244,18 +240,7 @@ class LabelProcessor:
             try:
                 labels.append(validate_label(msg.value, self.limits))
             except RejectedInput as exc:
-                self.metrics.events_rejected.labels(msg.topic, exc.stage, exc.code).inc()
-                value = dead_letter(
-                    exc.reason,
-                    exc.stage,
-                    msg.topic,
-                    msg.partition,
-                    msg.offset,
-                    msg.key,
-                    msg.value or b"",
-                    now_ms(),
-                )
-                dlq.append(Outgoing(self.settings.topics.dlq, msg.key, value))
+                dlq.append(reject(self.settings, self.metrics, msg, exc))
         t0 = time.perf_counter()
         pending = await self.predictions.take(labels)
         self.metrics.redis_seconds.labels("label_join").observe(time.perf_counter() - t0)
