@@ -194,7 +194,32 @@ class CountWindow:
 Stats = list[tuple[int, float, Callable[[], float] | None]]
 
 
-class SortedWindowDetector(Detector):
+class SimulatedDetector(Detector):
+    """Calibrates by simulating stationary streams (:func:`detectors.calibration.calibrate`)."""
+
+    def _calibrate(self) -> NDArray[np.float64]:
+        return calibration.calibrate(
+            self._simulate,
+            self._window_statistics,
+            self.windows,
+            self.check_every,
+            self.ert,
+            self.n_streams,
+            self.random_state,
+        )
+
+    @abc.abstractmethod
+    def _simulate(self, rng: np.random.Generator, size: int) -> tuple[Any, NDArray[Any]]:
+        """A stationary (pseudo-reference state, encoded stream) pair, as in calibration."""
+
+    @abc.abstractmethod
+    def _window_statistics(
+        self, state: Any, stream: NDArray[Any], window: int, ends: NDArray[np.int64]
+    ) -> NDArray[np.float64]:
+        """The statistic of each ``window``-sized stretch of ``stream`` ending at ``ends``."""
+
+
+class SortedWindowDetector(SimulatedDetector):
     """A detector whose statistic is a function of the sorted window (KS, Wasserstein)."""
 
     def _reset(self) -> None:
@@ -224,17 +249,6 @@ class SortedWindowDetector(Detector):
     def _window_statistic(self, window: SortedWindow) -> float:
         return float(self._sorted_statistic(self._state, window.sorted[np.newaxis])[0])
 
-    def _calibrate(self) -> NDArray[np.float64]:
-        return calibration.calibrate(
-            self._simulate,
-            self._window_statistics,
-            self.windows,
-            self.check_every,
-            self.ert,
-            self.n_streams,
-            self.random_state,
-        )
-
     def _window_statistics(
         self, state: Any, stream: NDArray[Any], window: int, ends: NDArray[np.int64]
     ) -> NDArray[np.float64]:
@@ -249,15 +263,11 @@ class SortedWindowDetector(Detector):
         return None
 
     @abc.abstractmethod
-    def _simulate(self, rng: np.random.Generator, size: int) -> tuple[Any, NDArray[Any]]:
-        """A stationary (pseudo-reference state, encoded stream) pair, as in calibration."""
-
-    @abc.abstractmethod
     def _sorted_statistic(self, state: Any, rows: NDArray[np.float64]) -> NDArray[np.float64]:
         """Statistic of each sorted row of encoded values against the reference ``state``."""
 
 
-class CountWindowDetector(Detector):
+class CountWindowDetector(SimulatedDetector):
     """A detector whose statistic is a function of code counts (PSI bins, categories)."""
 
     def _reset(self) -> None:
@@ -279,17 +289,6 @@ class CountWindowDetector(Detector):
                 found.append((index, stat, self._p_value_fn(stat, window.counts)))
         return found
 
-    def _calibrate(self) -> NDArray[np.float64]:
-        return calibration.calibrate(
-            self._simulate,
-            self._window_statistics,
-            self.windows,
-            self.check_every,
-            self.ert,
-            self.n_streams,
-            self.random_state,
-        )
-
     def _window_statistics(
         self, state: Any, stream: NDArray[Any], window: int, ends: NDArray[np.int64]
     ) -> NDArray[np.float64]:
@@ -306,10 +305,6 @@ class CountWindowDetector(Detector):
     @abc.abstractmethod
     def _n_codes(self, state: Any) -> int:
         """Number of distinct codes (bins, categories) under the reference ``state``."""
-
-    @abc.abstractmethod
-    def _simulate(self, rng: np.random.Generator, size: int) -> tuple[Any, NDArray[Any]]:
-        """A stationary (pseudo-reference state, code stream) pair, as in calibration."""
 
     @abc.abstractmethod
     def _count_statistic(self, state: Any, counts: NDArray[np.int64]) -> NDArray[np.float64]:
