@@ -37,6 +37,7 @@ from stream.pipeline import (
     train_topic_name,
 )
 from stream.prediction_store import PredictionStore
+from stream.redis_client import redis_client
 from stream.snapshots import ModelHolder, SnapshotStore
 from stream.trainer import Trainer
 
@@ -75,10 +76,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Worker:
         broker_session_timeout=settings.worker.session_timeout_s,
         broker_heartbeat_interval=max(1.0, settings.worker.session_timeout_s / 4),
     )
-    redis = aioredis.Redis.from_url(
-        settings.redis.url,
-        password=settings.redis_password.get_secret_value() if settings.redis_password else None,
-    )
+    redis = redis_client(settings)
     metrics = metrics or Metrics()
     store = SnapshotStore.from_settings(redis, settings)
     trainer = Trainer(settings, store, metrics)

@@ -151,17 +151,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _model_command(settings: Settings, action: str, version: int | None) -> int:
     import asyncio
 
-    import redis.asyncio as aioredis
-
     from stream import snapshots
+    from stream.redis_client import redis_client
 
     async def go() -> list[str]:
-        client = aioredis.Redis.from_url(
-            settings.redis.url,
-            password=settings.redis_password.get_secret_value()
-            if settings.redis_password
-            else None,
-        )
+        client = redis_client(settings)
         try:
             store = snapshots.SnapshotStore.from_settings(client, settings)
             if action == "versions":
@@ -179,21 +173,15 @@ def _model_command(settings: Settings, action: str, version: int | None) -> int:
 def _reference_command(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    import redis.asyncio as aioredis
-
     from stream import reference
     from stream.monitoring import monitored_subjects
+    from stream.redis_client import redis_client
 
     if args.action == "pin" and args.file is None and args.range is None:
         raise DriftwatchError("reference pin needs --file PATH or --range FROM TO")
 
     async def go() -> str:
-        client = aioredis.Redis.from_url(
-            settings.redis.url,
-            password=settings.redis_password.get_secret_value()
-            if settings.redis_password
-            else None,
-        )
+        client = redis_client(settings)
         prefix = settings.redis.prefix
         try:
             if args.action == "unpin":
