@@ -8,6 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+
 from stream.config import Settings, load_settings
 from stream.exceptions import ConfigError, DriftwatchError
 from stream.synthetic import Drift
@@ -118,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, settings)
     except DriftwatchError as exc:
         print(f"driftwatch: {exc}", file=sys.stderr)
+        return 1
+    except (RedisError, KafkaError, OSError) as exc:  # a service down: say so, no traceback
+        print(f"driftwatch: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 
 
