@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -236,7 +237,9 @@ def _observe_latency(w: Worker, scored: Sequence[Any]) -> None:
         {"model": model.name, "task": model.task, "pipeline": model.pipeline,
          "version": str(model.version)}
     )  # fmt: skip
+    score = w.metrics.score.labels(model.name)  # label lookups once per batch, not per event
     for s in scored:
         hist.observe(max(0.0, (now - s.event.ts_ms) / 1000.0))
-        w.metrics.predictions.labels(model.name, str(s.prediction)).inc()
-        w.metrics.score.labels(model.name).observe(s.score)
+        score.observe(s.score)
+    for prediction, n in Counter(str(s.prediction) for s in scored).items():
+        w.metrics.predictions.labels(model.name, prediction).inc(n)
