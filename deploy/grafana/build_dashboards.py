@@ -425,7 +425,7 @@ def drift() -> dict[str, Any]:
     alerts = {
         "datasource": DATASOURCE,
         "enable": True,
-        "expr": "sum by (kind, status) (changes(driftwatch_alerts_total[1m])) > 0",
+        "expr": f"sum by (kind, status) (changes(driftwatch_alerts_total[{RATE}])) > 0",
         "iconColor": "red",
         "name": "driftwatch alerts",
         "step": "30s",
