@@ -22,6 +22,8 @@ from pydantic import (
     StrictInt,
 )
 
+from stream.alerts import AlertKind, AlertStatus
+
 
 def to_epoch_ms(value: Any) -> int:
     """Event time as epoch milliseconds from an integer or an ISO-8601 string.
@@ -92,8 +94,8 @@ class Window(BaseModel):
 
 class Alert(BaseModel):
     alert_id: str
-    kind: Literal["data_drift", "prediction_drift", "performance", "concept_drift", "data_quality"]
-    status: Literal["firing", "resolved"]
+    kind: AlertKind
+    status: AlertStatus
     subject: str
     detector: str
     statistic: float | None

@@ -6,8 +6,11 @@ Names follow Prometheus conventions: base units in the name, ``_total`` for coun
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
+from stream.alerts import AlertKind, AlertStatus
 from stream.exceptions import ConfigError
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -130,6 +133,11 @@ class Metrics:
             registry=r,
         )
         self.alerts = Counter(f"{p}alerts", "Alerts published", ["kind", "status"], registry=r)
+        # every series exists at 0 from the start: the first alert of a kind is then a change
+        # that rate(), increase() and changes() see (a series born at 1 looks unchanged)
+        for kind in get_args(AlertKind):
+            for status in get_args(AlertStatus):
+                self.alerts.labels(kind, status)
         self.model_metric = Gauge(
             f"{p}model_metric",
             "Rolling model performance over the label window",

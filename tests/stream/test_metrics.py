@@ -5,13 +5,14 @@ from __future__ import annotations
 import importlib.util
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import faust
 from faust.types import TP
 from prometheus_client import generate_latest
 
 from stream import lag
+from stream.alerts import AlertKind, AlertStatus
 from stream.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,3 +117,13 @@ def test_exposition_is_valid_before_any_traffic() -> None:
     # unlabelled counters exist from the start, so their panels show 0 rather than "no data"
     assert "driftwatch_events_received_total 0.0" in text
     assert "driftwatch_rebalances_total 0.0" in text
+
+
+def test_alert_counters_start_at_zero_for_every_kind_and_status() -> None:
+    # a series born at 1 shows no change to changes()/increase(): the first alert of a kind
+    # on a fresh worker would be invisible to the dashboards' alert annotation
+    text = generate_latest(Metrics().registry).decode()
+    for kind in get_args(AlertKind):
+        for status in get_args(AlertStatus):
+            line = f'driftwatch_alerts_total{{kind="{kind}",status="{status}"}} 0.0'
+            assert line in text
