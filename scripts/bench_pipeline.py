@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -178,10 +179,12 @@ async def run_passthrough(s: Settings, n: int, rate: float) -> tuple[float, list
     return n / secs, lat
 
 
-def run_worker(s: Settings, n: int, rate: float, workdir: Path) -> tuple[float, list[float]]:
+def run_worker(
+    s: Settings, n: int, rate: float, workdir: Path, command: Sequence[str] | None = None
+) -> tuple[float, list[float]]:
     asyncio.run(ensure_topics(s))
     asyncio.run(produce(s.kafka.bootstrap, s.topics.events, n))
-    worker = WorkerProcess(s, workdir, {"DRIFTWATCH_SNAPSHOT_KEY": "bench"})
+    worker = WorkerProcess(s, workdir, {"DRIFTWATCH_SNAPSHOT_KEY": "bench"}, command)
     worker.start()
     try:
         secs, _ = asyncio.run(drain(s.kafka.bootstrap, s.topics.predictions, n, 600))
@@ -220,6 +223,10 @@ def main() -> int:
     base = bench_settings(f"p{uid}", args.bootstrap, args.redis, args.batch_size)
     pass_eps, pass_lat = asyncio.run(run_passthrough(base, args.events, args.rate))
     rows = [("aiokafka passthrough", pass_eps, pass_lat)]
+    with tempfile.TemporaryDirectory() as tmp:
+        s = bench_settings(f"f{uid}", args.bootstrap, args.redis, args.batch_size)
+        echo = [sys.executable, str(REPO / "scripts" / "faust_echo.py")]
+        rows.append(("faust echo (floor)", *run_worker(s, args.events, args.rate, Path(tmp), echo)))
     for label, enabled in (("worker, monitoring on", True), ("worker, monitoring off", False)):
         with tempfile.TemporaryDirectory() as tmp:
             s = bench_settings(

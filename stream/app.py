@@ -59,9 +59,9 @@ class Worker:
     performance: PerformanceMonitor
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> Worker:
-    """Build the Faust app for ``settings``: raw-bytes topics, at-least-once delivery."""
-    app = faust.App(
+def faust_app(settings: Settings) -> faust.App:
+    """The Faust app of a worker: raw-bytes topics, at-least-once delivery, no agents yet."""
+    return faust.App(
         settings.worker.app_id,
         broker=settings.kafka.url,
         store="memory://",
@@ -77,6 +77,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Worker:
         broker_session_timeout=settings.worker.session_timeout_s,
         broker_heartbeat_interval=max(1.0, settings.worker.session_timeout_s / 4),
     )
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> Worker:
+    """Build the worker for ``settings``: its Faust app, agents, model, monitors and metrics."""
+    app = faust_app(settings)
     redis = redis_client(settings)
     metrics = metrics or Metrics()
     store = SnapshotStore.from_settings(redis, settings)

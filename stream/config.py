@@ -100,6 +100,10 @@ class WorkerSettings(_Frozen):
     max_fields: int = Field(default=256, ge=1)
     metrics_address: str = "127.0.0.1:9464"
     session_timeout: Duration = "10s"
+    #: Allocations between young-generation garbage collections (Python's default is 700).
+    #: A batch allocates tens of thousands of short-lived containers (feature states,
+    #: messages), so the default collects many times per batch; 0 keeps Python's default.
+    gc_threshold: int = Field(default=50_000, ge=0)
 
     @property
     def batch_max_latency_s(self) -> float:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from stream.config import Settings
@@ -39,10 +40,17 @@ def _json(value: object) -> str:
 class WorkerProcess:
     """A worker in its own process group, logging to a file in ``workdir``."""
 
-    def __init__(self, settings: Settings, workdir: Path, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        workdir: Path,
+        extra_env: dict[str, str] | None = None,
+        command: Sequence[str] | None = None,
+    ):
         self.settings = settings
         self.workdir = workdir
         self.extra_env = extra_env or {}
+        self.command = list(command or [sys.executable, "-m", "stream.cli", "worker"])
         self.log = workdir / "worker.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -51,7 +59,7 @@ class WorkerProcess:
         env = {**settings_env(self.settings), **self.extra_env}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "worker"],
+                self.command,
                 cwd=self.workdir,
                 env=env,
                 stdout=out,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from stream.cli import tune_gc
 from stream.config import load_settings, parse_duration
 from stream.exceptions import ConfigError
 
@@ -110,3 +112,16 @@ def test_cli_bad_argument_prints_usage(tmp_path: Path) -> None:
     result = _cli("frobnicate", cwd=tmp_path)
     assert result.returncode == 2
     assert "usage: driftwatch" in result.stderr
+
+
+def test_tune_gc_freezes_start_up_objects_and_raises_the_young_threshold() -> None:
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    try:
+        tune_gc(0)
+        assert (gc.get_threshold(), gc.get_freeze_count()) == (before, frozen)
+        tune_gc(50_000)
+        assert gc.get_threshold() == (50_000, before[1], before[2])
+        assert gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""The Faust floor of the end-to-end benchmark: the worker's Faust app with nothing to do.
+
+One agent reads the events topic in batches exactly as the scoring agent does
+(``take_events(worker.batch_size, worker.batch_max_latency)``) and republishes every
+message unchanged to the predictions topic with the worker's ``publish`` (wait for the
+broker's acks, then let Faust commit). No validation, Redis, model or monitoring: what this
+moves per second is the most any Faust-based worker with this configuration can move.
+
+Configured like ``driftwatch worker`` (``--config`` file, ``DRIFTWATCH_*`` environment);
+``scripts/bench_pipeline.py`` runs it in its own process.
+
+    python scripts/faust_echo.py [--config driftwatch.toml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import cast
+
+import faust
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stream.app import Outgoing, faust_app, publish  # noqa: E402
+from stream.cli import tune_gc  # noqa: E402
+from stream.config import load_settings  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=None, help="TOML file (default: none)")
+    args = parser.parse_args()
+    settings = load_settings(args.config)
+    app = faust_app(settings)
+    events = app.topic(settings.topics.events, key_type=bytes, value_type=bytes)
+    out = settings.topics.predictions
+    batch, within = settings.worker.batch_size, settings.worker.batch_max_latency_s
+
+    @app.agent(events, name="driftwatch.echo")
+    async def echo(stream: faust.StreamT[bytes]) -> None:
+        async for evs in cast(faust.Stream[bytes], stream).take_events(batch, within):
+            await publish(app, [Outgoing(out, e.message.key, e.message.value or b"") for e in evs])
+
+    tune_gc(settings.worker.gc_threshold)
+    worker = faust.Worker(app, loglevel="info", quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()  # returns only via SystemExit
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
