@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from stream.config import Settings  # noqa: E402
-from stream.topics import ensure_topics  # noqa: E402
+from stream.topics import ensure_topics, wait_consumed  # noqa: E402
 from tests.integration.worker_process import WorkerProcess  # noqa: E402
 
 N_FEATURES = 10
@@ -190,6 +190,16 @@ def run_worker(
     worker.start()
     try:
         secs, _ = asyncio.run(drain(s.kafka.bootstrap, s.topics.predictions, n, 600))
+        if command is None and s.monitoring.enabled:
+            # the monitors consume their own topic behind the scorer; they calibrate their
+            # detectors once, when the reference is complete
+            t0 = time.monotonic()
+            group, topic = s.worker.app_id, s.topics.monitor
+            asyncio.run(wait_consumed(s.kafka.bootstrap, group, topic, 600))
+            print(
+                f"monitors: the monitor topic was consumed {time.monotonic() - t0:.1f} s after "
+                f"the last prediction of the backlog (offsets are committed every few seconds)"
+            )
         m = max(200, int(rate * 5))
 
         async def paced() -> list[float]:
