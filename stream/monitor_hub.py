@@ -28,7 +28,7 @@ from stream.monitoring import SubjectBatch, SubjectMonitor, monitored_subjects
 from stream.pipeline import BatchResult
 from stream.quality import QualityMonitor, quality_counts
 from stream.reference import generation_key, load_pinned
-from stream.snapshots import sign, verify
+from stream.snapshot_records import sign, verify
 
 log = logging.getLogger(__name__)
 

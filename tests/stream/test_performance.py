@@ -15,10 +15,7 @@ from stream.config import MonitoringSettings
 from stream.exceptions import ConfigError
 from stream.labels import TrainingExample
 from stream.messages import Alert
-from stream.performance import (
-    RESOLVE_CHECKS,
-    PerformanceMonitor,
-    Z,
+from stream.model_metrics import (
     binary_metrics,
     binary_standard_errors,
     multiclass_metrics,
@@ -27,6 +24,7 @@ from stream.performance import (
     regression_standard_errors,
     roc_auc,
 )
+from stream.performance import RESOLVE_CHECKS, PerformanceMonitor, Z
 
 # the defaults: a margin of 0.05 is only ~1.5 standard errors of precision/recall over 500
 # labels, hence the standard-error guard

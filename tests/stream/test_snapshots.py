@@ -12,19 +12,12 @@ import orjson
 import pytest
 import redis.asyncio
 
-from stream import snapshots
+from stream import snapshot_records
 from stream.config import ModelSettings, Settings
 from stream.exceptions import ConfigError, SnapshotIntegrityError
 from stream.model import OnlineModel, create_model
-from stream.snapshots import (
-    ModelHolder,
-    SnapshotStore,
-    decode_record,
-    encode_record,
-    read_info,
-    sign,
-    verify,
-)
+from stream.snapshot_records import decode_record, encode_record, read_info, sign, verify
+from stream.snapshots import ModelHolder, SnapshotStore
 
 KEY = b"test-key-not-a-secret"
 PROBES = [{"amount": float(a), "hour": a % 24} for a in range(0, 100, 7)]
@@ -63,7 +56,7 @@ def decode(fields: dict[bytes, bytes], key: bytes = KEY, **kw: Any) -> tuple[Onl
 
 @pytest.fixture
 def loads_spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
-    """Every call of pickle.loads made by stream.snapshots."""
+    """Every call of pickle.loads made by stream.snapshot_records."""
     calls: list[bytes] = []
     real = pickle.loads
 
@@ -71,7 +64,7 @@ def loads_spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
         calls.append(data)
         return real(data, *args, **kw)  # noqa: S301 - the spy only forwards
 
-    monkeypatch.setattr(snapshots.pickle, "loads", spy)
+    monkeypatch.setattr(snapshot_records.pickle, "loads", spy)
     yield calls
 
 
@@ -201,7 +194,7 @@ def test_a_trap_signed_with_another_or_no_key_never_fires(
     marker = tmp_path / "side-effect"
     fields = record()
     fields[b"model"] = pickle.dumps(Explodes(marker))
-    blob = snapshots._signed_bytes(fields[b"meta"], fields[b"model"])
+    blob = snapshot_records._signed_bytes(fields[b"meta"], fields[b"model"])
     fields[b"sig"] = sign(blob, b"attacker-key").encode()  # signed, but not with our key
     with pytest.raises(SnapshotIntegrityError, match=message):
         decode(fields, key=key)
