@@ -17,7 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import rankdata
 
-_TINY = 1e-12
+#: Floor of a denominator (a reference error or metric of 0)
+TINY = 1e-12
 
 
 def binary_metrics(
@@ -205,7 +206,7 @@ def regression_standard_errors(
     if v > 0 and m > 0:
         r2_var = (m / v) ** 2 * (cov[0, 0] / m**2 + cov[1, 1] / v**2 - 2 * cov[0, 1] / (m * v))
     return {
-        "mae": float(a.std(ddof=1)) / math.sqrt(n) / max(mae, _TINY),
-        "rmse": math.sqrt(cov[0, 0] / n) / (2 * max(m, _TINY)),
+        "mae": float(a.std(ddof=1)) / math.sqrt(n) / max(mae, TINY),
+        "rmse": math.sqrt(cov[0, 0] / n) / (2 * max(m, TINY)),
         "r2": math.sqrt(max(r2_var / n, 0.0)) if v > 0 and m > 0 else math.nan,
     }

@@ -78,7 +78,7 @@ from stream.exceptions import ConfigError, RejectedInput
 from stream.labels import TrainingExample
 from stream.model import coerce_label
 from stream.model_metrics import (
-    _TINY,
+    TINY,
     binary_metrics,
     binary_standard_errors,
     multiclass_metrics,
@@ -308,7 +308,7 @@ class PerformanceMonitor:
         assert self._reference is not None  # noqa: S101
         se = math.hypot(self._reference_se[name], self._current_se[name])
         if name in ERROR_METRICS:  # relative SEs; shortfall = now / ref - 1 (delta method)
-            return se * self._current[name] / max(self._reference[name], _TINY)
+            return se * self._current[name] / max(self._reference[name], TINY)
         return se
 
     def _performance_alert(self, name: str, status: AlertStatus, ts: int) -> dict[str, Any]:
@@ -338,7 +338,7 @@ class PerformanceMonitor:
     def _concept(self, example: TrainingExample) -> list[dict[str, Any]]:
         error = self._error[-1]
         if self.task == "regression":
-            error /= max(self._reference_error, _TINY)
+            error /= max(self._reference_error, TINY)
         before = self._adwin.estimation
         self._adwin.update(error)
         ts = example.label_ts_ms
@@ -373,7 +373,7 @@ class PerformanceMonitor:
     def _recent_error_excess(self) -> float:
         rate = self._recent_error()
         if self.task == "regression":
-            return rate / max(self._reference_error, _TINY) - 1.0
+            return rate / max(self._reference_error, TINY) - 1.0
         return rate - self._reference_error
 
     def _concept_alert(self, status: AlertStatus, ts: int, before: float) -> dict[str, Any]:
@@ -453,7 +453,7 @@ def _shortfall(name: str, reference: float, current: float) -> float:
     """How much worse ``current`` is than ``reference``: absolute for scores in [0, 1] and R²,
     relative for error metrics."""
     if name in ERROR_METRICS:
-        return (current - reference) / max(reference, _TINY)
+        return (current - reference) / max(reference, TINY)
     return reference - current
 
 
@@ -468,7 +468,7 @@ def _performance_message(
     n_ref: int,
 ) -> str:
     if name in ERROR_METRICS:
-        change = f"{(now - ref) / max(ref, _TINY):+.0%} (margin {margin:.0%}, SE {se:.1%})"
+        change = f"{(now - ref) / max(ref, TINY):+.0%} (margin {margin:.0%}, SE {se:.1%})"
     else:
         change = f"{now - ref:+.3f} (margin {margin:.3g}, SE {se:.3f})"
     if status == "firing":

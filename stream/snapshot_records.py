@@ -25,7 +25,7 @@ Kind = Literal["version", "checkpoint"]
 FORMAT = 1
 # Domain separation: these signatures can never be mistaken for another HMAC use of the key.
 _DOMAIN = b"driftwatch-snapshot\x00"
-_NO_KEY = "no snapshot key is configured: set DRIFTWATCH_SNAPSHOT_KEY"
+NO_KEY = "no snapshot key is configured: set DRIFTWATCH_SNAPSHOT_KEY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,7 @@ def sign(payload: bytes, key: bytes) -> str:
     'b82fcb791acec578'
     """
     if not key:
-        raise SnapshotIntegrityError(f"cannot sign a snapshot: {_NO_KEY}")
+        raise SnapshotIntegrityError(f"cannot sign a snapshot: {NO_KEY}")
     return hmac.new(key, payload, hashlib.sha256).hexdigest()
 
 
@@ -176,7 +176,7 @@ HMAC check (tampered, or signed with another key): refusing to load it
     """
     where = f"snapshot {kind}{'' if version is None else f' {version}'} of model {name!r}"
     if not key:
-        raise SnapshotIntegrityError(f"refusing to load {where}: {_NO_KEY}")
+        raise SnapshotIntegrityError(f"refusing to load {where}: {NO_KEY}")
     meta, blob, sig = (fields.get(f) for f in (b"meta", b"model", b"sig"))
     if meta is None or blob is None:
         raise SnapshotIntegrityError(f"{where} is incomplete (no meta or model field)")
@@ -247,7 +247,7 @@ def decode_record(
     return model, info
 
 
-def _unverified_info(fields: Mapping[bytes, bytes], version: int) -> SnapshotInfo:
+def unverified_info(fields: Mapping[bytes, bytes], version: int) -> SnapshotInfo:
     # for listing a record that failed its check: parse what is there, trust nothing
     try:
         header = orjson.loads(fields.get(b"meta") or b"{}")

@@ -42,12 +42,12 @@ from stream.exceptions import (
 )
 from stream.model import OnlineModel
 from stream.snapshot_records import (
-    _NO_KEY,
+    NO_KEY,
     SnapshotInfo,
-    _unverified_info,
     decode_record,
     encode_record,
     read_info,
+    unverified_info,
 )
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class SnapshotStore:
         >>> version = await store.publish(model, {"offset": 812})  # doctest: +SKIP
         """
         if not self.key:
-            raise SnapshotIntegrityError(f"cannot publish model {self.model_name!r}: {_NO_KEY}")
+            raise SnapshotIntegrityError(f"cannot publish model {self.model_name!r}: {NO_KEY}")
         version = int(await self.redis.incr(self.seq_key))
         record = encode_record(
             model, meta, self.key, kind="version", version=version, created_at=_now_ms()
@@ -261,7 +261,7 @@ class SnapshotStore:
                 fields, self.key, name=self.model_name, kind="version", version=version
             )
         except SnapshotIntegrityError:
-            return _unverified_info(fields, version)
+            return unverified_info(fields, version)
 
     async def promote(self, version: int | None = None) -> int:
         """Make ``version`` current and pin it; without a version, follow the latest again.
