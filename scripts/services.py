@@ -28,6 +28,7 @@ Environment:
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -37,6 +38,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +112,18 @@ log4j.appender.stderr.layout.ConversionPattern=[%d] %p %m (%c)%n
 log4j.logger.kafka.server.KafkaRaftServer=INFO
 """
 
+# Kafka 4.x also loads log4j2 (for its dynamic log levels); without a configuration it prints
+# an error to stdout. The log lines themselves still go through reload4j above.
+KAFKA_LOG4J2 = """status = warn
+appender.stderr.type = Console
+appender.stderr.name = stderr
+appender.stderr.target = SYSTEM_ERR
+appender.stderr.layout.type = PatternLayout
+appender.stderr.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.stderr.ref = stderr
+"""
+
 
 class ServiceError(RuntimeError):
     """A service could not be installed, started or stopped."""
@@ -144,6 +158,18 @@ def pid_alive(pid: int) -> bool:
 
 def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)  # type: ignore[call-overload]
+
+
+def random_cluster_id() -> str:
+    """A cluster id as ``kafka-storage random-uuid`` makes one (Kafka's ``Uuid.randomUuid``).
+
+    A random UUID's 16 bytes in URL-safe base64 without padding (22 characters), never
+    starting with ``-``. Made here rather than by the tool, whose stdout may carry log noise.
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 @dataclass
@@ -332,6 +358,7 @@ class Kafka(Service):
         return [
             "java",
             f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
+            f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
             f"-Djava.io.tmpdir={tmp}",
             f"-DZstdTempFolder={tmp}",
             f"-Dorg.xerial.snappy.tempdir={tmp}",
@@ -352,12 +379,11 @@ class Kafka(Service):
             shutil.rmtree(data)
         cfg.write_text(props)
         (self.dir / "log4j.properties").write_text(KAFKA_LOG4J)
+        (self.dir / "log4j2.properties").write_text(KAFKA_LOG4J2)
         if (data / "meta.properties").exists():
             return
         cp = f"{self.libs}/*"
-        cluster_id = run(
-            self._java("-Xmx256m", "-cp", cp, "kafka.tools.StorageTool", "random-uuid")
-        ).stdout.strip()
+        cluster_id = random_cluster_id()
         try:
             run(
                 self._java(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -56,6 +59,9 @@ def test_start_stop_twice(env: dict[str, str], name: str) -> None:
                 pass
             status = services(env, "status", name)
             assert "running at 127.0.0.1" in status.stdout
+            if name == "kafka":  # formatted with a well-formed cluster id, log noise kept out
+                meta = Path(env["DRIFTWATCH_RUN_DIR"]) / "kafka" / "data" / "meta.properties"
+                assert re.search(r"^cluster\.id=[A-Za-z0-9_-]{22}$", meta.read_text(), re.M)
             stop = services(env, "stop", name)
             assert stop.returncode == 0 and "stopped" in stop.stderr
             assert "stopped" in services(env, "status", name).stdout
@@ -78,3 +84,16 @@ def test_bad_arguments_print_usage(env: dict[str, str]) -> None:
     result = services(env, "launch")
     assert result.returncode == 2
     assert "usage:" in result.stderr
+
+
+def test_cluster_ids_are_kafka_uuids(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("services", REPO / "scripts" / "services.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "services", module)  # its dataclasses look it up
+    spec.loader.exec_module(module)
+    ids = {module.random_cluster_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in ids:
+        assert len(text) == 22 and not text.startswith("-")
+        assert len(base64.urlsafe_b64decode(text + "==")) == 16
