@@ -42,13 +42,13 @@ def run(events: list[FeatureInput], batch: int) -> float:
     spec = FeatureSpec(name="amount", windows=("1m", "1h", "24h"))
     settings = WindowSettings(buckets=12, grace="5m")
     states: dict[str, State] = {}
-    seen: set[str] = set()
+    seen: dict[str, float | None] = {}
     start = time.perf_counter()
     for i in range(0, len(events), batch):
         chunk = events[i : i + batch]
         update = update_batch(states, seen, chunk, [spec], settings)
         states.update(update.states)
-        seen.update(update.applied_ids)
+        seen.update(update.applied_since)
     return (time.perf_counter() - start) / len(events) * 1e6
 
 

@@ -20,9 +20,10 @@ count a redelivered event twice.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import orjson
 import redis.asyncio as aioredis
 
 from stream.config import Settings
@@ -45,7 +46,27 @@ class Loaded:
     """What Redis holds for a batch: the entities' states and the already-applied event ids."""
 
     states: dict[str, State]
-    seen: frozenset[str]
+    #: applied event id -> the ``seconds_since_last`` it got then (``None``: not recorded)
+    seen: Mapping[str, float | None]
+
+
+def marker(since: float) -> bytes:
+    """The dedupe marker of an applied event: it remembers the event's ``seconds_since_last``.
+
+    >>> marker(2.5), marker_since(marker(2.5)), marker_since(b"1")  # b"1": an older marker
+    (b'{"since":2.5}', 2.5, None)
+    """
+    return orjson.dumps({"since": since})
+
+
+def marker_since(raw: bytes | str) -> float | None:
+    """The ``seconds_since_last`` a dedupe marker remembers, ``None`` if it has none."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    since = value.get("since") if isinstance(value, dict) else None
+    return float(since) if isinstance(since, int | float) else None
 
 
 class FeatureStore:
@@ -86,14 +107,14 @@ class FeatureStore:
     async def load(self, events: Sequence[FeatureInput]) -> Loaded:
         """Read the states of the batch's entities and its dedupe markers in one ``MGET``."""
         if not events:
-            return Loaded({}, frozenset())
+            return Loaded({}, {})
         entities = list(dict.fromkeys(e.entity_id for e in events))
         event_ids = list(dict.fromkeys(e.event_id for e in events))
         keys = [self.state_key(e) for e in entities] + [self.seen_key(e) for e in event_ids]
         raw = await self.redis.mget(keys)
         states = {e: decode_state(r) for e, r in zip(entities, raw, strict=False)}
         marks = raw[len(entities) :]
-        seen = frozenset(e for e, m in zip(event_ids, marks, strict=True) if m is not None)
+        seen = {e: marker_since(m) for e, m in zip(event_ids, marks, strict=True) if m is not None}
         return Loaded(states, seen)
 
     def update(self, loaded: Loaded, events: Sequence[FeatureInput]) -> BatchUpdate:
@@ -116,7 +137,7 @@ class FeatureStore:
         >>> settings = Settings(features=[FeatureSpec(name="amount", windows=("1h",))])
         >>> store = FeatureStore(aioredis.Redis(), settings)
         >>> events = [FeatureInput("e-1", "card-42", 1_763_800_000_000, {"amount": 12.5})]
-        >>> update = store.update(Loaded({}, frozenset()), events)
+        >>> update = store.update(Loaded({}, {}), events)
         >>> pipe = store.redis.pipeline()  # no I/O until the caller executes it
         >>> store.stage(pipe, update)
         >>> [(args[:2], args[3:]) for args, _ in pipe.command_stack]  # args[2]: the value
@@ -124,8 +145,8 @@ class FeatureStore:
         """
         for entity, state in update.states.items():
             pipe.set(self.state_key(entity), encode_state(state), ex=self._state_ttl_s)
-        for event_id in update.applied_ids:
-            pipe.set(self.seen_key(event_id), b"1", ex=self._dedupe_ttl_s)
+        for event_id, since in update.applied_since.items():
+            pipe.set(self.seen_key(event_id), marker(since), ex=self._dedupe_ttl_s)
 
     async def enrich(self, events: Sequence[FeatureInput]) -> BatchUpdate:
         """Load, update and write back a batch: for callers with nothing else to write."""

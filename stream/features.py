@@ -28,6 +28,8 @@ Late events
 Duplicates
     An event whose ``event_id`` is in ``seen`` (already applied, as recorded in Redis) or
     was applied earlier in the batch is a duplicate (``duplicate=True``): it changes nothing.
+    Its ``seconds_since_last`` is the one it had when it was applied, when ``seen`` remembers
+    it (the dedupe marker in Redis does) or the first copy is in the same batch.
     A too-late event is not recorded as applied, so a replay of it is too late again.
 Aggregates of an event
     Computed after the event is applied (so they include it), at its own time, over the
@@ -127,6 +129,13 @@ class BatchUpdate:
     results: tuple[EventResult, ...]
     states: dict[str, State]
     applied_ids: tuple[str, ...]
+
+    @property
+    def applied_since(self) -> dict[str, float]:
+        """Each applied event id with its ``seconds_since_last``, for the dedupe marker."""
+        return {
+            r.event_id: r.enriched[SINCE_LAST] for r in self.results if not (r.duplicate or r.late)
+        }
 
     @property
     def late_count(self) -> int:
@@ -247,7 +256,7 @@ def decode_state(raw: bytes | str | None) -> State:
 
 def update_batch(
     states: Mapping[str, State | None],
-    seen: Collection[str],
+    seen: Collection[str] | Mapping[str, float | None],
     events: Sequence[FeatureInput],
     specs: Sequence[FeatureSpec],
     window_settings: WindowSettings,
@@ -262,7 +271,8 @@ def update_batch(
         The current state of (at least) every entity in the batch; missing or ``None``
         means no state.
     seen
-        Event ids applied by earlier batches: those events are duplicates.
+        Event ids applied by earlier batches: those events are duplicates. A mapping may
+        give each id the ``seconds_since_last`` it had then (or ``None`` if unknown).
     events
         The batch, in arrival order.
     specs
@@ -281,15 +291,15 @@ def update_batch(
     >>> [(r.enriched, r.duplicate) for r in update.results]  # doctest: +NORMALIZE_WHITESPACE
     [({'amount_count_1m': 1.0, 'amount_mean_1m': 10.0, 'seconds_since_last': -1.0}, False),
      ({'amount_count_1m': 2.0, 'amount_mean_1m': 15.0, 'seconds_since_last': 2.0}, False),
-     ({'amount_count_1m': 2.0, 'amount_mean_1m': 15.0, 'seconds_since_last': 0.0}, True)]
+     ({'amount_count_1m': 2.0, 'amount_mean_1m': 15.0, 'seconds_since_last': -1.0}, True)]
     >>> update.applied_ids, list(update.states)
     (('e1', 'e2'), ['card'])
     """
     plan = _plan(tuple(specs), window_settings)
     current: dict[str, State | None] = dict(states)
     owned: dict[str, State] = {}  # copies this batch may modify
-    applied: list[str] = []
-    applied_here: set[str] = set()
+    remembered: Mapping[str, float | None] = seen if isinstance(seen, Mapping) else {}
+    applied_here: dict[str, float] = {}  # event id -> its seconds_since_last
     results = []
     for event in events:
         entity = event.entity_id
@@ -297,20 +307,22 @@ def update_batch(
         clock = state["t"] if state else None
         since = FIRST_EVENT if clock is None else max(0, event.ts_ms - clock) / 1000
         duplicate = event.event_id in seen or event.event_id in applied_here
+        if duplicate:
+            first = applied_here.get(event.event_id, remembered.get(event.event_id))
+            since = since if first is None else first
         late = not duplicate and clock is not None and event.ts_ms < clock - plan.grace_ms
         if not (duplicate or late):
             state = owned.get(entity)
             if state is None:
                 state = owned[entity] = current[entity] = _copy(current.get(entity))
             _apply(plan, state, event)
-            applied.append(event.event_id)
-            applied_here.add(event.event_id)
+            applied_here[event.event_id] = since
         features = _aggregates(plan, state, event.ts_ms)
         features[SINCE_LAST] = since
         results.append(EventResult(event.event_id, entity, event.ts_ms, features, duplicate, late))
     for state in owned.values():
         _compact(plan, state)
-    return BatchUpdate(tuple(results), owned, tuple(applied))
+    return BatchUpdate(tuple(results), owned, tuple(applied_here))
 
 
 def _copy(state: State | None) -> State:
@@ -452,15 +464,16 @@ def recompute_offline(
     plan = _plan(tuple(specs), window_settings)
     clocks: dict[str, int] = {}
     kept: dict[str, list[FeatureInput]] = {}
-    applied: set[str] = set()
+    applied: dict[str, float] = {}  # event id -> its seconds_since_last when applied
     results = []
     for event in events:
         clock = clocks.get(event.entity_id)
         since = FIRST_EVENT if clock is None else max(0, event.ts_ms - clock) / 1000
         duplicate = event.event_id in applied
+        since = applied.get(event.event_id, since)
         late = not duplicate and clock is not None and event.ts_ms < clock - plan.grace_ms
         if not (duplicate or late):
-            applied.add(event.event_id)
+            applied[event.event_id] = since
             kept.setdefault(event.entity_id, []).append(event)
             clocks[event.entity_id] = event.ts_ms if clock is None else max(clock, event.ts_ms)
         history = kept.get(event.entity_id, [])

@@ -165,11 +165,11 @@ async def test_stored_and_returned_aggregates_equal_offline_recomputation(
     assert any(r.late for r in results) and any(r.duplicate for r in results)
     # what Redis holds is, byte for byte, the state of the pure path run on the same batches
     states: dict[str, State] = {}
-    seen: set[str] = set()
+    seen: dict[str, float | None] = {}
     for part in parts:
         update = update_batch(states, seen, part, SPECS, feature_settings.windows)
         states.update(update.states)
-        seen.update(update.applied_ids)
+        seen.update(update.applied_since)
     stored = await client.mget([store.state_key(e) for e in states])
     assert stored == [encode_state(s) for s in states.values()]
 

@@ -81,7 +81,7 @@ def run_in_batches(
 ) -> tuple[list[EventResult], dict[str, State]]:
     """Process ``events`` in consecutive batches of ``sizes``, carrying states and seen ids."""
     states: dict[str, State] = {}
-    seen: set[str] = set()
+    seen: dict[str, float | None] = {}  # as the dedupe markers in Redis remember them
     results: list[EventResult] = []
     start = 0
     for size in [*sizes, len(events)]:
@@ -89,7 +89,7 @@ def run_in_batches(
         start += len(batch)
         update = update_batch(states, seen, batch, SPECS, ws)
         states.update(update.states)
-        seen.update(update.applied_ids)
+        seen.update(update.applied_since)
         results.extend(update.results)
     return results, states
 
@@ -143,7 +143,7 @@ def test_replay_is_idempotent(
     replay = events[start : data.draw(st.integers(start, len(events)))]
     # through Redis the states come back decoded: replay against exactly that
     stored = {entity: decode_state(raw) for entity, raw in encoded(first.states).items()}
-    again = update_batch(stored, set(first.applied_ids), replay, SPECS, ws)
+    again = update_batch(stored, first.applied_since, replay, SPECS, ws)
 
     assert again.states == {} and again.applied_ids == ()
     assert encoded(stored) == encoded(first.states)
@@ -281,6 +281,23 @@ def test_duplicate_in_batch_counts_once() -> None:
     assert [r.duplicate for r in update.results] == [False, True, True]
     assert {r.enriched["amount_count_1m"] for r in update.results} == {1.0}
     assert update.applied_ids == ("e1",) and update.duplicate_count == 2
+
+
+def test_duplicate_keeps_the_gap_it_had_when_applied() -> None:
+    e1 = FeatureInput("e1", "a", T0, {"amount": 3.0})
+    e2 = FeatureInput("e2", "a", T0 + 2_000, {"amount": 4.0})
+    first = run([e1, e2, e2])  # a copy in the same batch
+    assert [r.enriched["seconds_since_last"] for r in first.results] == [-1.0, 2.0, 2.0]
+    assert first.applied_since == {"e1": -1.0, "e2": 2.0}
+    state = first.states["a"]
+    # redelivered in a later batch: the gap comes from what the dedupe marker remembers
+    again = update_batch({"a": state}, first.applied_since, [e2, e1], AMOUNT, WindowSettings())
+    assert [r.duplicate for r in again.results] == [True, True]
+    assert [r.enriched["seconds_since_last"] for r in again.results] == [2.0, -1.0]
+    # without it (an id set, or a marker with no gap) the gap is measured against the clock
+    unknown = update_batch({"a": state}, {"e2": None}, [e2], AMOUNT, WindowSettings())
+    assert unknown.results[0].enriched["seconds_since_last"] == 0.0
+    assert again.applied_since == {} and unknown.applied_ids == ()
 
 
 def test_duplicate_of_unknown_entity_gets_empty_windows() -> None:
