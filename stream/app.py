@@ -27,7 +27,6 @@ from stream.exceptions import DriftwatchError
 from stream.metrics import Metrics
 from stream.model import OnlineModel
 from stream.monitor_hub import MonitorHub, monitor_messages
-from stream.monitoring import monitored_subjects
 from stream.performance import PerformanceMonitor
 from stream.pipeline import (
     EventProcessor,
@@ -40,6 +39,7 @@ from stream.pipeline import (
 from stream.prediction_store import PredictionStore
 from stream.redis_client import redis_client
 from stream.snapshots import ModelHolder, SnapshotStore
+from stream.subjects import monitored_subjects
 from stream.trainer import Trainer
 
 log = logging.getLogger(__name__)

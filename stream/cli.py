@@ -181,8 +181,8 @@ def _reference_command(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
     from stream import reference
-    from stream.monitoring import monitored_subjects
     from stream.redis_client import redis_client
+    from stream.subjects import monitored_subjects
 
     if args.action == "pin" and args.file is None and args.range is None:
         raise DriftwatchError("reference pin needs --file PATH or --range FROM TO")

@@ -24,11 +24,12 @@ import redis.asyncio as aioredis
 from stream.config import Settings
 from stream.exceptions import SnapshotIntegrityError
 from stream.metrics import Metrics
-from stream.monitoring import SubjectBatch, SubjectMonitor, monitored_subjects
+from stream.monitoring import SubjectMonitor
 from stream.pipeline import BatchResult
 from stream.quality import QualityMonitor, quality_counts
 from stream.reference import generation_key, load_pinned
 from stream.snapshot_records import sign, verify
+from stream.subjects import SubjectBatch, monitored_subjects
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def monitor_messages(
     settings: Settings, result: BatchResult, subjects: dict[str, Literal["numeric", "categorical"]]
 ) -> list[tuple[bytes, bytes]]:
     """(key, value) messages for the monitor topic from one scored batch."""
-    from stream.monitoring import subject_batches
+    from stream.subjects import subject_batches
 
     out = [
         (b.subject.encode(), b"D" + b.encode()) for b in subject_batches(result.scored, subjects)

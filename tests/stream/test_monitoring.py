@@ -13,15 +13,15 @@ from stream.config import FeatureSpec, ModelSettings, MonitoringSettings, Settin
 from stream.exceptions import ConfigError
 from stream.features import window_names
 from stream.messages import Alert
-from stream.monitoring import (
+from stream.monitoring import SubjectMonitor
+from stream.pipeline import ScoredEvent
+from stream.subjects import (
     SINCE_LAST_WARMUP_MS,
     SubjectBatch,
     SubjectKind,
-    SubjectMonitor,
     monitored_subjects,
     subject_batches,
 )
-from stream.pipeline import ScoredEvent
 from stream.validation import ValidEvent
 
 # small sizes keep the suite fast; ert is family-wise, split over FAMILY (subject, detector) pairs
