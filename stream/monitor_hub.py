@@ -16,7 +16,7 @@ import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -29,7 +29,7 @@ from stream.pipeline import BatchResult
 from stream.quality import QualityMonitor, quality_counts
 from stream.reference import generation_key, load_pinned
 from stream.snapshot_records import sign, verify
-from stream.subjects import SubjectBatch, monitored_subjects
+from stream.subjects import SubjectBatch, SubjectKind, monitored_subjects, subject_batches
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,9 @@ def family_size(settings: Settings) -> int:
 
 
 def monitor_messages(
-    settings: Settings, result: BatchResult, subjects: dict[str, Literal["numeric", "categorical"]]
+    settings: Settings, result: BatchResult, subjects: dict[str, SubjectKind]
 ) -> list[tuple[bytes, bytes]]:
     """(key, value) messages for the monitor topic from one scored batch."""
-    from stream.subjects import subject_batches
-
     out = [
         (b.subject.encode(), b"D" + b.encode()) for b in subject_batches(result.scored, subjects)
     ]

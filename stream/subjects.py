@@ -27,7 +27,7 @@ from stream.features import FIRST_EVENT, SINCE_LAST, window_names
 
 SINCE_LAST_WARMUP_MS = 300_000
 
-if TYPE_CHECKING:  # the pipeline imports the monitors, not the other way round
+if TYPE_CHECKING:  # for annotations only: the worker's modules import this one
     from stream.pipeline import ScoredEvent
 
 SubjectKind = Literal["numeric", "categorical"]
@@ -171,7 +171,7 @@ def monitored_subjects(settings: Settings) -> dict[str, tuple[SubjectKind, int]]
 __all__ = [
     "PREDICTION_CLASS",
     "PREDICTION_SCORE",
-    "SINCE_LAST",
+    "SINCE_LAST_WARMUP_MS",
     "SubjectBatch",
     "SubjectKind",
     "monitored_subjects",
