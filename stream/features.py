@@ -122,20 +122,19 @@ class BatchUpdate:
         One per input event, in input order.
     states
         The new state of every entity that at least one event changed.
-    applied_ids
-        The event ids applied for the first time, in order: to be remembered for dedupe.
+    applied_since
+        The event ids applied for the first time, in order, each with its
+        ``seconds_since_last``: to be remembered (with it) for dedupe.
     """
 
     results: tuple[EventResult, ...]
     states: dict[str, State]
-    applied_ids: tuple[str, ...]
+    applied_since: dict[str, float]
 
     @property
-    def applied_since(self) -> dict[str, float]:
-        """Each applied event id with its ``seconds_since_last``, for the dedupe marker."""
-        return {
-            r.event_id: r.enriched[SINCE_LAST] for r in self.results if not (r.duplicate or r.late)
-        }
+    def applied_ids(self) -> tuple[str, ...]:
+        """The event ids applied for the first time, in order."""
+        return tuple(self.applied_since)
 
     @property
     def late_count(self) -> int:
@@ -322,7 +321,7 @@ def update_batch(
         results.append(EventResult(event.event_id, entity, event.ts_ms, features, duplicate, late))
     for state in owned.values():
         _compact(plan, state)
-    return BatchUpdate(tuple(results), owned, tuple(applied_here))
+    return BatchUpdate(tuple(results), owned, applied_here)
 
 
 def _copy(state: State | None) -> State:
