@@ -27,6 +27,7 @@ from aiokafka.structs import TopicPartition
 from stream.config import Settings
 from stream.exceptions import DriftwatchError
 from stream.messages import to_epoch_ms
+from stream.subjects import PREDICTION_CLASS, PREDICTION_SCORE, SubjectKind, subject_value
 
 
 def pinned_key(prefix: str) -> str:
@@ -38,7 +39,7 @@ def generation_key(prefix: str) -> str:
 
 
 def reference_values(
-    predictions: Iterable[Mapping[str, Any]], subjects: Mapping[str, str], limit: int
+    predictions: Iterable[Mapping[str, Any]], subjects: Mapping[str, SubjectKind], limit: int
 ) -> dict[str, tuple[list[Any], list[int]]]:
     """Each subject's values (and event times) from Prediction messages, at most ``limit``.
 
@@ -50,19 +51,16 @@ def reference_values(
     for p in predictions:
         features = p.get("features") or {}
         for subject, kind in subjects.items():
-            if subject == "prediction.score":
-                value: Any = p.get("score")
-            elif subject == "prediction.class":
-                value = None if p.get("prediction") is None else str(p["prediction"])
-            else:
-                value = features.get(subject)
+            if subject == PREDICTION_SCORE:
+                raw: Any = p.get("score")
+            elif subject == PREDICTION_CLASS:
+                raw = p.get("prediction")
+            else:  # an imputed value cannot be told apart here: Predictions do not mark it
+                raw = features.get(subject)
+            value = subject_value(subject, kind, raw)
             if value is None or len(out[subject][0]) >= limit:
                 continue
-            if kind == "numeric" and (
-                isinstance(value, bool) or not isinstance(value, int | float)
-            ):
-                continue
-            out[subject][0].append(value if kind == "numeric" else str(value))
+            out[subject][0].append(value)
             out[subject][1].append(int(p.get("ts", 0)))
     return {s: v for s, v in out.items() if v[0]}
 

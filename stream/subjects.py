@@ -107,16 +107,30 @@ def _value_of(s: ScoredEvent, subject: str, kind: SubjectKind) -> float | str | 
     if subject == PREDICTION_SCORE:
         raw: object = s.score
     elif subject == PREDICTION_CLASS:
-        raw = None if s.prediction is None else str(s.prediction)
+        raw = s.prediction
     elif subject in s.event.missing:
         return None
     else:
         raw = s.x.get(subject)
-        if subject == SINCE_LAST and raw == FIRST_EVENT:
-            return None  # "no earlier event" is not a gap: watching it sees new entities
+    return subject_value(subject, kind, raw)
 
+
+def subject_value(subject: str, kind: SubjectKind, raw: object) -> float | str | None:
+    """The value a monitor sees for ``raw`` (a feature, score or class), ``None`` to skip it.
+
+    The one rule for the live stream and for pinned references (:mod:`stream.reference`).
+
+    >>> subject_value("amount", "numeric", 3), subject_value("amount", "numeric", float("nan"))
+    (3.0, None)
+    >>> subject_value("seconds_since_last", "numeric", -1.0), subject_value("c", "categorical", 1)
+    (None, '1')
+    """
+    if raw is None:
+        return None
     if kind == "categorical":
-        return None if raw is None else str(raw)
+        return str(raw)
+    if subject == SINCE_LAST and raw == FIRST_EVENT:
+        return None  # "no earlier event" is not a gap: watching it sees new entities
     if isinstance(raw, bool) or not isinstance(raw, int | float) or not np.isfinite(raw):
         return None
     return float(raw)
@@ -176,4 +190,5 @@ __all__ = [
     "SubjectKind",
     "monitored_subjects",
     "subject_batches",
+    "subject_value",
 ]

@@ -15,6 +15,7 @@ from stream.features import window_names
 from stream.messages import Alert
 from stream.monitoring import SubjectMonitor
 from stream.pipeline import ScoredEvent
+from stream.reference import reference_values
 from stream.subjects import (
     SINCE_LAST_WARMUP_MS,
     SubjectBatch,
@@ -262,6 +263,26 @@ def test_subject_batches_skip_missing_and_none() -> None:
         "prediction.class": (["1", "1", "1"], [1, 2, 3], 4),
     }
     assert subject_batches([], subjects) == []
+
+
+def test_pinned_references_see_what_the_live_monitors_see() -> None:
+    # the same value rule as subject_batches: no first-event sentinel, nothing non-finite
+    preds = [
+        {"ts": 1, "features": {"seconds_since_last": -1.0, "amount": float("nan")}, "score": 0.5},
+        {"ts": 2, "features": {"seconds_since_last": 3, "amount": 2}, "prediction": 1},
+    ]
+    subjects: dict[str, SubjectKind] = {
+        "seconds_since_last": "numeric",
+        "amount": "numeric",
+        "prediction.score": "numeric",
+        "prediction.class": "categorical",
+    }
+    assert reference_values(preds, subjects, 10) == {
+        "seconds_since_last": ([3.0], [2]),
+        "amount": ([2.0], [2]),
+        "prediction.score": ([0.5], [1]),
+        "prediction.class": (["1"], [2]),
+    }
 
 
 def test_monitored_subjects_names_kinds_and_warmups() -> None:
