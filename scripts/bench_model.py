@@ -23,18 +23,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stream.config import FeatureSpec, ModelSettings  # noqa: E402
+from stream.config import PIPELINES_BY_TASK, FeatureSpec, ModelSettings  # noqa: E402
 from stream.features import window_names  # noqa: E402
 from stream.model import OnlineModel, create_model  # noqa: E402
 
-PIPELINES = [
-    ("binary", "logistic_regression"),
-    ("binary", "hoeffding_tree"),
-    ("multiclass", "softmax_regression"),
-    ("multiclass", "hoeffding_tree"),
-    ("regression", "linear_regression"),
-    ("regression", "hoeffding_tree"),
-]
+PIPELINES = [(task, p) for task, ps in PIPELINES_BY_TASK.items() for p in ps]
 CATEGORIES = ("a", "b", "c", "d", "e")
 
 

@@ -172,6 +172,14 @@ class WindowSettings(_Frozen):
         return parse_duration(self.dedupe_ttl)
 
 
+#: The River pipelines each task can use.
+PIPELINES_BY_TASK: dict[str, tuple[str, ...]] = {
+    "binary": ("logistic_regression", "hoeffding_tree"),
+    "multiclass": ("softmax_regression", "hoeffding_tree"),
+    "regression": ("linear_regression", "hoeffding_tree"),
+}
+
+
 class ModelSettings(_Frozen):
     name: str = Field(default="model", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     task: Literal["binary", "multiclass", "regression"] = "binary"
@@ -184,13 +192,17 @@ class ModelSettings(_Frozen):
     poll_interval: Duration = "1s"
     keep_versions: int = Field(default=20, ge=2)
 
+    @property
+    def publish_interval_s(self) -> float:
+        return parse_duration(self.publish_interval)
+
+    @property
+    def poll_interval_s(self) -> float:
+        return parse_duration(self.poll_interval)
+
     @model_validator(mode="after")
     def _pipeline_fits_task(self) -> ModelSettings:
-        allowed = {
-            "binary": {"logistic_regression", "hoeffding_tree"},
-            "multiclass": {"softmax_regression", "hoeffding_tree"},
-            "regression": {"linear_regression", "hoeffding_tree"},
-        }[self.task]
+        allowed = PIPELINES_BY_TASK[self.task]
         if self.pipeline not in allowed:
             raise ValueError(
                 f"pipeline {self.pipeline!r} does not fit task {self.task!r}; "
