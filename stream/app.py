@@ -24,8 +24,8 @@ from stream import lag
 from stream.alerts import alert_key
 from stream.config import Settings
 from stream.exceptions import DriftwatchError
+from stream.labels import TrainingExample
 from stream.metrics import Metrics
-from stream.model import OnlineModel
 from stream.monitor_hub import MonitorHub, monitor_messages
 from stream.performance import PerformanceMonitor
 from stream.pipeline import (
@@ -36,7 +36,6 @@ from stream.pipeline import (
     now_ms,
     train_topic_name,
 )
-from stream.prediction_store import PredictionStore
 from stream.redis_client import redis_client
 from stream.snapshots import ModelHolder, SnapshotStore
 from stream.subjects import monitored_subjects
@@ -103,11 +102,10 @@ def _agents(w: Worker) -> None:
     labels = app.topic(topics.labels, key_type=bytes, value_type=bytes)
     train = app.topic(train_topic_name(settings), key_type=bytes, value_type=bytes, partitions=1)
     monitor = app.topic(topics.monitor, key_type=bytes, value_type=bytes)
-    scorer = EventProcessor(settings, w.redis, lambda: _served(w), w.metrics)
+    scorer = EventProcessor(settings, w.redis, lambda: w.holder.model, w.metrics)
     joiner = LabelProcessor(settings, w.redis, w.metrics)
-    pending = PredictionStore(w.redis, settings.redis.prefix, settings.labels.horizon_s)
     batch, within = settings.worker.batch_size, settings.worker.batch_max_latency_s
-    train_key = settings.model.name.encode()
+    train_name, train_key = train.get_topic_name(), settings.model.name.encode()
 
     monitoring = settings.monitoring.enabled
     kinds = {name: kind for name, (kind, _) in monitored_subjects(settings).items()}
@@ -116,7 +114,7 @@ def _agents(w: Worker) -> None:
     async def score(stream: faust.StreamT[bytes]) -> None:
         async for evs in cast(faust.Stream[bytes], stream).take_events(batch, within):
             result = await scorer.process([_incoming(e) for e in evs])
-            out = [Outgoing(train.get_topic_name(), train_key, x.encode()) for x in result.examples]
+            out = [Outgoing(train_name, train_key, x.encode()) for x in result.examples]
             if monitoring:
                 msgs = monitor_messages(settings, result, kinds)
                 out += [Outgoing(topics.monitor, k, v) for k, v in msgs]
@@ -135,34 +133,31 @@ def _agents(w: Worker) -> None:
     async def join(stream: faust.StreamT[bytes]) -> None:
         async for evs in cast(faust.Stream[bytes], stream).take_events(batch, within):
             examples, dlq = await joiner.process([_incoming(e) for e in evs])
-            out = [Outgoing(train.get_topic_name(), train_key, x.encode()) for x in examples]
+            out = [Outgoing(train_name, train_key, x.encode()) for x in examples]
             await publish(app, [*out, *dlq])
 
     @app.agent(train, name="driftwatch.train")
     async def learn(stream: faust.StreamT[bytes]) -> None:
-        from stream.labels import TrainingExample
-
         async for evs in cast(faust.Stream[bytes], stream).take_events(batch, within):
             items = [(e.message.offset, TrainingExample.decode(e.value)) for e in evs]
-            if w.trainer.model is None:
-                await w.trainer.restore()
             # performance is judged on published models: version 0 is the untrained one
-            fresh = [x for off, x in items if off > w.trainer.last_offset and x.model_version > 0]
+            unlearned = await w.trainer.unlearned(items)
+            fresh = [x for _, x in unlearned if x.model_version > 0]
             if monitoring and fresh:
                 await publish_alerts(w, w.performance.update(fresh, now_ms()))
                 for metric, value in w.performance.metrics().items():
                     w.metrics.model_metric.labels(settings.model.name, metric).set(value)
-            if await w.trainer.learn(items) is not None:
+            if await w.trainer.learn(unlearned) is not None:
                 with contextlib.suppress(DriftwatchError):  # holder.run logs refusals
                     await w.holder.refresh()
 
     @app.task
     async def refresh_model() -> None:
-        await w.holder.run(_seconds(settings.model.poll_interval))
+        await w.holder.run(settings.model.poll_interval_s)
 
     @app.timer(30.0)
     async def sweep_expired() -> None:
-        w.metrics.predictions_expired.inc(await pending.sweep_expired(now_ms()))
+        w.metrics.predictions_expired.inc(await scorer.predictions.sweep_expired(now_ms()))
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types async receivers loosely
     async def on_revoked(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -174,19 +169,8 @@ def _agents(w: Worker) -> None:
         sender: Any, assigned: set[Any], *args: Any, signal: Any, **kwargs: Any
     ) -> None:
         # partitions may have been worked on elsewhere meanwhile: re-read the saved state
-        w.trainer.model = None
-        w.trainer.last_offset = -1
+        w.trainer.forget()
         w.hub.keep_only({tp.partition for tp in assigned if tp.topic == topics.monitor})
-
-
-def _served(w: Worker) -> OnlineModel:
-    return w.holder.model
-
-
-def _seconds(text: str) -> float:
-    from stream.config import parse_duration
-
-    return parse_duration(text)
 
 
 def _incoming(event: EventT[Any]) -> Incoming:

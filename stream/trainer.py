@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from stream.config import Settings, parse_duration
+from stream.config import Settings
 from stream.exceptions import RejectedInput
 from stream.labels import TrainingExample
 from stream.metrics import Metrics
@@ -33,7 +33,7 @@ class Trainer:
         self.last_offset = -1
         self._since_publish = 0
         self._published_at = time.monotonic()
-        self._interval_s = parse_duration(settings.model.publish_interval)
+        self._interval_s = settings.model.publish_interval_s
 
     async def restore(self) -> OnlineModel:
         """Resume from the checkpoint, else the current version, else a fresh model."""
@@ -50,6 +50,19 @@ class Trainer:
             log.info("trainer starts a fresh %s model", self.settings.model.pipeline)
         self.model = model
         return model
+
+    async def unlearned(
+        self, batch: Sequence[tuple[int, TrainingExample]]
+    ) -> list[tuple[int, TrainingExample]]:
+        """The items of ``batch`` (offset, example) not learned yet: after the checkpoint."""
+        if self.model is None:
+            await self.restore()
+        return [(offset, x) for offset, x in batch if offset > self.last_offset]
+
+    def forget(self) -> None:
+        """Drop the model in memory: the next batch resumes from the saved checkpoint."""
+        self.model = None
+        self.last_offset = -1
 
     def fresh_model(self) -> OnlineModel:
         return create_model(self.settings.model, self.settings.features)
