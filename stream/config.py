@@ -79,6 +79,11 @@ class TopicSettings(_Frozen):
     monitor: str = "driftwatch.monitor"
     partitions: int = Field(default=4, ge=1, le=1024)
 
+    @property
+    def names(self) -> list[str]:
+        """The six topic names, in declaration order."""
+        return [self.events, self.labels, self.predictions, self.alerts, self.dlq, self.monitor]
+
 
 class RedisSettings(_Frozen):
     url: str = "redis://127.0.0.1:6379/0"
@@ -312,15 +317,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        topics = self.topics
-        names = [
-            topics.events,
-            topics.labels,
-            topics.predictions,
-            topics.alerts,
-            topics.dlq,
-            topics.monitor,
-        ]
+        names = self.topics.names
         if len(set(names)) != len(names):
             raise ValueError(f"topic names must be distinct, got {names}")
         features = [f.name for f in self.features]
@@ -333,7 +330,7 @@ class Settings(BaseSettings):
         return self.model_dump(mode="json")  # SecretStr dumps as '**********'
 
 
-_SECRET_FIELDS = ("redis_password", "kafka_sasl_password", "snapshot_key")
+SECRET_FIELDS = ("redis_password", "kafka_sasl_password", "snapshot_key")
 
 
 def load_settings(path: str | Path | None = None) -> Settings:
@@ -354,7 +351,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
             raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
     elif chosen:
         raise ConfigError(f"config file {file} does not exist")
-    for secret in _SECRET_FIELDS:
+    for secret in SECRET_FIELDS:
         if secret in data:
             raise ConfigError(
                 f"{file}: field {secret!r} is a secret; set it in the environment as "

@@ -57,9 +57,7 @@ def run_tail(settings: Settings, what: str, from_beginning: bool, limit: int | N
 
 
 async def _tail(settings: Settings, what: str, from_beginning: bool, limit: int | None) -> None:
-    topic = {"predictions": settings.topics.predictions, "alerts": settings.topics.alerts}.get(
-        what, settings.topics.dlq
-    )
+    topic: str = getattr(settings.topics, what)  # the CLI allows predictions|alerts|dlq
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.kafka.bootstrap,

@@ -27,9 +27,7 @@ def topic_partitions(settings: Settings) -> dict[str, int]:
     """Every topic the worker uses, with its partition count."""
     from stream.pipeline import train_topic_name
 
-    t = settings.topics
-    names = (t.events, t.labels, t.predictions, t.alerts, t.dlq, t.monitor)
-    topics = {name: t.partitions for name in names}
+    topics = {name: settings.topics.partitions for name in settings.topics.names}
     topics[train_topic_name(settings)] = 1  # one partition: one learner, in arrival order
     return topics
 

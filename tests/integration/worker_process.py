@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from stream.config import Settings
+from stream.config import SECRET_FIELDS, Settings
 
 READY_LINE = "[^Worker]: Ready"
 ASSIGNED_LINE = "Setting newly assigned partitions"
@@ -24,7 +24,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for section, value in dumped.items():
         if isinstance(value, dict | list):
             env[f"DRIFTWATCH_{section.upper()}"] = _json(value)
-    for secret in ("redis_password", "kafka_sasl_password", "snapshot_key"):
+    for secret in SECRET_FIELDS:
         field = getattr(settings, secret)
         if field is not None:
             env[f"DRIFTWATCH_{secret.upper()}"] = field.get_secret_value()
