@@ -163,6 +163,14 @@ async def passthrough(bootstrap: str, src: str, dst: str, stop: asyncio.Event) -
         await consumer.stop()
 
 
+async def paced_latencies(s: Settings, n: int, rate: float) -> list[float]:
+    """After a backlog of ``n``: produce 5 s of events at ``rate``; their latencies in ms."""
+    m = max(200, int(rate * 5))
+    reader = asyncio.create_task(drain(s.kafka.bootstrap, s.topics.predictions, n + m, 600, n))
+    await produce(s.kafka.bootstrap, s.topics.events, m, rate, offset=n)
+    return (await reader)[1]
+
+
 async def run_passthrough(s: Settings, n: int, rate: float) -> tuple[float, list[float]]:
     await ensure_topics(s)
     await produce(s.kafka.bootstrap, s.topics.events, n)
@@ -171,11 +179,7 @@ async def run_passthrough(s: Settings, n: int, rate: float) -> tuple[float, list
         passthrough(s.kafka.bootstrap, s.topics.events, s.topics.predictions, stop)
     )
     secs, _ = await drain(s.kafka.bootstrap, s.topics.predictions, n, 600)
-    # latency at a fixed rate
-    m = max(200, int(rate * 5))
-    reader = asyncio.create_task(drain(s.kafka.bootstrap, s.topics.predictions, n + m, 600, n))
-    await produce(s.kafka.bootstrap, s.topics.events, m, rate, offset=n)
-    _, lat = await reader
+    lat = await paced_latencies(s, n, rate)
     stop.set()
     await task
     return n / secs, lat
@@ -200,16 +204,7 @@ def run_worker(
                 f"monitors: the monitor topic was consumed {time.monotonic() - t0:.1f} s after "
                 f"the last prediction of the backlog (offsets are committed every few seconds)"
             )
-        m = max(200, int(rate * 5))
-
-        async def paced() -> list[float]:
-            reader = asyncio.create_task(
-                drain(s.kafka.bootstrap, s.topics.predictions, n + m, 600, n)
-            )
-            await produce(s.kafka.bootstrap, s.topics.events, m, rate, offset=n)
-            return (await reader)[1]
-
-        lat = asyncio.run(paced())
+        lat = asyncio.run(paced_latencies(s, n, rate))
     finally:
         worker.stop()
     return n / secs, lat
