@@ -25,6 +25,7 @@ from stream.alerts import alert_key
 from stream.config import Settings
 from stream.exceptions import DriftwatchError
 from stream.labels import TrainingExample
+from stream.messages import now_ms
 from stream.metrics import Metrics
 from stream.monitor_hub import MonitorHub, monitor_messages
 from stream.performance import PerformanceMonitor
@@ -33,7 +34,6 @@ from stream.pipeline import (
     Incoming,
     LabelProcessor,
     Outgoing,
-    now_ms,
     train_topic_name,
 )
 from stream.redis_client import redis_client

@@ -21,6 +21,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream.config import Settings
+from stream.messages import now_ms
 from stream.synthetic import CardStream, Drift, bad_event
 from stream.topics import ensure_topics, wait_consumed
 
@@ -53,7 +54,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
 
 async def _demo(settings: Settings, opts: DemoOptions) -> int:
     run_id = uuid.uuid4().hex[:8]
-    stream = CardStream(seed=opts.seed, drifts=opts.drifts, run_id=run_id, start_ms=_now_ms())
+    stream = CardStream(seed=opts.seed, drifts=opts.drifts, run_id=run_id, start_ms=now_ms())
     t = settings.topics
     await ensure_topics(settings)  # subscribe to topics that exist, whoever starts first
     consumer = AIOKafkaConsumer(
@@ -290,10 +291,6 @@ def _scrape(url: str | None, metric: str) -> float | None:
         if line.startswith(metric):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Progress:

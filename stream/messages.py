@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import math
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,11 @@ from pydantic import (
 )
 
 from stream.alerts import AlertKind, AlertStatus
+
+
+def now_ms() -> int:
+    """The wall clock as epoch milliseconds."""
+    return time.time_ns() // 1_000_000
 
 
 def to_epoch_ms(value: Any) -> int:

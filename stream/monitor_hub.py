@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from stream.config import Settings
 from stream.exceptions import SnapshotIntegrityError
+from stream.messages import now_ms
 from stream.metrics import Metrics
 from stream.monitoring import SubjectMonitor
 from stream.pipeline import BatchResult
@@ -60,7 +61,7 @@ def monitor_messages(
             out.append((f"{QUALITY}:{feature}".encode(), b"Q" + orjson.dumps(body)))
     n_all = len(result.scored) + result.rejected
     if n_all:
-        now = int(time.time() * 1000)
+        now = now_ms()
         body = {
             "feature": DLQ_SUBJECT,
             "n": n_all,

@@ -19,7 +19,7 @@ from stream.exceptions import RejectedInput
 from stream.feature_store import FeatureStore
 from stream.features import BatchUpdate, FeatureInput
 from stream.labels import PendingPrediction, TrainingExample, example_from, join_labels
-from stream.messages import Label, dead_letter
+from stream.messages import Label, dead_letter, now_ms
 from stream.metrics import Metrics
 from stream.model import OnlineModel
 from stream.prediction_store import PredictionStore
@@ -63,10 +63,6 @@ class BatchResult:
     scored: list[ScoredEvent]
     examples: list[TrainingExample]
     rejected: int
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def train_topic_name(settings: Settings) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -40,6 +39,7 @@ from stream.exceptions import (
     SnapshotIntegrityError,
     SnapshotNotFoundError,
 )
+from stream.messages import now_ms
 from stream.model import OnlineModel
 from stream.snapshot_records import (
     NO_KEY,
@@ -176,7 +176,7 @@ class SnapshotStore:
             raise SnapshotIntegrityError(f"cannot publish model {self.model_name!r}: {NO_KEY}")
         version = int(await self.redis.incr(self.seq_key))
         record = encode_record(
-            model, meta, self.key, kind="version", version=version, created_at=_now_ms()
+            model, meta, self.key, kind="version", version=version, created_at=now_ms()
         )
         keys = [self.version_key(version), self.index_key, self.current_key, self.pinned_key]
         fields = [record["meta"], record["model"], record["sig"]]
@@ -312,7 +312,7 @@ class SnapshotStore:
         >>> await store.save_checkpoint(model, {"offset": 812})  # doctest: +SKIP
         """
         record = encode_record(
-            model, meta, self.key, kind="checkpoint", version=model.version, created_at=_now_ms()
+            model, meta, self.key, kind="checkpoint", version=model.version, created_at=now_ms()
         )
         await self.redis.hset(self.checkpoint_key, mapping=record)  # type: ignore[arg-type]
 
@@ -329,10 +329,6 @@ class SnapshotStore:
         return decode_record(
             fields, self.key, name=self.model_name, kind="checkpoint", version=None
         )
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _int_or_none(raw: bytes | str | None) -> int | None:
