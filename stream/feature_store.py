@@ -7,14 +7,16 @@ Keys (``prefix`` is ``settings.redis.prefix``):
     :data:`STATE_TTL_MARGIN_S`, so an idle entity expires (and its next event starts from no
     state, ``seconds_since_last = -1.0``).
 ``{prefix}:seen:{event_id}``
-    ``b"1"`` once the event was applied, with a TTL of ``windows.dedupe_ttl``: a redelivery
-    within that time is a duplicate. It should exceed the longest redelivery delay.
+    Set once the event was applied (:func:`marker`: it remembers the event's
+    ``seconds_since_last``), with a TTL of ``windows.dedupe_ttl``: a redelivery within that
+    time is a duplicate. It should exceed the longest redelivery delay.
 
 A batch costs two round trips whatever its size: one ``MGET`` in :meth:`FeatureStore.load`,
-and the writes that :meth:`FeatureStore.stage` adds to the caller's pipeline. Execute that
-pipeline as a transaction (``MULTI``/``EXEC``, redis-py's default) so that a state and the
-dedupe markers of the events in it are written together: a state without its markers would
-count a redelivered event twice.
+and the writes that :meth:`FeatureStore.stage` adds to the caller's writes. Those must be
+atomic, so that a state and the dedupe markers of the events in it are written together (a
+state without its markers would count a redelivered event twice): the worker stages them
+into one :class:`stream.redis_batch.BatchWriter` call; :meth:`FeatureStore.enrich` uses a
+``MULTI``/``EXEC`` pipeline.
 """
 
 from __future__ import annotations

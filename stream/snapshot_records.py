@@ -85,7 +85,7 @@ def verify(payload: bytes, signature: str | bytes | None, key: bytes) -> bool:
             signature = signature.encode("ascii")
         except UnicodeEncodeError:
             return False
-    expected = hmac.new(key, payload, hashlib.sha256).hexdigest().encode("ascii")
+    expected = sign(payload, key).encode("ascii")
     return hmac.compare_digest(expected, signature)
 
 
