@@ -110,6 +110,14 @@ class WorkerSettings(_Frozen):
     #: messages), so the default collects many times per batch; 0 keeps Python's default.
     gc_threshold: int = Field(default=50_000, ge=0)
 
+    @field_validator("metrics_address")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        _, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65_535:
+            raise ValueError(f"{v!r} is not host:port (port 0..65535; 0 disables /metrics)")
+        return v
+
     @property
     def batch_max_latency_s(self) -> float:
         return parse_duration(self.batch_max_latency)

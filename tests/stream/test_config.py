@@ -52,6 +52,12 @@ def test_bad_value_names_field_value_and_expectation(tmp_path: Path) -> None:
     assert "worker.batch_size" in msg and "got 0" in msg and "greater than or equal to 1" in msg
 
 
+@pytest.mark.parametrize("address", ["localhost", "127.0.0.1:http", "127.0.0.1:70000"])
+def test_bad_metrics_address_stops_start_up(tmp_path: Path, address: str) -> None:
+    with pytest.raises(ConfigError, match="worker.metrics_address.*is not host:port"):
+        load_settings(write(tmp_path, f'[worker]\nmetrics_address = "{address}"\n'))
+
+
 def test_unknown_field_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="worker.batchsize"):
         load_settings(write(tmp_path, "[worker]\nbatchsize = 5\n"))
