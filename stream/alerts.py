@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 AlertKind = Literal[
-    "data_drift", "prediction_drift", "performance", "concept_drift", "data_quality"
+    "data_drift",
+    "prediction_drift",
+    "performance",
+    "concept_drift",
+    "data_quality",
+    "model_health",
 ]
 AlertStatus = Literal["firing", "resolved"]
 
@@ -154,3 +159,42 @@ def fmt(value: float | None) -> str:
 
 def _span(span: WindowLike) -> dict[str, int | None]:
     return {"n": int(span.n), "from_ts": span.from_ts, "to_ts": span.to_ts}
+
+
+def model_health_alert(
+    status: AlertStatus,
+    model: str,
+    detector: str,
+    *,
+    version: int | None,
+    message: str,
+    ts: int,
+    episode_start_ts: int | None = None,
+) -> dict[str, Any]:
+    """A ``model_health`` alert: a version or checkpoint refused, or a model gone non-finite.
+
+    ``subject`` is the model name; ``detector`` says what found it (``signature``,
+    ``checkpoint``, ``probe``); ``ts`` is the wall clock, as no event time applies.
+
+    >>> a = model_health_alert("firing", "fraud", "signature", version=7, ts=5,
+    ...                        message="version 7 failed its signature check")
+    >>> a["alert_id"], a["kind"], a["model_version"]
+    ('model_health:fraud:signature:5', 'model_health', 7)
+    """
+    return make_alert(
+        "model_health",
+        status,
+        model,
+        detector,
+        statistic=None,
+        p_value=None,
+        threshold=None,
+        reference=EMPTY_SPAN,
+        window=EMPTY_SPAN,
+        model=model,
+        model_version=version,
+        ts=ts,
+        message=message,
+        evidence={},
+        episode_start_ts=episode_start_ts,
+    )

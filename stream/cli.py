@@ -214,20 +214,16 @@ def _reference_command(settings: Settings, args: argparse.Namespace) -> int:
 def run_worker(settings: Settings, log_level: str) -> int:
     import asyncio
 
-    import faust
-
     from stream.app import create_app
-    from stream.topics import ensure_topics
+    from stream.exceptions import StartupError
+    from stream.startup import check_all
 
     log.info("effective configuration: %s", settings.redacted())
-    if settings.snapshot_key is None:
-        print(
-            "driftwatch: DRIFTWATCH_SNAPSHOT_KEY is not set; model snapshots are signed with it "
-            "and cannot be published or loaded without it",
-            file=sys.stderr,
-        )
-        return 2
-    asyncio.run(ensure_topics(settings))
+    try:
+        asyncio.run(check_all(settings))  # before joining any consumer group
+    except StartupError as exc:
+        print(f"driftwatch: cannot start: {exc}", file=sys.stderr)
+        return 1
     worker_ = create_app(settings)
     try:
         worker_.metrics.serve(settings.worker.metrics_address)
@@ -235,9 +231,27 @@ def run_worker(settings: Settings, log_level: str) -> int:
         print(f"driftwatch: {exc}", file=sys.stderr)
         return 2
     tune_gc(settings.worker.gc_threshold)
-    worker = faust.Worker(worker_.app, loglevel=log_level, quiet=True, redirect_stdouts=False)
+    worker_class = _faust_worker_class()
+    worker = worker_class(worker_.app, loglevel=log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()  # returns only via SystemExit
     return 0
+
+
+def _faust_worker_class() -> type:
+    import faust
+
+    from stream.resilience import RepeatFilter
+
+    class Worker(faust.Worker):
+        """Faust's worker, with the Kafka client's repeated errors rate-limited."""
+
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            repeats = RepeatFilter()
+            for handler in logger.handlers:
+                handler.addFilter(repeats)
+
+    return Worker
 
 
 def tune_gc(threshold: int) -> None:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -27,6 +30,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from stream.exceptions import ConfigError
+from stream.messages import to_epoch_ms
 
 DEFAULT_CONFIG_FILE = "driftwatch.toml"
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -52,6 +56,60 @@ def parse_duration(text: str) -> float:
 
 
 Duration = Annotated[str, AfterValidator(lambda v: (parse_duration(v), v)[1])]
+
+
+def parse_instant(text: str) -> int:
+    """Parse epoch milliseconds (digits) or an ISO-8601 time into epoch milliseconds.
+
+    >>> parse_instant("946684800000"), parse_instant("2000-01-01T00:00:00Z")
+    (946684800000, 946684800000)
+    """
+    stripped = text.strip()
+    # digits alone are epoch ms; fromisoformat would read some of them as a compact date
+    is_number = stripped.lstrip("+-").isdigit()
+    return to_epoch_ms(int(stripped) if is_number else stripped)
+
+
+def _instant_text(value: object) -> object:
+    # a TOML integer is epoch ms as well; keep the setting a string either way
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Instant = Annotated[
+    str, BeforeValidator(_instant_text), AfterValidator(lambda v: (parse_instant(v), v)[1])
+]
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password (userinfo or ``password=`` parameter) replaced by ``***``.
+
+    >>> masked_url("redis://user:secret@host:6379/0"), masked_url("redis://:secret@host")
+    ('redis://user:***@host:6379/0', 'redis://:***@host')
+    >>> masked_url("rediss://host/0?ssl_cert_reqs=none&password=secret")
+    'rediss://host/0?ssl_cert_reqs=none&password=***'
+    """
+    try:
+        parts = urlsplit(url)
+        has_password = parts.password is not None
+    except ValueError:  # unparsable (a bad IPv6 host, say): hide all but the scheme
+        return url.partition("://")[0] + "://***"
+    scheme, slashes, rest = url.partition("//")
+    if not slashes:
+        scheme, rest = "", url
+    if has_password:
+        # the last '@' ends the userinfo: a password may contain '@' itself
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        rest = f"{userinfo.partition(':')[0]}:***@{hostport}" + rest[len(parts.netloc) :]
+    # rebuilt by hand: urlunsplit would turn unix:///path into unix:/path
+    before, hash_, fragment = rest.partition("#")
+    path, question, query = before.partition("?")
+    query = "&".join(_masked_param(p) for p in query.split("&"))
+    return f"{scheme}{slashes}{path}{question}{query}{hash_}{fragment}"
+
+
+def _masked_param(param: str) -> str:
+    name, sep, _ = param.partition("=")
+    return f"{name}=***" if sep and name.lower() == "password" else param
 
 
 class _Frozen(BaseModel):
@@ -93,8 +151,13 @@ class RedisSettings(_Frozen):
     @classmethod
     def _redis_scheme(cls, v: str) -> str:
         if not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"{v!r} is not a Redis URL (redis://host:port/db)")
+            raise ValueError(f"{masked_url(v)!r} is not a Redis URL (redis://host:port/db)")
         return v
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # repr() ends up in logs and tracebacks: never show the URL's password
+        for name, value in super().__repr_args__():
+            yield name, masked_url(value) if name == "url" else value
 
 
 class WorkerSettings(_Frozen):
@@ -103,6 +166,11 @@ class WorkerSettings(_Frozen):
     batch_max_latency: Duration = "50ms"
     max_payload_bytes: int = Field(default=65_536, ge=256)
     max_fields: int = Field(default=256, ge=1)
+    #: Events (and labels) timed before this instant (ISO-8601 or epoch ms) are rejected,
+    #: as are those timed more than max_event_time_ahead after the worker's clock: a
+    #: timestamp in seconds or a far-future one would wreck the event-time windows.
+    min_event_time: Instant = "2000-01-01T00:00:00Z"
+    max_event_time_ahead: Duration = "1d"
     metrics_address: str = "127.0.0.1:9464"
     session_timeout: Duration = "10s"
     #: Allocations between young-generation garbage collections (Python's default is 700).
@@ -126,6 +194,14 @@ class WorkerSettings(_Frozen):
     def session_timeout_s(self) -> float:
         """How soon a dead worker's partitions move to the others."""
         return parse_duration(self.session_timeout)
+
+    @property
+    def min_event_time_ms(self) -> int:
+        return parse_instant(self.min_event_time)
+
+    @property
+    def max_event_time_ahead_ms(self) -> int:
+        return round(parse_duration(self.max_event_time_ahead) * 1000)
 
 
 Aggregate = Literal["count", "sum", "mean", "min", "max", "std"]
@@ -334,8 +410,15 @@ class Settings(BaseSettings):
         return self
 
     def redacted(self) -> dict[str, Any]:
-        """The effective configuration with secrets hidden, for the start-up log."""
-        return self.model_dump(mode="json")  # SecretStr dumps as '**********'
+        """The effective configuration with secrets hidden, for the start-up log.
+
+        >>> s = Settings.model_construct(redis=RedisSettings(url="redis://:pw@h:6379/0"))
+        >>> s.redacted()["redis"]["url"]
+        'redis://:***@h:6379/0'
+        """
+        data = self.model_dump(mode="json")  # SecretStr dumps as '**********'
+        data["redis"]["url"] = masked_url(self.redis.url)
+        return data
 
 
 SECRET_FIELDS = ("redis_password", "kafka_sasl_password", "snapshot_key")
@@ -377,6 +460,8 @@ def _describe(exc: ValidationError, file: Path | None) -> str:
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(root)"
         value = err.get("input")
+        if field == "redis.url" and isinstance(value, str):
+            value = masked_url(value)  # the error goes to stderr and logs
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
         lines.append(f"{where}invalid config field '{field}'{shown}: {err['msg']}")
     return "\n".join(lines)

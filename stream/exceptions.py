@@ -25,3 +25,15 @@ class SnapshotIntegrityError(DriftwatchError):
 
 class SnapshotNotFoundError(DriftwatchError):
     """The requested model snapshot version does not exist."""
+
+
+class StateConflictError(DriftwatchError):
+    """Feature states kept changing under a batch (another worker writes the same entities).
+
+    Transient: the batch is retried later with backoff, nothing of the conflicting entities
+    having been written.
+    """
+
+
+class StartupError(DriftwatchError):
+    """A dependency failed its start-up check; the message names the service and setting."""

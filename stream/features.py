@@ -54,6 +54,7 @@ of 1e9).
 from __future__ import annotations
 
 import math
+import re
 from bisect import bisect_left
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -66,11 +67,16 @@ import orjson
 from stream.config import FeatureSpec, WindowSettings
 
 State = dict[str, Any]
-"""One entity's windows: ``{"v": 1, "t": M or None, "w": {"{feature}@{w}": [bucket...]}}``.
+"""One entity's windows: ``{"v": 1, "g": G, "t": M or None, "w": {"{feature}@{w}": [...]}}``.
 
 Each bucket is ``[index, count, sum, M2, min, max]``, sorted by index. Window lists are
 keyed by bucket width, so a config change of ``buckets`` or a window length starts that
-window afresh instead of misreading old buckets.
+window afresh instead of misreading old buckets. ``g`` is the state's generation: every
+batch that changes the state writes it with ``g + 1``, and the store writes it only if the
+stored state still has generation ``g`` (no lost update between two workers, see
+:mod:`stream.feature_store`). It is the second key, so the store can read it from the
+encoded bytes without decoding them (:func:`stored_generation`). A state from before
+generations counts as generation 0.
 """
 
 STATE_VERSION = 1
@@ -121,15 +127,20 @@ class BatchUpdate:
     results
         One per input event, in input order.
     states
-        The new state of every entity that at least one event changed.
+        The new state of every entity that at least one event changed; its generation
+        ``g`` is one more than the state it was made from.
     applied_since
         The event ids applied for the first time, in order, each with its
         ``seconds_since_last``: to be remembered (with it) for dedupe.
+    resets
+        Entities whose state was malformed and started afresh.
     """
 
     results: tuple[EventResult, ...]
     states: dict[str, State]
     applied_since: dict[str, float]
+    resets: tuple[str, ...] = ()
+    """Entities whose stored state could not be applied to and was started afresh."""
 
     @property
     def applied_ids(self) -> tuple[str, ...]:
@@ -217,40 +228,78 @@ def _feature_plan(spec: FeatureSpec, buckets: int) -> _Feature:
     return _Feature(spec.name, windows)
 
 
-def new_state() -> State:
+def new_state(generation: int = 0) -> State:
     """The state of an entity without events.
 
     >>> new_state()
-    {'v': 1, 't': None, 'w': {}}
+    {'v': 1, 'g': 0, 't': None, 'w': {}}
     """
-    return {"v": STATE_VERSION, "t": None, "w": {}}
+    return {"v": STATE_VERSION, "g": generation, "t": None, "w": {}}
 
 
 def encode_state(state: State) -> bytes:
     """Serialise a state for Redis (orjson: floats round-trip exactly).
 
     >>> encode_state(new_state())
-    b'{"v":1,"t":null,"w":{}}'
+    b'{"v":1,"g":0,"t":null,"w":{}}'
     """
     return orjson.dumps(state)
+
+
+_GENERATION = re.compile(rb'^\{"v":\d+,"g":(\d+)')
+
+
+def stored_generation(raw: bytes | None) -> int:
+    """The generation of an encoded state, read from its first bytes (0 if it has none).
+
+    The write script in :mod:`stream.feature_store` reads it with the same pattern.
+
+    >>> stored_generation(b'{"v":1,"g":41,"t":5,"w":{}}'), stored_generation(None)
+    (41, 0)
+    >>> stored_generation(b'{"v":1,"t":5,"w":{}}'), stored_generation(b"garbage")
+    (0, 0)
+    """
+    if not raw:
+        return 0
+    match = _GENERATION.match(raw)
+    return int(match.group(1)) if match else 0
 
 
 def decode_state(raw: bytes | str | None) -> State:
     """Parse a state read from Redis; ``None`` (no key) gives a new state.
 
-    A state of another :data:`STATE_VERSION` is discarded: the windows start afresh.
+    A state of another :data:`STATE_VERSION`, or bytes that are not a state, are discarded:
+    the windows start afresh (with the stored generation, so the next write still applies).
 
-    >>> decode_state(b'{"v":1,"t":5,"w":{"x@10":[[0,1,2.0,0.0,2.0,2.0]]}}')["w"]
+    >>> decode_state(b'{"v":1,"g":3,"t":5,"w":{"x@10":[[0,1,2.0,0.0,2.0,2.0]]}}')["w"]
     {'x@10': [[0, 1, 2.0, 0.0, 2.0, 2.0]]}
-    >>> decode_state(None) == decode_state(b'{"v":0}') == new_state()
+    >>> decode_state(None) == decode_state(b'{"v":0}') == decode_state(b"{]") == new_state()
+    True
+    """
+    return try_decode_state(raw) or new_state(stored_generation(_as_bytes(raw)))
+
+
+def try_decode_state(raw: bytes | str | None) -> State | None:
+    """The decoded state, a new state for ``None``, or ``None`` if ``raw`` is not a state.
+
+    >>> try_decode_state(b'{"v":1,"t":null,"w":[]}') is None
     True
     """
     if raw is None:
         return new_state()
-    state = orjson.loads(raw)
+    try:
+        state = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
     if not isinstance(state, dict) or state.get("v") != STATE_VERSION:
-        return new_state()
+        return None
+    if not isinstance(state.get("w"), dict) or not isinstance(state.get("t"), int | None):
+        return None
     return state
+
+
+def _as_bytes(raw: bytes | str | None) -> bytes | None:
+    return raw.encode() if isinstance(raw, str) else raw
 
 
 def update_batch(
@@ -300,36 +349,71 @@ def update_batch(
     remembered: Mapping[str, float | None] = seen if isinstance(seen, Mapping) else {}
     applied_here: dict[str, float] = {}  # event id -> its seconds_since_last
     results = []
+    resets: list[str] = []
+    step = _Step(plan, current, owned, seen, remembered, applied_here)
     for event in events:
-        entity = event.entity_id
-        state = current.get(entity)
+        try:
+            result = step.run(event)
+        except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, AttributeError):
+            # a stored state that decodes but cannot be worked with (written by a bug, or
+            # by hand): start the entity afresh instead of failing on each of its events
+            # until it expires; an error on the fresh state is the event's own
+            generation = _generation(current.get(event.entity_id))
+            current[event.entity_id] = new_state(generation)
+            owned.pop(event.entity_id, None)
+            resets.append(event.entity_id)
+            result = step.run(event)
+        results.append(result)
+    for state in owned.values():
+        _compact(plan, state)
+    return BatchUpdate(tuple(results), owned, applied_here, tuple(dict.fromkeys(resets)))
+
+
+@dataclass(slots=True)
+class _Step:
+    """One event through :func:`update_batch` (the batch's mutable maps are shared)."""
+
+    plan: _Plan
+    current: dict[str, State | None]
+    owned: dict[str, State]
+    seen: Collection[str] | Mapping[str, float | None]
+    remembered: Mapping[str, float | None]
+    applied_here: dict[str, float]
+
+    def run(self, event: FeatureInput) -> EventResult:
+        plan, entity = self.plan, event.entity_id
+        state = self.current.get(entity)
         clock = state["t"] if state else None
         since = FIRST_EVENT if clock is None else max(0, event.ts_ms - clock) / 1000
-        duplicate = event.event_id in seen or event.event_id in applied_here
+        duplicate = event.event_id in self.seen or event.event_id in self.applied_here
         if duplicate:
-            first = applied_here.get(event.event_id, remembered.get(event.event_id))
+            first = self.applied_here.get(event.event_id, self.remembered.get(event.event_id))
             since = since if first is None else first
         late = not duplicate and clock is not None and event.ts_ms < clock - plan.grace_ms
         if not (duplicate or late):
-            state = owned.get(entity)
+            state = self.owned.get(entity)
             if state is None:
-                state = owned[entity] = current[entity] = _copy(current.get(entity))
+                state = _copy(self.current.get(entity))
+                self.owned[entity] = self.current[entity] = state
             _apply(plan, state, event)
-            applied_here[event.event_id] = since
+            self.applied_here[event.event_id] = since
         features = _aggregates(plan, state, event.ts_ms)
         features[SINCE_LAST] = since
-        results.append(EventResult(event.event_id, entity, event.ts_ms, features, duplicate, late))
-    for state in owned.values():
-        _compact(plan, state)
-    return BatchUpdate(tuple(results), owned, applied_here)
+        return EventResult(event.event_id, entity, event.ts_ms, features, duplicate, late)
+
+
+def _generation(state: State | None) -> int:
+    generation = state.get("g", 0) if isinstance(state, dict) else 0
+    return generation if isinstance(generation, int) else 0
 
 
 def _copy(state: State | None) -> State:
-    # buckets are never modified in place (see _add), so copying the lists is enough
+    # buckets are never modified in place (see _add), so copying the lists is enough; the
+    # copy is the next generation of the state
     if not state:
-        return new_state()
+        return new_state(1)
     windows = {key: list(buckets) for key, buckets in state["w"].items()}
-    return {"v": STATE_VERSION, "t": state["t"], "w": windows}
+    return {"v": STATE_VERSION, "g": _generation(state) + 1, "t": state["t"], "w": windows}
 
 
 def _apply(plan: _Plan, state: State, event: FeatureInput) -> None:
@@ -377,6 +461,26 @@ def _add(buckets: list[Sequence[Any]], idx: int, v: float) -> None:
 
 def _index(bucket: Sequence[Any]) -> int:
     return int(bucket[0])
+
+
+def window_aggregates(
+    state: State | None,
+    ts_ms: int,
+    specs: Sequence[FeatureSpec],
+    window_settings: WindowSettings,
+) -> dict[str, float]:
+    """The window features of ``state`` queried at event time ``ts_ms``.
+
+    What an event at ``ts_ms`` that changes nothing would get, without
+    ``seconds_since_last``: for checking a stored state against :func:`recompute_offline`.
+
+    >>> spec = FeatureSpec(name="amount", windows=("1m",), aggregates=("count", "sum"))
+    >>> events = [FeatureInput(f"e{i}", "card", 1_000 * i, {"amount": 2.0}) for i in range(3)]
+    >>> update = update_batch({}, set(), events, [spec], WindowSettings())
+    >>> window_aggregates(update.states["card"], 2_000, [spec], WindowSettings())
+    {'amount_count_1m': 3.0, 'amount_sum_1m': 6.0}
+    """
+    return _aggregates(_plan(tuple(specs), window_settings), state, ts_ms)
 
 
 def _aggregates(plan: _Plan, state: State | None, ts: int) -> dict[str, float]:

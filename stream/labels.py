@@ -64,6 +64,10 @@ class TrainingExample:
 
 @dataclass(frozen=True)
 class JoinResult:
+    """``unmatched``: the labels with no stored prediction *yet*. The store parked them
+    (``PredictionStore.take``); most join when their event is scored, and only those still
+    parked after the horizon are unmatched for good (``PredictionStore.sweep_expired``)."""
+
     examples: list[TrainingExample]
     unmatched: list[Label]
 
@@ -71,7 +75,7 @@ class JoinResult:
 def join_labels(
     labels: Sequence[Label], pending: Mapping[str, PendingPrediction], now_ms: int
 ) -> JoinResult:
-    """Join labels to the stored predictions; a label without one is unmatched.
+    """Join labels to the stored predictions; a label without one is unmatched for now.
 
     A label without its own ``ts`` is taken to arrive at ``now_ms``. If the same event_id
     is labelled twice in one batch only the first label joins (the prediction was taken).

@@ -17,6 +17,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 LAG_BUCKETS = (0.1, 1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 21600, 86400)
 SCORE_BUCKETS = tuple(i / 20 for i in range(1, 20))
+MAX_CLASS_LABELS = 100
+"""Distinct predicted classes exported as label values; the rest count as ``(other)``."""
 
 
 class Metrics:
@@ -24,6 +26,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        self._classes: set[str] = set()
         p = "driftwatch_"
         self.events_received = Counter(f"{p}events_received", "Event messages consumed", registry=r)
         self.events_accepted = Counter(
@@ -154,6 +157,44 @@ class Metrics:
             f"{p}monitor_values", "Values consumed by the drift monitors", registry=r
         )
 
+        # resilience (stream/resilience.py): outages, retries, poison, lost-update guards
+        self.dependency_degraded = Gauge(
+            f"{p}dependency_degraded",
+            "1 while an outage of the dependency is going on (batches retried, not acked)",
+            ["dependency"],
+            registry=r,
+        )
+        self.retries = Counter(
+            f"{p}retries",
+            "Tries of a step that failed transiently and were retried",
+            ["dependency", "step"],
+            registry=r,
+        )
+        for dependency in ("redis", "kafka"):
+            self.dependency_degraded.labels(dependency).set(0)
+        self.task_errors = Counter(
+            f"{p}task_errors",
+            "Failures of a timer or background task (logged; the next tick tries again)",
+            ["task"],
+            registry=r,
+        )
+        self.state_conflicts = Counter(
+            f"{p}state_write_conflicts",
+            "Feature states another worker changed between read and write (re-read, re-applied)",
+            registry=r,
+        )
+        self.state_resets = Counter(
+            f"{p}state_resets",
+            "Stored feature states that could not be decoded or applied and were reset",
+            registry=r,
+        )
+        self.examples_skipped = Counter(
+            f"{p}model_examples_skipped",
+            "Training examples not learned (dead-lettered), by reason",
+            ["model", "reason"],
+            registry=r,
+        )
+
         # Kafka consumer (stream/lag.py): topic and partition are bounded by the deployment
         self.consumer_lag = Gauge(
             f"{p}consumer_lag_messages",
@@ -170,6 +211,27 @@ class Metrics:
         self.rebalances = Counter(
             f"{p}rebalances", "Consumer-group rebalances this worker took part in", registry=r
         )
+
+    def prediction_label(self, task: str, prediction: object) -> str:
+        """The ``prediction`` label of ``driftwatch_predictions_total``: always bounded.
+
+        Binary: ``"0"``/``"1"``. Multiclass: the class, for the first
+        :data:`MAX_CLASS_LABELS` classes seen, then ``"(other)"``. Regression: ``"(value)"``
+        (a predicted number is not a label value; its distribution is the score histogram).
+
+        >>> m = Metrics()
+        >>> m.prediction_label("binary", 1), m.prediction_label("regression", 3.25)
+        ('1', '(value)')
+        """
+        if task == "regression":
+            return "(value)"
+        label = str(prediction)
+        if label in self._classes:
+            return label
+        if len(self._classes) >= MAX_CLASS_LABELS:
+            return "(other)"
+        self._classes.add(label)
+        return label
 
     def serve(self, address: str) -> None:
         """Serve ``/metrics`` on ``host:port`` (port 0 disables)."""

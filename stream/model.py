@@ -226,6 +226,34 @@ class OnlineModel:
         predict = self.predict  # bound once: this is the scoring hot path
         return [predict(x) for x in xs]
 
+    def is_finite(self, probe: Sequence[Features]) -> bool:
+        """Whether the model's parameters and its outputs on ``probe`` are all finite.
+
+        The parameters checked are those River's linear models and scalers keep as numbers
+        or dicts of numbers (weights, intercept, running means and variances); a tree is
+        judged by its outputs alone.
+
+        Examples
+        --------
+        >>> from stream.config import ModelSettings
+        >>> m = create_model(ModelSettings(), [])
+        >>> m.learn({"amount": 3.0}, 1)
+        >>> m.is_finite([{"amount": 3.0}])
+        True
+        >>> m.estimator["LogisticRegression"]._weights["amount"] = float("nan")
+        >>> m.is_finite([])
+        False
+        """
+        for step in self.estimator.steps.values():
+            if not _parameters_finite(step):
+                return False
+        for x in probe:
+            out = self.predict(x)
+            values = [out.score, *(out.proba or {}).values()]
+            if not all(math.isfinite(v) for v in values):
+                return False
+        return True
+
     def learn(self, x: Features, y: object) -> None:
         """Learn one example; ``y`` is coerced with :func:`coerce_label` first.
 
@@ -274,3 +302,25 @@ def _class_scored(proba: Mapping[Any, float]) -> Scored:
     labelled = {str(label): float(p) for label, p in proba.items()}
     best = max(labelled, key=labelled.__getitem__)
     return Scored(prediction=best, proba=labelled, score=labelled[best])
+
+
+_PARAMETERS = ("_weights", "intercept", "means", "vars", "_means", "_vars")
+
+
+def _parameters_finite(step: Any) -> bool:
+    inner = getattr(step, "transformers", None)
+    if isinstance(inner, Mapping):  # a TransformerUnion
+        return all(_parameters_finite(t) for t in inner.values())
+    steps = getattr(step, "steps", None)
+    if isinstance(steps, Mapping):  # a nested pipeline
+        return all(_parameters_finite(t) for t in steps.values())
+    for name in _PARAMETERS:
+        value = getattr(step, name, None)
+        if isinstance(value, int | float):
+            value = {name: value}
+        values = getattr(value, "values", None)  # dicts and River's VectorDict
+        if callable(values) and not all(
+            math.isfinite(v) for v in values() if isinstance(v, int | float)
+        ):
+            return False
+    return True

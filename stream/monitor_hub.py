@@ -22,13 +22,13 @@ import orjson
 import redis.asyncio as aioredis
 
 from stream.config import Settings
-from stream.exceptions import SnapshotIntegrityError
 from stream.messages import now_ms
 from stream.metrics import Metrics
 from stream.monitoring import SubjectMonitor
 from stream.pipeline import BatchResult
 from stream.quality import QualityMonitor, quality_counts
 from stream.reference import generation_key, load_pinned
+from stream.resilience import Poisoned, describe
 from stream.snapshot_records import sign, verify
 from stream.subjects import SubjectBatch, SubjectKind, monitored_subjects, subject_batches
 
@@ -107,33 +107,48 @@ class MonitorHub:
 
     async def apply(
         self, messages: Sequence[tuple[int, int, bytes]], off_loop: bool = True
-    ) -> list[dict[str, Any]]:
-        """Apply (partition, offset, value) messages in order; returns the alerts raised.
+    ) -> tuple[list[dict[str, Any]], list[Poisoned]]:
+        """Apply (partition, offset, value) messages in order.
 
-        With ``off_loop`` the detector work runs in a thread: fitting a reference takes
-        seconds, and the scoring agent must keep going meanwhile.
+        Returns the alerts raised and the messages that could not be applied (each with
+        its error; the monitors skip them). All Redis reads come first, so a retry after a
+        Redis error applies nothing twice. With ``off_loop`` the detector work runs in a
+        thread: fitting a reference takes seconds, and the scoring agent must keep going
+        meanwhile.
         """
         async with self._lock:
             await self._follow_pins()
-            routed = [(p, o, *self._route(v)) for p, o, v in messages]
+            poisoned: list[Poisoned] = []
+            routed = []
+            for partition, offset, value in messages:
+                try:
+                    routed.append((partition, offset, *self._route(value)))
+                except Exception as exc:  # any decoding error is this message's own
+                    poisoned.append(Poisoned((partition, offset, value), describe(exc)))
             for partition, _, name, _ in routed:
                 if name is not None and name not in self.owned:
                     await self._owned(name, partition)
             if off_loop:
-                return await asyncio.to_thread(self._apply_routed, routed)
-            return self._apply_routed(routed)
+                alerts = await asyncio.to_thread(self._apply_routed, routed, poisoned)
+            else:
+                alerts = self._apply_routed(routed, poisoned)
+            return alerts, poisoned
 
     def _apply_routed(
-        self, routed: Sequence[tuple[int, int, str | None, Any]]
+        self, routed: Sequence[tuple[int, int, str | None, Any]], poisoned: list[Poisoned]
     ) -> list[dict[str, Any]]:
         alerts: list[dict[str, Any]] = []
-        for _partition, offset, name, payload in routed:
+        for partition, offset, name, payload in routed:
             owned = self.owned.get(name) if name is not None else None
             if name is None or owned is None or offset <= owned.offset:
                 continue  # not monitored here, or applied before a restart
-            if owned.generation != self.generation:
-                alerts.extend(self._repin(name, owned))
-            alerts.extend(self._update(owned, name, payload))
+            try:
+                if owned.generation != self.generation:
+                    alerts.extend(self._repin(name, owned))
+                alerts.extend(self._update(owned, name, payload))
+            except Exception as exc:  # a batch the monitor cannot take: skip it, say so
+                log.exception("monitor %s: message at %d/%d skipped", name, partition, offset)
+                poisoned.append(Poisoned((partition, offset, payload), describe(exc)))
             owned.offset, owned.dirty = offset, True
         return alerts
 
@@ -208,9 +223,10 @@ class MonitorHub:
             return None
         blob, sig = raw.get(b"state", b""), raw.get(b"sig")
         if not verify(blob, sig, self.key):
-            raise SnapshotIntegrityError(
-                f"monitor state {self.redis_key(name)} failed its HMAC check: not loaded"
-            )
+            # refused, never unpickled; the monitor starts afresh (a new reference)
+            log.error("monitor state %s failed its HMAC check: not loaded, starting afresh",
+                      self.redis_key(name))  # fmt: skip
+            return None
         owned: Owned = pickle.loads(blob)  # noqa: S301 - verified HMAC above
         owned.dirty = False
         return owned
@@ -230,10 +246,11 @@ class MonitorHub:
             return 0
         pipe = self.redis.pipeline(transaction=True)
         for name, owned in dirty.items():
-            owned.dirty = False
             blob = pickle.dumps(owned)
             pipe.hset(self.redis_key(name), mapping={"state": blob, "sig": sign(blob, self.key)})
         await pipe.execute()
+        for owned in dirty.values():  # only once written: a failed save is tried again
+            owned.dirty = False
         return len(dirty)
 
     def keep_only(self, partitions: set[int]) -> None:

@@ -6,6 +6,9 @@ import redis.asyncio as aioredis
 
 from stream.config import Settings
 
+SOCKET_CONNECT_TIMEOUT_S = 5.0
+SOCKET_TIMEOUT_S = 30.0
+
 
 def redis_client(settings: Settings) -> aioredis.Redis:
     """A lazily connecting asyncio client for ``settings.redis.url``.
@@ -14,4 +17,11 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     6379
     """
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return aioredis.Redis.from_url(settings.redis.url, password=password)
+    # bounded waits: a Redis that hangs (paused, network gone) must surface as an error the
+    # worker retries, not as a batch stuck forever
+    return aioredis.Redis.from_url(
+        settings.redis.url,
+        password=password,
+        socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
+        socket_timeout=SOCKET_TIMEOUT_S,
+    )

@@ -22,16 +22,15 @@ own learning state is its checkpoint, which promotion and rollback do not touch.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
+from stream.alerts import model_health_alert
 from stream.config import Settings
 from stream.exceptions import (
     ConfigError,
@@ -200,6 +199,28 @@ class SnapshotStore:
         """
         return _int_or_none(await self.redis.get(self.pinned_key))
 
+    async def load_newest_valid(
+        self, exclude: Collection[int] = ()
+    ) -> tuple[OnlineModel, SnapshotInfo] | None:
+        """The newest stored version that verifies (skipping ``exclude``), or None.
+
+        For a scorer whose current version was refused and a trainer whose checkpoint was:
+        never fall back to an untrained model while a valid trained one exists.
+
+        >>> model, info = await store.load_newest_valid(exclude={7})  # doctest: +SKIP
+        """
+        for version in reversed(await self._stored(0, -1)):
+            if version in exclude:
+                continue
+            fields = await self._hash(self.version_key(version))
+            try:
+                return decode_record(
+                    fields, self.key, name=self.model_name, kind="version", version=version
+                )
+            except SnapshotIntegrityError as exc:
+                log.error("model %s: skipping version %d: %s", self.model_name, version, exc)
+        return None
+
     async def load(self, version: int | None = None) -> OnlineModel:
         """Verify and load a version (the current one by default).
 
@@ -364,17 +385,34 @@ class ModelHolder:
     def _reset(self) -> None:
         self._model = self.initial
         self._refused: int | None = None
+        self._refused_since: int | None = None  # wall clock of the open model_health episode
+        self._alerts: list[dict[str, Any]] = []
+        self._first_refresh = False
 
     @property
     def model(self) -> OnlineModel:
         """The model to score with now."""
         return self._model
 
+    def take_alerts(self) -> list[dict[str, Any]]:
+        """The ``model_health`` alerts raised since the last call (refusals, recoveries)."""
+        alerts, self._alerts = self._alerts, []
+        return alerts
+
+    async def ready(self) -> None:
+        """Refresh once before the first batch is scored: serve the published version from
+        the start, not the untrained initial model until the first poll."""
+        if not self._first_refresh:
+            await self.refresh()
+            self._first_refresh = True
+
     async def refresh(self) -> bool:
         """Load the current version if it is not the one held; True if the model changed.
 
-        A version that is refused (integrity or configuration mismatch) raises once and is
-        then skipped until ``current`` moves on; the held model keeps serving meanwhile.
+        A current version that is refused (integrity or configuration mismatch) is not
+        loaded again until ``current`` moves on; the holder serves the newest stored version
+        that verifies instead (never the untrained initial model while a trained one is
+        valid) and raises a ``model_health`` alert, resolved when a current version loads.
 
         >>> changed = await holder.refresh()  # doctest: +SKIP
         """
@@ -384,11 +422,56 @@ class ModelHolder:
         try:
             model = await self.store.load(version)
             self._check_fits(model)
-        except (SnapshotIntegrityError, ConfigError):
-            self._refused = version
-            raise
+        except (SnapshotIntegrityError, ConfigError) as exc:
+            return await self._refuse(version, exc)
         self._model = model
+        self._recovered()
         return True
+
+    async def _refuse(self, version: int, exc: DriftwatchError) -> bool:
+        self._refused = version
+        fallback = await self._newest_fitting(exclude={version})
+        changed = fallback is not None and fallback.version != self._model.version
+        if changed and fallback is not None:
+            self._model = fallback
+        serving = f"serving version {self._model.version} instead"
+        log.error("model %s: refused current version %d: %s; %s",
+                  self.initial.name, version, exc, serving)  # fmt: skip
+        now = now_ms()
+        self._refused_since = self._refused_since or now
+        self._alerts.append(
+            model_health_alert(
+                "firing", self.initial.name, "signature", version=version, ts=now,
+                message=f"model {self.initial.name!r}: current version {version} refused "
+                f"({exc}); {serving}",
+            )
+        )  # fmt: skip
+        return changed
+
+    async def _newest_fitting(self, exclude: set[int]) -> OnlineModel | None:
+        while True:
+            found = await self.store.load_newest_valid(exclude)
+            if found is None:
+                return None
+            try:
+                self._check_fits(found[0])
+            except ConfigError:
+                exclude.add(found[0].version)
+                continue
+            return found[0]
+
+    def _recovered(self) -> None:
+        if self._refused_since is None:
+            return
+        self._alerts.append(
+            model_health_alert(
+                "resolved", self.initial.name, "signature", version=self._model.version,
+                ts=now_ms(), episode_start_ts=self._refused_since,
+                message=f"model {self.initial.name!r}: serving current version "
+                f"{self._model.version} again",
+            )
+        )  # fmt: skip
+        self._refused_since = None
 
     def _check_fits(self, model: OnlineModel) -> None:
         want = (self.initial.name, self.initial.task, self.initial.pipeline)
@@ -398,19 +481,6 @@ class ModelHolder:
                 f"snapshot version {model.version} is name/task/pipeline {got} but the "
                 f"configuration says {want}: refusing to serve it"
             )
-
-    async def run(self, interval: float) -> None:
-        """Refresh every ``interval`` seconds until cancelled, logging (not raising) failures.
-
-        >>> task = asyncio.create_task(holder.run(1.0))  # doctest: +SKIP
-        """
-        while True:
-            try:
-                if await self.refresh():
-                    log.info("serving %s version %d", self._model.name, self._model.version)
-            except (DriftwatchError, RedisError, OSError) as exc:
-                log.error("model %s: %s", self.initial.name, exc)
-            await asyncio.sleep(interval)
 
 
 # --- CLI hooks ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Feature windows through a real Redis server: the stored and returned aggregates equal the
 offline recomputation, replays change nothing, every key expires, and a batch costs one read
-and one write round trip.
+and one write round trip (a conditional one: a state another writer changed is re-read).
 
 Round trips are counted at the socket: a connection class that counts its writes (each
 write is followed by waiting for the replies) and records the commands it packs. The Redis
@@ -187,7 +187,7 @@ async def test_replaying_a_batch_changes_nothing(
     for part in (parts[0], parts[len(parts) // 2], parts[-1], events):
         replayed = await asyncio.wait_for(store.enrich(part), WAIT_S)
         assert all(r.duplicate or r.late for r in replayed.results)
-        assert replayed.states == {} and replayed.applied_ids == ()
+        assert replayed.update.states == {} and replayed.update.applied_ids == ()
         # a duplicate's features are those of the same event appended to the input
         expected = recompute_offline([*events, *part], SPECS, feature_settings.windows)
         assert_close(replayed.results, expected[len(events) :])
@@ -225,32 +225,43 @@ async def test_one_read_and_one_write_round_trip_per_batch(
     client, wire = wired
     store = FeatureStore(client, feature_settings)
     events = card_stream(2 * size + 1, seed=size)
-    await store.enrich(events[:1])  # warm the connection up: its handshake is not a batch
+    await store.enrich(events[:1])  # warm up: the connection's handshake and the script load
     batch = events[1 : 1 + size]
 
     sent = await watch_server(redis_url, client, wire, store.enrich(batch))
-    update = sent.result
-    writes = len(update.states) + len(update.applied_ids)
+    assert sent.result.conflicts == 0
     assert wire.round_trips == 2
-    assert wire.commands == ["MGET", "MULTI", *["SET"] * writes, "EXEC"]
+    assert wire.commands == ["MGET", "EVALSHA"]  # the states and markers in one atomic call
     assert sent.server_commands == wire.commands
-
-    # the caller's pipeline: the feature writes ride along with the caller's own
-    wire.reset()
-    more = events[1 + size :]
-    loaded = await store.load(more)
-    update = store.update(loaded, more)
-    async with client.pipeline(transaction=True) as pipe:
-        store.stage(pipe, update)
-        pipe.set(f"{feature_settings.redis.prefix}:caller", b"x", ex=60)
-        await pipe.execute()
-    assert wire.round_trips == 2
 
     # a replayed batch reads once and has nothing to write
     wire.reset()
     replay = await store.enrich(batch)
     assert wire.round_trips == 1 and wire.commands == ["MGET"]
-    assert replay.applied_ids == ()
+    assert replay.update.applied_ids == ()
+
+
+async def test_a_state_changed_by_another_writer_is_reread_not_overwritten(
+    wired: tuple[aioredis.Redis, Wire], feature_settings: Settings
+) -> None:
+    client, wire = wired
+    store = FeatureStore(client, feature_settings)
+    first = FeatureInput("a-1", "card-1", T0, {"amount": 1.0, "hour": 1.0})
+    await store.enrich([first])
+    mine = [FeatureInput("a-2", "card-1", T0 + 1_000, {"amount": 2.0, "hour": 1.0})]
+    loaded = await store.load(mine)
+    update = store.update(loaded, mine)
+    # another worker applies an event of the same entity between this read and write
+    theirs = FeatureInput("b-1", "card-1", T0 + 500, {"amount": 4.0, "hour": 1.0})
+    await FeatureStore(client, feature_settings).enrich([theirs])
+    assert await store.write(update) == ["card-1"]  # refused: nothing of it was written
+
+    wire.reset()
+    applied = await store.enrich(mine)  # what a batch does: re-read, re-apply, write
+    assert applied.conflicts == 0 and wire.round_trips == 2
+    expected = recompute_offline([first, theirs, *mine], SPECS, feature_settings.windows)
+    assert_close(applied.results, expected[-1:])
+    assert applied.results[0].enriched["amount_count_1h"] == 3.0
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stream.cli import tune_gc
-from stream.config import load_settings, parse_duration
+from stream.config import RedisSettings, load_settings, masked_url, parse_duration
 from stream.exceptions import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,3 +131,71 @@ def test_tune_gc_freezes_start_up_objects_and_raises_the_young_threshold() -> No
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://user:secret@host:6379/0", "redis://user:***@host:6379/0"),
+        ("redis://:secret@host", "redis://:***@host"),
+        ("rediss://u:p@ss:w@host/0?db=1", "rediss://u:***@host/0?db=1"),
+        ("redis://host:6379/0?password=secret&db=1", "redis://host:6379/0?password=***&db=1"),
+        ("unix:///tmp/redis.sock?Password=secret", "unix:///tmp/redis.sock?Password=***"),
+        ("redis://user@host:6379/0", "redis://user@host:6379/0"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://u:secret@[::1", "redis://***"),
+    ],
+)
+def test_masked_url(url: str, masked: str) -> None:
+    assert masked_url(url) == masked
+
+
+def test_redis_password_in_the_url_is_masked_everywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRIFTWATCH_REDIS__URL", "redis://app:hunter2@cache:6379/0?password=pw2")
+    settings = load_settings(write(tmp_path, ""))
+    assert settings.redis.url.startswith("redis://app:hunter2@")  # the client still gets it
+    shown = [str(settings.redacted()), repr(settings), repr(settings.redis), str(settings)]
+    for text in shown:
+        assert "hunter2" not in text and "pw2" not in text
+    assert settings.redacted()["redis"]["url"] == "redis://app:***@cache:6379/0?password=***"
+    monkeypatch.setenv("DRIFTWATCH_REDIS__URL", "http://app:hunter2@cache:6379/0")
+    with pytest.raises(ConfigError, match="redis.url") as info:
+        load_settings(write(tmp_path, ""))
+    assert "hunter2" not in str(info.value) and "app:***@cache" in str(info.value)
+    assert "hunter2" not in repr(RedisSettings(url="redis://:hunter2@h"))
+
+
+def test_event_time_limits(tmp_path: Path) -> None:
+    worker = load_settings(write(tmp_path, "")).worker
+    assert (worker.min_event_time_ms, worker.max_event_time_ahead_ms) == (
+        946_684_800_000,
+        86_400_000,
+    )
+    text = '[worker]\nmin_event_time = 1700000000000\nmax_event_time_ahead = "10m"\n'
+    worker = load_settings(write(tmp_path, text)).worker
+    assert (worker.min_event_time_ms, worker.max_event_time_ahead_ms) == (
+        1_700_000_000_000,
+        600_000,
+    )
+    text = '[worker]\nmin_event_time = "2024-03-01T12:00:00+01:00"\n'
+    assert load_settings(write(tmp_path, text)).worker.min_event_time_ms == 1_709_290_800_000
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('min_event_time = "last year"', "is not an ISO-8601 timestamp"),
+        ('min_event_time = "99999-01-01"', "is not an ISO-8601 timestamp"),
+        ("min_event_time = -5", "must be >= 0, got -5"),
+        ('min_event_time = "1e300"', "is not an ISO-8601 timestamp"),
+        ("min_event_time = 300000000000000", "must be <= 253402300799999"),
+        ('max_event_time_ahead = "0s"', "positive duration"),
+    ],
+)
+def test_bad_event_time_limits_name_the_field(tmp_path: Path, line: str, expected: str) -> None:
+    field = line.split(" =")[0]
+    with pytest.raises(ConfigError, match=f"invalid config field 'worker.{field}'") as info:
+        load_settings(write(tmp_path, f"[worker]\n{line}\n"))
+    assert expected in str(info.value)

@@ -14,7 +14,7 @@ import redis.asyncio
 
 from stream import snapshot_records
 from stream.config import ModelSettings, Settings
-from stream.exceptions import ConfigError, SnapshotIntegrityError
+from stream.exceptions import SnapshotIntegrityError
 from stream.model import OnlineModel, create_model
 from stream.snapshot_records import decode_record, encode_record, read_info, sign, verify
 from stream.snapshots import ModelHolder, SnapshotStore
@@ -292,6 +292,13 @@ class StubStore:
             raise found
         return found
 
+    async def load_newest_valid(self, exclude: set[int]) -> tuple[OnlineModel, None] | None:
+        for version in sorted(self.models, reverse=True):
+            found = self.models[version]
+            if version not in exclude and not isinstance(found, Exception):
+                return found, None
+        return None
+
 
 def published(version: int, **kw: Any) -> OnlineModel:
     model = create_model(ModelSettings(name="fraud", **kw), [])
@@ -318,12 +325,26 @@ async def test_holder_refuses_a_bad_version_once_and_keeps_serving() -> None:
     stub.current, stub.models[1] = 1, published(1)
     await holder.refresh()
     stub.current, stub.models[2] = 2, SnapshotIntegrityError("v2 failed its HMAC check")
-    with pytest.raises(SnapshotIntegrityError):
-        await holder.refresh()
+    assert await holder.refresh() is False  # version 1 still the newest valid one
+    [alert] = holder.take_alerts()
+    assert (alert["kind"], alert["status"], alert["model_version"]) == ("model_health", "firing", 2)
+    assert "HMAC" in alert["message"] and "serving version 1" in alert["message"]
     assert await holder.refresh() is False and stub.loads == 2  # not retried every poll
-    assert holder.model.version == 1
+    assert holder.model.version == 1 and holder.take_alerts() == []
     stub.current, stub.models[3] = 3, published(3)
     assert await holder.refresh() is True and holder.model.version == 3
+    [resolved] = holder.take_alerts()
+    assert resolved["status"] == "resolved" and resolved["alert_id"] == alert["alert_id"]
+
+
+async def test_a_restarted_holder_serves_the_newest_valid_version_not_the_untrained_one() -> None:
+    stub = StubStore()
+    stub.models[1], stub.models[2] = published(1), published(2)
+    stub.current, stub.models[3] = 3, SnapshotIntegrityError("v3 failed its HMAC check")
+    holder = holder_with(stub)  # a fresh worker: serves version 0 until the first refresh
+    await holder.ready()
+    assert holder.model.version == 2
+    assert [a["status"] for a in holder.take_alerts()] == ["firing"]
 
 
 async def test_holder_refuses_a_version_of_another_task() -> None:
@@ -331,6 +352,7 @@ async def test_holder_refuses_a_version_of_another_task() -> None:
     holder = holder_with(stub)
     stub.current = 1
     stub.models[1] = published(1, task="regression", pipeline="linear_regression")
-    with pytest.raises(ConfigError, match="regression"):
-        await holder.refresh()
+    assert await holder.refresh() is False
     assert holder.model.version == 0
+    [alert] = holder.take_alerts()
+    assert "regression" in alert["message"]

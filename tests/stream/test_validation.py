@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from stream.config import FeatureSpec
+from stream.config import FeatureSpec, WorkerSettings
 from stream.exceptions import RejectedInput
-from stream.validation import Limits, validate_event, validate_label
+from stream.validation import MAX_ABS_VALUE, Limits, validate_event, validate_label
 
 SPECS = [
     FeatureSpec(name="amount", impute=0.0, min=0.0, max=1000.0, windows=("1h",)),
@@ -49,7 +49,7 @@ def test_iso_timestamp_and_extra_fields_ignored() -> None:
         (event(entity_id=None), "entity_id: Input should be a valid string"),
         (orjson.dumps({"entity_id": "c", "ts": 1, "features": {}}), "event_id: required"),
         (event(ts="yesterday"), "ts: Value error, 'yesterday' is not an ISO-8601 timestamp"),
-        (event(ts=-5), "ts: Value error, epoch milliseconds must be >= 0"),
+        (event(ts=-5), "ts: -5 is outside [946684800000, "),
         (event(features=[1]), "features: Input should be a valid dictionary"),
         (event(features={"amount": "12"}), "features.amount: expected a number, got str"),
         (event(features={"amount": True}), "features.amount: expected a number, got bool"),
@@ -91,3 +91,100 @@ def test_label_on_event_and_label_messages() -> None:
     assert label.label == "fraud" and label.ts is None
     with pytest.raises(RejectedInput, match="label: required"):
         validate_label(b'{"event_id": "e-1"}')
+
+
+NOW = 1_763_900_000_000  # the worker's clock in these tests
+DAY = 86_400_000
+
+
+def rejected(raw: bytes, limits: Limits | None = None) -> RejectedInput:
+    with pytest.raises(RejectedInput) as info:
+        validate_event(raw, SPECS, limits or Limits(), now_ms=NOW)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        946_684_799_999,  # a millisecond before 2000-01-01
+        1_763_800_000,  # seconds, not milliseconds
+        NOW + DAY + 1,  # more than a day ahead of the clock
+        "1999-12-31T23:59:59Z",
+        "2999-01-01T00:00:00Z",
+    ],
+)
+def test_implausible_event_time_is_rejected_naming_value_and_range(ts: object) -> None:
+    exc = rejected(event(ts=ts))
+    assert (exc.stage, exc.code) == ("validate", "ts_out_of_range")
+    assert (
+        exc.reason.startswith("ts: ") and "is outside [946684800000, 1763986400000]" in exc.reason
+    )
+    assert "2000-01-01T00:00:00.000Z to 2025-11-24T12:13:20.000Z" in exc.reason
+
+
+def test_event_time_range_edges_are_accepted() -> None:
+    for ts in (946_684_800_000, NOW + DAY):
+        assert validate_event(event(ts=ts), SPECS, now_ms=NOW).ts_ms == ts
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [1e300, 1.8e19, -1.0, "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00Z"],
+)
+def test_timestamps_no_datetime_can_hold_are_rejected_cleanly(ts: object) -> None:
+    exc = rejected(event(ts=ts))
+    assert exc.code == "ts_out_of_range" and "is outside [946684800000, " in exc.reason
+    assert len(exc.reason) < 200
+
+
+def test_absurd_iso_year_is_an_invalid_field() -> None:
+    exc = rejected(event(ts="99999-01-01T00:00:00Z"))
+    assert exc.code == "invalid_field" and "is not an ISO-8601 timestamp" in exc.reason
+
+
+def test_limits_follow_the_worker_settings() -> None:
+    worker = WorkerSettings(
+        max_payload_bytes=1000, max_fields=5, min_event_time="1700000000000",
+        max_event_time_ahead="1h",
+    )  # fmt: skip
+    assert Limits.from_settings(worker) == Limits(1000, 5, 1_700_000_000_000, 3_600_000)
+    assert Limits.from_settings(WorkerSettings()) == Limits()
+    limits = Limits(min_ts_ms=1_700_000_000_000, max_ahead_ms=0)
+    assert rejected(event(ts=1_699_999_999_999), limits).code == "ts_out_of_range"
+    assert rejected(event(ts=NOW + 1), limits).code == "ts_out_of_range"
+
+
+def test_label_time_is_checked_like_an_event_time() -> None:
+    assert validate_label(b'{"event_id": "e", "label": 1, "ts": 1763800000000}', now_ms=NOW)
+    for ts in (b"5", b"1e300", b'"2999-01-01"'):
+        with pytest.raises(RejectedInput) as info:
+            validate_label(b'{"event_id": "e", "label": 1, "ts": %s}' % ts, now_ms=NOW)
+        assert info.value.code == "ts_out_of_range", info.value.reason
+
+
+@pytest.mark.parametrize("value", [1e16, -1e16, 1.7e308, 18446744073709551616])
+def test_feature_beyond_the_magnitude_bound_is_rejected(value: float) -> None:
+    raw = event(features={"amount": 1}).replace(b'"amount":1', b'"amount":%r' % value)
+    exc = rejected(raw)
+    assert exc.code == "out_of_bounds"
+    assert exc.reason.startswith("features.amount: ") and "magnitude bound 1e+15" in exc.reason
+
+
+def test_feature_at_the_magnitude_bound_is_accepted() -> None:
+    ev = validate_event(event(features={"amount": -MAX_ABS_VALUE}), SPECS, now_ms=NOW)
+    assert ev.values["amount"] == -1e15
+
+
+def test_integer_too_large_for_a_float_is_rejected_cleanly() -> None:
+    # orjson refuses a number that overflows a double: a clean not_json rejection
+    raw = event().replace(b'"amount":12.5', b'"amount":1' + b"0" * 400)
+    assert rejected(raw).code == "not_json"
+
+
+@pytest.mark.parametrize("label", [1e16, -2e300, 2**63])
+def test_numeric_label_beyond_the_bound_is_rejected(label: float) -> None:
+    assert rejected(event(label=label)).code == "out_of_bounds"
+    with pytest.raises(RejectedInput) as info:
+        validate_label(orjson.dumps({"event_id": "e", "label": label}))
+    assert info.value.code == "out_of_bounds" and info.value.reason.startswith("label: ")
+    assert validate_label(orjson.dumps({"event_id": "e", "label": 1e15})).label == 1e15

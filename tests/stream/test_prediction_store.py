@@ -1,0 +1,98 @@
+"""PredictionStore's side of the Redis scripts, without Redis: which keys and arguments each
+script gets, and how the sweep adds up. The scripts themselves run in integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import stream.prediction_store as store_module
+from stream.labels import PendingPrediction
+from stream.messages import Label
+from stream.prediction_store import PredictionStore
+
+
+class FakeScript:
+    def __init__(self, reply: Any) -> None:
+        self.reply = reply
+        self.calls: list[tuple[list[str], list[Any]]] = []
+
+    async def __call__(self, keys: list[str], args: list[Any], client: Any = None) -> Any:
+        self.calls.append((keys, args))
+        return self.reply(keys, args) if callable(self.reply) else self.reply
+
+
+class FakeRedis:
+    """Records the script calls; the parked set holds ``parked`` members of score 0."""
+
+    def __init__(self, parked: int = 0) -> None:
+        self.parked = [f"e{i}".encode() for i in range(parked)]
+        self.scripts: dict[str, FakeScript] = {}
+        self.zrem_ranges: list[tuple[str, Any, Any]] = []
+
+    def register_script(self, source: str) -> FakeScript:
+        forget = source == store_module._FORGET_PARKED
+        self.scripts[source] = FakeScript(self._forget if forget else [None])
+        return self.scripts[source]
+
+    def _forget(self, keys: list[str], args: list[str]) -> int:
+        self.parked = [m for m in self.parked if m.decode() not in args]
+        return len(args)
+
+    async def zremrangebyscore(self, key: str, low: Any, high: Any) -> int:
+        self.zrem_ranges.append((key, low, high))
+        return 4
+
+    async def zrangebyscore(self, key: str, low: Any, high: Any, start: int, num: int) -> list:
+        assert key == "dw:parked" and start == 0
+        return self.parked[:num]
+
+
+def pending(event_id: str) -> PendingPrediction:
+    return PendingPrediction(event_id, "c1", 1, {"a": 1.0}, 1, 0, 0.5, 2_000)
+
+
+def test_take_parks_with_the_callers_clock() -> None:
+    redis = FakeRedis()
+    store = PredictionStore(redis, "dw", horizon_s=3600)  # type: ignore[arg-type]
+    take = redis.scripts[store_module._TAKE_OR_PARK]
+    take.reply = [None, pending("e2").encode()]
+    labels = [Label(event_id="e1", label=1), Label(event_id="e2", label=0)]
+    got = asyncio.run(store.take(labels, now_ms=1_234))
+    assert list(got) == ["e2"]
+    keys, args = take.calls[0]
+    assert keys == [
+        "dw:pending",
+        "dw:parked",
+        "dw:pred:e1",
+        "dw:label:e1",
+        "dw:pred:e2",
+        "dw:label:e2",
+    ]
+    assert args[:2] == [3600, 1_234] and args[3::2] == ["e1", "e2"]
+
+
+def test_store_or_claim_gets_the_parked_set() -> None:
+    redis = FakeRedis()
+    store = PredictionStore(redis, "dw", horizon_s=10.5)  # type: ignore[arg-type]
+    assert asyncio.run(store.stage(object(), [pending("e1")]))  # type: ignore[arg-type]
+    keys, args = redis.scripts[store_module._STORE_OR_CLAIM].calls[0]
+    assert keys == ["dw:pending", "dw:parked", "dw:pred:e1", "dw:label:e1"]
+    assert args[0] == 11 and args[2:] == [2_000, "e1"]
+
+
+@pytest.mark.parametrize("parked", [0, 3, 7, 25])
+def test_sweep_counts_expired_predictions_and_unmatched_labels(
+    parked: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "SWEEP_CHUNK", 7)
+    redis = FakeRedis(parked)
+    store = PredictionStore(redis, "dw", horizon_s=60)  # type: ignore[arg-type]
+    assert asyncio.run(store.sweep_expired(100_000)) == (4, parked)
+    assert redis.zrem_ranges == [("dw:pending", "-inf", 40_000)]
+    forget = redis.scripts[store_module._FORGET_PARKED]
+    for keys, args in forget.calls:
+        assert keys == ["dw:parked", *(f"dw:label:{e}" for e in args)] and len(args) <= 7
+    assert sum(len(args) for _, args in forget.calls) == parked
