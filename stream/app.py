@@ -43,7 +43,16 @@ from stream.pipeline import (
     train_topic_name,
 )
 from stream.redis_client import redis_client
-from stream.resilience import Health, Poisoned, abandon, dependency_of, describe, guarded, isolate
+from stream.resilience import (
+    Dependency,
+    Health,
+    Poisoned,
+    abandon,
+    dependency_of,
+    describe,
+    guarded,
+    isolate,
+)
 from stream.snapshots import ModelHolder, SnapshotStore
 from stream.subjects import monitored_subjects
 from stream.trainer import Trainer
@@ -164,25 +173,33 @@ async def run_step(name: str, step: Step, events: Sequence[EventT[Any]], health:
     acked unprocessed). Cancelled (the worker stops) with the batch unfinished, its offsets
     are kept from the commit, so it is redelivered.
     """
+    try:
+        await _until_done(name, step, events, health)
+    except asyncio.CancelledError:  # also while waiting between two tries
+        abandon(events)
+        raise
+
+
+async def _until_done(name: str, step: Step, events: Sequence[EventT[Any]], health: Health) -> None:
     attempt = 0
+    failing: set[Dependency] = set()
     while True:
         try:
             await step(events)
+            health.recovered(failing)
             return
-        except asyncio.CancelledError:
-            abandon(events)
-            raise
         except Exception as exc:
             dependency = dependency_of(exc)
             if dependency is not None:
+                failing.add(dependency)
                 health.failed(dependency, name, exc)
             else:
                 health.metrics.task_errors.labels(name).inc()
                 if attempt % 100 == 0:  # one traceback per hundred tries, not per try
                     log.exception("%s: batch of %d failed (%s); trying it again",
                                   name, len(events), describe(exc))  # fmt: skip
-            await asyncio.sleep(health.backoff_s(attempt))
-            attempt += 1
+        await asyncio.sleep(health.backoff_s(attempt))
+        attempt += 1
 
 
 class Steps:
