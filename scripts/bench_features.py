@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stream.config import FeatureSpec, WindowSettings  # noqa: E402
-from stream.features import FeatureInput, State, update_batch  # noqa: E402
+from stream.features.windows import FeatureInput, State, update_batch  # noqa: E402
+from stream.service.config import FeatureSpec, WindowSettings  # noqa: E402
 
 
 def make_events(n: int, entities: int, seed: int = 7) -> list[FeatureInput]:

@@ -23,9 +23,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stream.config import PIPELINES_BY_TASK, FeatureSpec, ModelSettings  # noqa: E402
-from stream.features import window_names  # noqa: E402
-from stream.model import OnlineModel, create_model  # noqa: E402
+from stream.features.windows import window_names  # noqa: E402
+from stream.model.online import OnlineModel, create_model  # noqa: E402
+from stream.service.config import PIPELINES_BY_TASK, FeatureSpec, ModelSettings  # noqa: E402
 
 PIPELINES = [(task, p) for task, ps in PIPELINES_BY_TASK.items() for p in ps]
 CATEGORIES = ("a", "b", "c", "d", "e")

@@ -34,8 +34,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stream.config import Settings  # noqa: E402
-from stream.topics import ensure_topics, wait_consumed  # noqa: E402
+from stream.service.config import Settings  # noqa: E402
+from stream.service.topics import ensure_topics, wait_consumed  # noqa: E402
 from tests.integration.worker_process import WorkerProcess  # noqa: E402
 
 N_FEATURES = 10

@@ -25,7 +25,7 @@ from pydantic import (
     StrictInt,
 )
 
-from stream.alerts import AlertKind, AlertStatus
+from stream.monitoring.alerts import AlertKind, AlertStatus
 
 
 def now_ms() -> int:

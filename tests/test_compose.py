@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from stream.config import Settings
+from stream.service.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 

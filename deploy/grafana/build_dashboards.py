@@ -6,7 +6,8 @@
 
 Plain dictionaries and the standard library only: the dashboards are small, and the output is
 byte-for-byte reproducible (sorted keys, fixed ids and positions), so a diff of the JSON shows
-exactly what a change to this file did. Every query names a metric from ``stream/metrics.py``;
+exactly what a change to this file did. Every query names a metric from
+``stream/service/metrics.py``;
 ``tests/integration/test_observability.py`` runs each of them against a real Prometheus.
 """
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.config import RedisSettings, Settings, TopicSettings, WorkerSettings
-from stream.topics import ensure_topics
+from stream.service.config import RedisSettings, Settings, TopicSettings, WorkerSettings
+from stream.service.topics import ensure_topics
 from tests.integration.worker_process import WorkerProcess
 
 

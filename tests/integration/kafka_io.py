@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
-from stream.topics import wait_consumed  # noqa: F401 - re-exported for the tests
+from stream.service.topics import wait_consumed  # noqa: F401 - re-exported for the tests
 
 
 async def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:

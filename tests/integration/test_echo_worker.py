@@ -6,7 +6,7 @@ import asyncio
 
 import orjson
 
-from stream.config import Settings
+from stream.service.config import Settings
 from tests.integration.kafka_io import consume, produce
 
 

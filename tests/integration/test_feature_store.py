@@ -19,9 +19,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from stream.config import FeatureSpec, RedisSettings, Settings, WindowSettings
-from stream.feature_store import FeatureStore
-from stream.features import (
+from stream.features.store import FeatureStore
+from stream.features.windows import (
     EventResult,
     FeatureInput,
     State,
@@ -29,6 +28,7 @@ from stream.features import (
     recompute_offline,
     update_batch,
 )
+from stream.service.config import FeatureSpec, RedisSettings, Settings, WindowSettings
 
 pytestmark = pytest.mark.integration
 

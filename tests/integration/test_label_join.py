@@ -7,9 +7,9 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from stream.labels import PendingPrediction
+from stream.labels.join import PendingPrediction
+from stream.labels.store import PredictionStore
 from stream.messages import Label
-from stream.prediction_store import PredictionStore
 
 pytestmark = pytest.mark.integration
 

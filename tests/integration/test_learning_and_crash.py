@@ -11,9 +11,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from stream.config import Settings
-from stream.snapshots import SnapshotStore
-from stream.synthetic import CardStream
+from stream.model.snapshots import SnapshotStore
+from stream.service.config import Settings
+from stream.tools.synthetic import CardStream
 from tests.integration.kafka_io import consume, produce
 from tests.integration.test_pipeline import as_records, demo_settings  # noqa: F401 - fixture
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.config import Settings, load_settings
-from stream.synthetic import CardStream, Drift
+from stream.service.config import Settings, load_settings
+from stream.tools.synthetic import CardStream, Drift
 from tests.integration.kafka_io import consume, produce, wait_consumed
 
 REPO = Path(__file__).resolve().parents[2]

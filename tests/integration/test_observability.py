@@ -28,8 +28,8 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.config import Settings, load_settings
-from stream.synthetic import CardStream, Drift, bad_event
+from stream.service.config import Settings, load_settings
+from stream.tools.synthetic import CardStream, Drift, bad_event
 from tests.integration.kafka_io import produce, wait_consumed
 
 REPO = Path(__file__).resolve().parents[2]

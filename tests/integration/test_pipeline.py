@@ -10,9 +10,9 @@ import orjson
 import pytest
 import redis
 
-from stream.config import Settings, load_settings
-from stream.features import FeatureInput, recompute_offline
-from stream.synthetic import CardStream, bad_event
+from stream.features.windows import FeatureInput, recompute_offline
+from stream.service.config import Settings, load_settings
+from stream.tools.synthetic import CardStream, bad_event
 from tests.integration.kafka_io import consume, produce
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio
 
-from stream.config import ModelSettings
 from stream.exceptions import SnapshotIntegrityError, SnapshotNotFoundError
-from stream.model import OnlineModel, create_model
-from stream.snapshots import ModelHolder, SnapshotStore, list_versions, promote, rollback
+from stream.model.online import OnlineModel, create_model
+from stream.model.snapshots import ModelHolder, SnapshotStore, list_versions, promote, rollback
+from stream.service.config import ModelSettings
 
 pytestmark = pytest.mark.integration
 

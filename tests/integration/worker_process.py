@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from stream.config import SECRET_FIELDS, Settings
+from stream.service.config import SECRET_FIELDS, Settings
 
 READY_LINE = "[^Worker]: Ready"
 ASSIGNED_LINE = "Setting newly assigned partitions"
@@ -50,7 +50,7 @@ class WorkerProcess:
         self.settings = settings
         self.workdir = workdir
         self.extra_env = extra_env or {}
-        self.command = list(command or [sys.executable, "-m", "stream.cli", "worker"])
+        self.command = list(command or [sys.executable, "-m", "stream.service.cli", "worker"])
         self.log = workdir / "worker.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

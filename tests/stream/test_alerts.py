@@ -6,8 +6,8 @@ from typing import Any
 
 import orjson
 
-from stream.alerts import Span, alert_key, finite_or_none, make_alert
 from stream.messages import Alert, Window
+from stream.monitoring.alerts import Span, alert_key, finite_or_none, make_alert
 
 
 def build(status: str = "firing", **kw: Any) -> dict[str, Any]:

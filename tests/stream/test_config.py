@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from stream.cli import tune_gc
-from stream.config import RedisSettings, load_settings, masked_url, parse_duration
 from stream.exceptions import ConfigError
+from stream.service.cli import tune_gc
+from stream.service.config import RedisSettings, load_settings, masked_url, parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,7 +98,7 @@ def test_duplicate_topic_names(tmp_path: Path) -> None:
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/bin:/bin"}
     return subprocess.run(
-        [sys.executable, "-m", "stream.cli", *args],
+        [sys.executable, "-m", "stream.service.cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,

@@ -8,8 +8,8 @@ import hashlib
 import orjson
 import pytest
 
-from stream.config import Settings
 from stream.exceptions import RejectedInput
+from stream.ingest.scoring import Incoming, reject
 from stream.messages import (
     DLQ_MAX_ERROR_CHARS,
     DLQ_MAX_KEY_BYTES,
@@ -18,8 +18,8 @@ from stream.messages import (
     dead_letter,
     dead_letter_key,
 )
-from stream.metrics import Metrics
-from stream.pipeline import Incoming, reject
+from stream.service.config import Settings
+from stream.service.metrics import Metrics
 
 SIZE = 1_048_000  # about Kafka's default max request: such an input's dead letter was lost
 KAFKA_DEFAULT_MAX_REQUEST = 1_048_576

@@ -12,8 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.config import FeatureSpec, WindowSettings
-from stream.features import (
+from stream.features.windows import (
     FIRST_EVENT,
     BatchUpdate,
     EventResult,
@@ -27,6 +26,7 @@ from stream.features import (
     update_batch,
     window_names,
 )
+from stream.service.config import FeatureSpec, WindowSettings
 
 T0 = 1_763_800_000_000
 SCALE = 1e6  # largest |value| drawn

@@ -7,9 +7,9 @@ import asyncio
 import orjson
 import redis.asyncio as aioredis
 
-from stream.config import Settings
-from stream.metrics import Metrics
-from stream.pipeline import Incoming, LabelProcessor
+from stream.ingest.scoring import Incoming, LabelProcessor
+from stream.service.config import Settings
+from stream.service.metrics import Metrics
 
 
 def test_bad_labels_are_dead_lettered_without_touching_redis() -> None:

@@ -11,9 +11,9 @@ import faust
 from faust.types import TP
 from prometheus_client import generate_latest
 
-from stream import lag
-from stream.alerts import AlertKind, AlertStatus
-from stream.metrics import Metrics
+from stream.monitoring.alerts import AlertKind, AlertStatus
+from stream.service import lag
+from stream.service.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"

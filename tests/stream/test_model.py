@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from stream.config import FeatureSpec, ModelSettings
 from stream.exceptions import RejectedInput
-from stream.model import OnlineModel, Scored, build_pipeline, coerce_label, create_model
+from stream.model.online import OnlineModel, Scored, build_pipeline, coerce_label, create_model
+from stream.service.config import FeatureSpec, ModelSettings
 
 FEATURES = (
     FeatureSpec(name="amount", min=0, max=1000),

@@ -9,21 +9,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stream.config import FeatureSpec, ModelSettings, MonitoringSettings, Settings
 from stream.exceptions import ConfigError
-from stream.features import window_names
+from stream.features.windows import window_names
+from stream.ingest.scoring import ScoredEvent
+from stream.ingest.validation import ValidEvent
 from stream.messages import Alert
-from stream.monitoring import SubjectMonitor
-from stream.pipeline import ScoredEvent
-from stream.reference import reference_values
-from stream.subjects import (
+from stream.monitoring.drift import SubjectMonitor
+from stream.monitoring.reference import reference_values
+from stream.monitoring.subjects import (
     SINCE_LAST_WARMUP_MS,
     SubjectBatch,
     SubjectKind,
     monitored_subjects,
     subject_batches,
 )
-from stream.validation import ValidEvent
+from stream.service.config import FeatureSpec, ModelSettings, MonitoringSettings, Settings
 
 # small sizes keep the suite fast; ert is family-wise, split over FAMILY (subject, detector) pairs
 SETTINGS = MonitoringSettings(reference_size=500, window=200, check_every=10, ert=1e5)

@@ -11,11 +11,10 @@ import pytest
 from river import metrics as rm
 from river import utils
 
-from stream.config import MonitoringSettings
 from stream.exceptions import ConfigError
-from stream.labels import TrainingExample
+from stream.labels.join import TrainingExample
 from stream.messages import Alert
-from stream.model_metrics import (
+from stream.monitoring.model_scores import (
     binary_metrics,
     binary_standard_errors,
     multiclass_metrics,
@@ -24,7 +23,8 @@ from stream.model_metrics import (
     regression_standard_errors,
     roc_auc,
 )
-from stream.performance import RESOLVE_CHECKS, PerformanceMonitor, Z
+from stream.monitoring.performance import RESOLVE_CHECKS, PerformanceMonitor, Z
+from stream.service.config import MonitoringSettings
 
 # the defaults: a margin of 0.05 is only ~1.5 standard errors of precision/recall over 500
 # labels, hence the standard-error guard
@@ -322,7 +322,7 @@ def accuracy_of(examples: list[TrainingExample]) -> float:
 
 def test_the_margin_alone_fires_on_the_noisy_stream(monkeypatch: pytest.MonkeyPatch) -> None:
     """Why the guard exists: without it the 0.05 margin fires on sampling noise."""
-    monkeypatch.setattr("stream.performance.Z", 0.0)
+    monkeypatch.setattr("stream.monitoring.performance.Z", 0.0)
     alerts = run(PerformanceMonitor("binary", ALL_BINARY, "fraud"), noisy_stream(11, 20_000), 1000)
     assert len([a for a in alerts if a["kind"] == "performance"]) >= 3
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-import stream.prediction_store as store_module
-from stream.labels import PendingPrediction
+import stream.labels.store as store_module
+from stream.labels.join import PendingPrediction
+from stream.labels.store import PredictionStore
 from stream.messages import Label
-from stream.prediction_store import PredictionStore
 
 
 class FakeScript:

@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from stream.config import MonitoringSettings
+from stream.ingest.scoring import ScoredEvent
+from stream.ingest.validation import QualityIssue, ValidEvent
 from stream.messages import Alert
-from stream.pipeline import ScoredEvent
-from stream.quality import QualityMonitor, quality_counts
-from stream.validation import QualityIssue, ValidEvent
+from stream.monitoring.quality import QualityMonitor, quality_counts
+from stream.service.config import MonitoringSettings
 
 SETTINGS = MonitoringSettings(quality_window=200, max_missing_rate=0.05, max_dlq_rate=0.02)
 

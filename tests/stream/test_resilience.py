@@ -12,10 +12,17 @@ import pytest
 import redis.exceptions as redis_errors
 from faust.exceptions import ProducerSendError
 
-from stream.app import run_step
 from stream.exceptions import StateConflictError
-from stream.metrics import Metrics
-from stream.resilience import Health, Poisoned, RepeatFilter, dependency_of, guarded, isolate
+from stream.service.app import run_step
+from stream.service.metrics import Metrics
+from stream.service.resilience import (
+    Health,
+    Poisoned,
+    RepeatFilter,
+    dependency_of,
+    guarded,
+    isolate,
+)
 
 
 def fast_health() -> Health:
@@ -73,7 +80,7 @@ async def test_an_outage_is_retried_and_logged_once_at_start_and_once_at_end(
             raise redis_errors.ConnectionError("Connection refused")
         return "done"
 
-    with caplog.at_level(logging.INFO, logger="stream.resilience"):
+    with caplog.at_level(logging.INFO, logger="stream.service.resilience"):
         assert await health.retry("score", flaky) == "done"
     lines = [r.getMessage() for r in caplog.records]
     assert len([m for m in lines if "redis unavailable" in m]) == 1
@@ -213,5 +220,5 @@ def test_repeated_client_errors_are_rate_limited_with_a_count() -> None:
         return logging.LogRecord(name, level, "", 0, "Unable connect to %s", ("node 1",), None)
 
     assert [limiter.filter(rec()) for _ in range(1000)].count(True) == 1
-    assert limiter.filter(rec("stream.app"))  # our own lines are never filtered
+    assert limiter.filter(rec("stream.service.app"))  # our own lines are never filtered
     assert limiter.filter(rec(level=logging.INFO))

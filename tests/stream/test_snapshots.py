@@ -12,12 +12,12 @@ import orjson
 import pytest
 import redis.asyncio
 
-from stream import snapshot_records
-from stream.config import ModelSettings, Settings
 from stream.exceptions import SnapshotIntegrityError
-from stream.model import OnlineModel, create_model
-from stream.snapshot_records import decode_record, encode_record, read_info, sign, verify
-from stream.snapshots import ModelHolder, SnapshotStore
+from stream.model import snapshot_format as snapshot_records
+from stream.model.online import OnlineModel, create_model
+from stream.model.snapshot_format import decode_record, encode_record, read_info, sign, verify
+from stream.model.snapshots import ModelHolder, SnapshotStore
+from stream.service.config import ModelSettings, Settings
 
 KEY = b"test-key-not-a-secret"
 PROBES = [{"amount": float(a), "hour": a % 24} for a in range(0, 100, 7)]
@@ -56,7 +56,7 @@ def decode(fields: dict[bytes, bytes], key: bytes = KEY, **kw: Any) -> tuple[Onl
 
 @pytest.fixture
 def loads_spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
-    """Every call of pickle.loads made by stream.snapshot_records."""
+    """Every call of pickle.loads made by stream.model.snapshot_format."""
     calls: list[bytes] = []
     real = pickle.loads
 

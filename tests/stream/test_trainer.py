@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 from river import compose, linear_model
 
-from stream.config import ModelSettings, Settings
 from stream.exceptions import SnapshotIntegrityError
-from stream.labels import TrainingExample
-from stream.metrics import Metrics
-from stream.model import OnlineModel, create_model
-from stream.snapshot_records import SnapshotInfo
-from stream.trainer import Trainer
+from stream.labels.join import TrainingExample
+from stream.model.online import OnlineModel, create_model
+from stream.model.snapshot_format import SnapshotInfo
+from stream.model.trainer import Trainer
+from stream.service.config import ModelSettings, Settings
+from stream.service.metrics import Metrics
 
 
 class PoisonableRegression(linear_model.LogisticRegression):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from stream.config import FeatureSpec, WorkerSettings
 from stream.exceptions import RejectedInput
-from stream.validation import MAX_ABS_VALUE, Limits, validate_event, validate_label
+from stream.ingest.validation import MAX_ABS_VALUE, Limits, validate_event, validate_label
+from stream.service.config import FeatureSpec, WorkerSettings
 
 SPECS = [
     FeatureSpec(name="amount", impute=0.0, min=0.0, max=1000.0, windows=("1h",)),

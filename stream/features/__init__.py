@@ -1,0 +1,1 @@
+"""Per-entity feature windows: the pure window math and its Redis store."""

@@ -1,0 +1,612 @@
+"""Per-entity feature windows: event-time-bucketed aggregates, pure logic without I/O.
+
+Every numeric :class:`~stream.service.config.FeatureSpec` with ``windows`` gets, per entity and per
+window, the configured aggregates (``count``, ``sum``, ``mean``, ``min``, ``max``, ``std``)
+named ``{feature}_{aggregate}_{window}`` (``amount_mean_1h``; the window label as written in
+the config), plus ``seconds_since_last`` for every entity. The state of one entity is a plain
+JSON dict that :mod:`stream.features.store` keeps in Redis; this module only transforms
+``(states, events) -> (states', enriched events)``.
+
+Semantics
+---------
+Buckets
+    A window of ``W`` ms is kept as ``B = windows.buckets`` buckets of width
+    ``w = ceil(W / B)`` ms aligned to epoch multiples of ``w``; an event at ``ts`` lies in
+    bucket ``idx(ts) = ts // w``. Per bucket: count, sum, M2 (Welford), min and max.
+Window at time ``t``
+    The buckets with index in ``(idx(t) - B, idx(t)]``: the window edges are whole buckets,
+    so it spans between ``(B - 1) * w`` and ``B * w`` ms of event time up to ``t``.
+Entity clock ``M``
+    The largest event time among the entity's applied events. Buckets with index
+    ``<= idx(M) - B`` can never be in a window again and are evicted, so a window holds at
+    most ``B`` buckets.
+Late events
+    An event with ``ts < M - grace`` is *too late* (``late=True``): it changes nothing, not
+    even ``M``. An earlier event within the grace period is applied: it lands in its bucket
+    in every window that still retains that bucket (``idx(ts) > idx(M) - B``) and is dropped
+    from the shorter windows that do not.
+Duplicates
+    An event whose ``event_id`` is in ``seen`` (already applied, as recorded in Redis) or
+    was applied earlier in the batch is a duplicate (``duplicate=True``): it changes nothing.
+    Its ``seconds_since_last`` is the one it had when it was applied, when ``seen`` remembers
+    it (the dedupe marker in Redis does) or the first copy is in the same batch.
+    A too-late event is not recorded as applied, so a replay of it is too late again.
+Aggregates of an event
+    Computed after the event is applied (so they include it), at its own time, over the
+    retained buckets with index in ``(idx(M) - B, idx(t)]``. For an in-order event this is
+    exactly the window at ``t``; for an out-of-order one, the part of its window older than
+    the entity's retention is gone. Duplicates and too-late events get the same query
+    against the current state. An empty window gives count 0 and 0.0 for every other
+    aggregate; ``std`` is the population standard deviation, 0.0 below two values.
+``seconds_since_last``
+    ``max(0, t - M) / 1000`` with ``M`` the entity clock before the event, or ``-1.0``
+    (:data:`FIRST_EVENT`) when the entity has no state: its first event, or its first after
+    the state expired in Redis.
+
+The ``std`` of several buckets is merged exactly from per-bucket (count, sum, M2) with the
+pairwise formula of Chan, Golub and LeVeque (1979), "Updating formulae and a pairwise
+algorithm for computing sample variances": ``M2 = sum(M2_i + n_i * (mean_i - mean)^2)``,
+which stays accurate when the values are large relative to their spread, unlike a
+sum-of-squares form (``tests/stream/test_features.py`` checks it against numpy at an offset
+of 1e9).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from bisect import bisect_left
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import orjson
+
+from stream.service.config import FeatureSpec, WindowSettings
+
+State = dict[str, Any]
+"""One entity's windows: ``{"v": 1, "g": G, "t": M or None, "w": {"{feature}@{w}": [...]}}``.
+
+Each bucket is ``[index, count, sum, M2, min, max]``, sorted by index. Window lists are
+keyed by bucket width, so a config change of ``buckets`` or a window length starts that
+window afresh instead of misreading old buckets. ``g`` is the state's generation: every
+batch that changes the state writes it with ``g + 1``, and the store writes it only if the
+stored state still has generation ``g`` (no lost update between two workers, see
+:mod:`stream.features.store`). It is the second key, so the store can read it from the
+encoded bytes without decoding them (:func:`stored_generation`). A state from before
+generations counts as generation 0.
+"""
+
+STATE_VERSION = 1
+FIRST_EVENT = -1.0
+"""``seconds_since_last`` of an entity's first event (no state)."""
+SINCE_LAST = "seconds_since_last"
+
+_AGG_INDEX = {"count": 0, "sum": 1, "mean": 2, "min": 3, "max": 4, "std": 5}
+_EMPTY = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureInput:
+    """One event as the windows see it: numeric raw values after imputation.
+
+    A value of ``None`` (or a missing name) is not added to that feature's windows.
+    """
+
+    event_id: str
+    entity_id: str
+    ts_ms: int
+    values: Mapping[str, float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class EventResult:
+    """The enriched features of one event and how the windows treated it."""
+
+    event_id: str
+    entity_id: str
+    ts_ms: int
+    enriched: dict[str, float]
+    duplicate: bool
+    late: bool
+
+    @property
+    def applied(self) -> bool:
+        """Whether the event changed its entity's state."""
+        return not (self.duplicate or self.late)
+
+
+@dataclass(frozen=True)
+class BatchUpdate:
+    """What :func:`update_batch` decided for a batch.
+
+    Attributes
+    ----------
+    results
+        One per input event, in input order.
+    states
+        The new state of every entity that at least one event changed; its generation
+        ``g`` is one more than the state it was made from.
+    applied_since
+        The event ids applied for the first time, in order, each with its
+        ``seconds_since_last``: to be remembered (with it) for dedupe.
+    resets
+        Entities whose state was malformed and started afresh.
+    """
+
+    results: tuple[EventResult, ...]
+    states: dict[str, State]
+    applied_since: dict[str, float]
+    resets: tuple[str, ...] = ()
+    """Entities whose stored state could not be applied to and was started afresh."""
+
+    @property
+    def applied_ids(self) -> tuple[str, ...]:
+        """The event ids applied for the first time, in order."""
+        return tuple(self.applied_since)
+
+    @property
+    def late_count(self) -> int:
+        """How many events were too late to change the windows."""
+        return sum(r.late for r in self.results)
+
+    @property
+    def duplicate_count(self) -> int:
+        """How many events had been applied before."""
+        return sum(r.duplicate for r in self.results)
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    key: str  # state key "{feature}@{width_ms}"
+    width: int
+    outputs: tuple[tuple[str, int], ...]  # (output name, index into the aggregate tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class _Feature:
+    name: str
+    windows: tuple[_Window, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    features: tuple[_Feature, ...]
+    buckets: int
+    grace_ms: int
+    widths: Mapping[str, int]  # state key -> bucket width, for compaction
+
+
+def bucket_width_ms(window_s: float, buckets: int) -> int:
+    """Width in ms of one bucket of a ``window_s``-second window kept as ``buckets`` buckets.
+
+    >>> bucket_width_ms(3600.0, 12), bucket_width_ms(0.25, 12)
+    (300000, 21)
+    """
+    return max(1, -(-round(window_s * 1000) // buckets))
+
+
+def window_names(specs: Sequence[FeatureSpec]) -> tuple[str, ...]:
+    """The names of the enriched features, in output order.
+
+    >>> spec = FeatureSpec(name="amount", windows=("1m", "1h"), aggregates=("count", "mean"))
+    >>> window_names([spec])
+    ('amount_count_1m', 'amount_mean_1m', 'amount_count_1h', 'amount_mean_1h', 'seconds_since_last')
+    """
+    names = [
+        f"{spec.name}_{agg}_{label}"
+        for spec in _windowed(specs)
+        for label in spec.windows
+        for agg in spec.aggregates
+    ]
+    return (*names, SINCE_LAST)
+
+
+def _windowed(specs: Sequence[FeatureSpec]) -> list[FeatureSpec]:
+    return [s for s in specs if s.kind == "numeric" and s.windows]
+
+
+@lru_cache(maxsize=16)
+def _plan(specs: tuple[FeatureSpec, ...], settings: WindowSettings) -> _Plan:
+    features = tuple(_feature_plan(spec, settings.buckets) for spec in _windowed(specs))
+    widths = {w.key: w.width for f in features for w in f.windows}
+    grace_ms = round(settings.grace_s * 1000)
+    return _Plan(features, settings.buckets, grace_ms, widths)
+
+
+def _feature_plan(spec: FeatureSpec, buckets: int) -> _Feature:
+    # windows written differently but equally long ("60s", "1m") share one bucket list
+    outputs: dict[int, list[tuple[str, int]]] = {}
+    for label, seconds in zip(spec.windows, spec.window_seconds, strict=True):
+        named = [(f"{spec.name}_{agg}_{label}", _AGG_INDEX[agg]) for agg in spec.aggregates]
+        outputs.setdefault(bucket_width_ms(seconds, buckets), []).extend(named)
+    windows = tuple(
+        _Window(f"{spec.name}@{width}", width, tuple(named)) for width, named in outputs.items()
+    )
+    return _Feature(spec.name, windows)
+
+
+def new_state(generation: int = 0) -> State:
+    """The state of an entity without events.
+
+    >>> new_state()
+    {'v': 1, 'g': 0, 't': None, 'w': {}}
+    """
+    return {"v": STATE_VERSION, "g": generation, "t": None, "w": {}}
+
+
+def encode_state(state: State) -> bytes:
+    """Serialise a state for Redis (orjson: floats round-trip exactly).
+
+    >>> encode_state(new_state())
+    b'{"v":1,"g":0,"t":null,"w":{}}'
+    """
+    return orjson.dumps(state)
+
+
+_GENERATION = re.compile(rb'^\{"v":\d+,"g":(\d+)')
+
+
+def stored_generation(raw: bytes | None) -> int:
+    """The generation of an encoded state, read from its first bytes (0 if it has none).
+
+    The write script in :mod:`stream.features.store` reads it with the same pattern.
+
+    >>> stored_generation(b'{"v":1,"g":41,"t":5,"w":{}}'), stored_generation(None)
+    (41, 0)
+    >>> stored_generation(b'{"v":1,"t":5,"w":{}}'), stored_generation(b"garbage")
+    (0, 0)
+    """
+    if not raw:
+        return 0
+    match = _GENERATION.match(raw)
+    return int(match.group(1)) if match else 0
+
+
+def decode_state(raw: bytes | str | None) -> State:
+    """Parse a state read from Redis; ``None`` (no key) gives a new state.
+
+    A state of another :data:`STATE_VERSION`, or bytes that are not a state, are discarded:
+    the windows start afresh (with the stored generation, so the next write still applies).
+
+    >>> decode_state(b'{"v":1,"g":3,"t":5,"w":{"x@10":[[0,1,2.0,0.0,2.0,2.0]]}}')["w"]
+    {'x@10': [[0, 1, 2.0, 0.0, 2.0, 2.0]]}
+    >>> decode_state(None) == decode_state(b'{"v":0}') == decode_state(b"{]") == new_state()
+    True
+    """
+    return try_decode_state(raw) or new_state(stored_generation(_as_bytes(raw)))
+
+
+def try_decode_state(raw: bytes | str | None) -> State | None:
+    """The decoded state, a new state for ``None``, or ``None`` if ``raw`` is not a state.
+
+    >>> try_decode_state(b'{"v":1,"t":null,"w":[]}') is None
+    True
+    """
+    if raw is None:
+        return new_state()
+    try:
+        state = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(state, dict) or state.get("v") != STATE_VERSION:
+        return None
+    if not isinstance(state.get("w"), dict) or not isinstance(state.get("t"), int | None):
+        return None
+    return state
+
+
+def _as_bytes(raw: bytes | str | None) -> bytes | None:
+    return raw.encode() if isinstance(raw, str) else raw
+
+
+def update_batch(
+    states: Mapping[str, State | None],
+    seen: Collection[str] | Mapping[str, float | None],
+    events: Sequence[FeatureInput],
+    specs: Sequence[FeatureSpec],
+    window_settings: WindowSettings,
+) -> BatchUpdate:
+    """Apply a batch of events to their entities' windows and enrich every event.
+
+    Events of one entity are applied in batch order. The input states are not modified.
+
+    Parameters
+    ----------
+    states
+        The current state of (at least) every entity in the batch; missing or ``None``
+        means no state.
+    seen
+        Event ids applied by earlier batches: those events are duplicates. A mapping may
+        give each id the ``seconds_since_last`` it had then (or ``None`` if unknown).
+    events
+        The batch, in arrival order.
+    specs
+        The configured features; only numeric ones with windows are windowed.
+    window_settings
+        Number of buckets per window and the grace period for late events.
+
+    Examples
+    --------
+    >>> spec = FeatureSpec(name="amount", windows=("1m",), aggregates=("count", "mean"))
+    >>> t0 = 1_763_800_000_000
+    >>> events = [FeatureInput("e1", "card", t0, {"amount": 10.0}),
+    ...           FeatureInput("e2", "card", t0 + 2_000, {"amount": 20.0}),
+    ...           FeatureInput("e1", "card", t0, {"amount": 10.0})]
+    >>> update = update_batch({}, set(), events, [spec], WindowSettings())
+    >>> [(r.enriched, r.duplicate) for r in update.results]  # doctest: +NORMALIZE_WHITESPACE
+    [({'amount_count_1m': 1.0, 'amount_mean_1m': 10.0, 'seconds_since_last': -1.0}, False),
+     ({'amount_count_1m': 2.0, 'amount_mean_1m': 15.0, 'seconds_since_last': 2.0}, False),
+     ({'amount_count_1m': 2.0, 'amount_mean_1m': 15.0, 'seconds_since_last': -1.0}, True)]
+    >>> update.applied_ids, list(update.states)
+    (('e1', 'e2'), ['card'])
+    """
+    plan = _plan(tuple(specs), window_settings)
+    current: dict[str, State | None] = dict(states)
+    owned: dict[str, State] = {}  # copies this batch may modify
+    remembered: Mapping[str, float | None] = seen if isinstance(seen, Mapping) else {}
+    applied_here: dict[str, float] = {}  # event id -> its seconds_since_last
+    results = []
+    resets: list[str] = []
+    step = _Step(plan, current, owned, seen, remembered, applied_here)
+    for event in events:
+        try:
+            result = step.run(event)
+        except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, AttributeError):
+            # a stored state that decodes but cannot be worked with (written by a bug, or
+            # by hand): start the entity afresh instead of failing on each of its events
+            # until it expires; an error on the fresh state is the event's own
+            generation = _generation(current.get(event.entity_id))
+            current[event.entity_id] = new_state(generation)
+            owned.pop(event.entity_id, None)
+            resets.append(event.entity_id)
+            result = step.run(event)
+        results.append(result)
+    for state in owned.values():
+        _compact(plan, state)
+    return BatchUpdate(tuple(results), owned, applied_here, tuple(dict.fromkeys(resets)))
+
+
+@dataclass(slots=True)
+class _Step:
+    """One event through :func:`update_batch` (the batch's mutable maps are shared)."""
+
+    plan: _Plan
+    current: dict[str, State | None]
+    owned: dict[str, State]
+    seen: Collection[str] | Mapping[str, float | None]
+    remembered: Mapping[str, float | None]
+    applied_here: dict[str, float]
+
+    def run(self, event: FeatureInput) -> EventResult:
+        plan, entity = self.plan, event.entity_id
+        state = self.current.get(entity)
+        clock = state["t"] if state else None
+        since = FIRST_EVENT if clock is None else max(0, event.ts_ms - clock) / 1000
+        duplicate = event.event_id in self.seen or event.event_id in self.applied_here
+        if duplicate:
+            first = self.applied_here.get(event.event_id, self.remembered.get(event.event_id))
+            since = since if first is None else first
+        late = not duplicate and clock is not None and event.ts_ms < clock - plan.grace_ms
+        if not (duplicate or late):
+            state = self.owned.get(entity)
+            if state is None:
+                state = _copy(self.current.get(entity))
+                self.owned[entity] = self.current[entity] = state
+            _apply(plan, state, event)
+            self.applied_here[event.event_id] = since
+        features = _aggregates(plan, state, event.ts_ms)
+        features[SINCE_LAST] = since
+        return EventResult(event.event_id, entity, event.ts_ms, features, duplicate, late)
+
+
+def _generation(state: State | None) -> int:
+    generation = state.get("g", 0) if isinstance(state, dict) else 0
+    return generation if isinstance(generation, int) else 0
+
+
+def _copy(state: State | None) -> State:
+    # buckets are never modified in place (see _add), so copying the lists is enough; the
+    # copy is the next generation of the state
+    if not state:
+        return new_state(1)
+    windows = {key: list(buckets) for key, buckets in state["w"].items()}
+    return {"v": STATE_VERSION, "g": _generation(state) + 1, "t": state["t"], "w": windows}
+
+
+def _apply(plan: _Plan, state: State, event: FeatureInput) -> None:
+    ts = event.ts_ms
+    clock = state["t"]
+    if clock is None or ts > clock:
+        state["t"] = clock = ts
+    windows = state["w"]
+    for feature in plan.features:
+        value = event.values.get(feature.name)
+        if value is None:
+            continue
+        v = float(value)
+        for window in feature.windows:
+            floor = clock // window.width - plan.buckets  # retained: index > floor
+            idx = ts // window.width
+            if idx <= floor:
+                continue  # too old for this window, see "Late events"
+            buckets = windows.get(window.key)
+            if not buckets:
+                windows[window.key] = [(idx, 1, v, 0.0, v, v)]
+                continue
+            _add(buckets, idx, v)
+            while buckets[0][0] <= floor:
+                del buckets[0]
+
+
+def _add(buckets: list[Sequence[Any]], idx: int, v: float) -> None:
+    pos = len(buckets) - 1
+    if buckets[pos][0] < idx:
+        buckets.append((idx, 1, v, 0.0, v, v))
+        return
+    if buckets[pos][0] > idx:  # out of order: the lists are short and sorted
+        pos = bisect_left(buckets, idx, key=_index)
+        if buckets[pos][0] != idx:
+            buckets.insert(pos, (idx, 1, v, 0.0, v, v))
+            return
+    # Welford (1962), with the mean kept as sum / count
+    _, n, s, m2, lowest, highest = buckets[pos]
+    delta = v - s / n
+    s += v
+    m2 += delta * (v - s / (n + 1))
+    buckets[pos] = (idx, n + 1, s, m2, v if v < lowest else lowest, v if v > highest else highest)
+
+
+def _index(bucket: Sequence[Any]) -> int:
+    return int(bucket[0])
+
+
+def window_aggregates(
+    state: State | None,
+    ts_ms: int,
+    specs: Sequence[FeatureSpec],
+    window_settings: WindowSettings,
+) -> dict[str, float]:
+    """The window features of ``state`` queried at event time ``ts_ms``.
+
+    What an event at ``ts_ms`` that changes nothing would get, without
+    ``seconds_since_last``: for checking a stored state against :func:`recompute_offline`.
+
+    >>> spec = FeatureSpec(name="amount", windows=("1m",), aggregates=("count", "sum"))
+    >>> events = [FeatureInput(f"e{i}", "card", 1_000 * i, {"amount": 2.0}) for i in range(3)]
+    >>> update = update_batch({}, set(), events, [spec], WindowSettings())
+    >>> window_aggregates(update.states["card"], 2_000, [spec], WindowSettings())
+    {'amount_count_1m': 3.0, 'amount_sum_1m': 6.0}
+    """
+    return _aggregates(_plan(tuple(specs), window_settings), state, ts_ms)
+
+
+def _aggregates(plan: _Plan, state: State | None, ts: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    clock = state["t"] if state else None
+    windows = state["w"] if state else {}
+    for feature in plan.features:
+        for window in feature.windows:
+            if clock is None:
+                values = _EMPTY
+            else:
+                lo = clock // window.width - plan.buckets
+                values = _window_aggregate(windows.get(window.key), lo, ts // window.width)
+            for name, i in window.outputs:
+                out[name] = values[i]
+    return out
+
+
+def _window_aggregate(
+    buckets: list[Sequence[Any]] | None, lo: int, hi: int
+) -> tuple[float, float, float, float, float, float]:
+    """(count, sum, mean, min, max, std) over the buckets with index in (lo, hi]."""
+    if not buckets:
+        return _EMPTY
+    if not (buckets[0][0] > lo and buckets[-1][0] <= hi):
+        buckets = [b for b in buckets if lo < b[0] <= hi]
+        if not buckets:
+            return _EMPTY
+    _, n, s, m2, lowest, highest = buckets[0]
+    if len(buckets) > 1:
+        for _, bn, bs, _, blow, bhigh in buckets[1:]:
+            n += bn
+            s += bs
+            if blow < lowest:
+                lowest = blow
+            if bhigh > highest:
+                highest = bhigh
+        mean = s / n
+        # Chan, Golub and LeVeque (1979): exact merge of the buckets' M2 around the common mean
+        m2 = 0.0
+        for _, bn, bs, bm2, _, _ in buckets:
+            delta = bs / bn - mean
+            m2 += bm2 + bn * delta * delta
+    std = math.sqrt(m2 / n) if n > 1 and m2 > 0.0 else 0.0
+    return (float(n), s, s / n, lowest, highest, std)
+
+
+def _compact(plan: _Plan, state: State) -> None:
+    # drop the evicted buckets of windows this batch did not touch and the windows no longer
+    # configured; keep the plan's key order, so equal states encode to equal bytes
+    clock = state["t"]
+    windows = state["w"]
+    kept = {}
+    for key, width in plan.widths.items():
+        buckets = windows.get(key)
+        if not buckets:
+            continue
+        floor = clock // width - plan.buckets
+        kept[key] = buckets if buckets[0][0] > floor else [b for b in buckets if b[0] > floor]
+        if not kept[key]:
+            del kept[key]
+    state["w"] = kept
+
+
+def recompute_offline(
+    events: Sequence[FeatureInput],
+    specs: Sequence[FeatureSpec],
+    window_settings: WindowSettings,
+) -> list[EventResult]:
+    """Recompute every event's features by brute force from the whole input, from no state.
+
+    The reference for :func:`update_batch` (same semantics, see the module docstring): it
+    keeps every applied event and, for each event, takes the values in the query range
+    directly, with numpy for the statistics. Quadratic: for tests only.
+
+    Examples
+    --------
+    >>> spec = FeatureSpec(name="amount", windows=("1m",), aggregates=("sum", "std"))
+    >>> events = [FeatureInput(f"e{i}", "card", 1_000 * i, {"amount": float(i)})
+    ...           for i in range(4)]
+    >>> recompute_offline(events, [spec], WindowSettings())[-1].enriched
+    {'amount_sum_1m': 6.0, 'amount_std_1m': 1.118033988749895, 'seconds_since_last': 1.0}
+    """
+    plan = _plan(tuple(specs), window_settings)
+    clocks: dict[str, int] = {}
+    kept: dict[str, list[FeatureInput]] = {}
+    applied: dict[str, float] = {}  # event id -> its seconds_since_last when applied
+    results = []
+    for event in events:
+        clock = clocks.get(event.entity_id)
+        since = FIRST_EVENT if clock is None else max(0, event.ts_ms - clock) / 1000
+        duplicate = event.event_id in applied
+        since = applied.get(event.event_id, since)
+        late = not duplicate and clock is not None and event.ts_ms < clock - plan.grace_ms
+        if not (duplicate or late):
+            applied[event.event_id] = since
+            kept.setdefault(event.entity_id, []).append(event)
+            clocks[event.entity_id] = event.ts_ms if clock is None else max(clock, event.ts_ms)
+        history = kept.get(event.entity_id, [])
+        features = _brute_force(plan, history, clocks.get(event.entity_id), event.ts_ms)
+        features[SINCE_LAST] = since
+        results.append(
+            EventResult(event.event_id, event.entity_id, event.ts_ms, features, duplicate, late)
+        )
+    return results
+
+
+def _brute_force(
+    plan: _Plan, history: list[FeatureInput], clock: int | None, ts: int
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for feature in plan.features:
+        for window in feature.windows:
+            w = window.width
+            values = [
+                float(v)
+                for e in history
+                if (v := e.values.get(feature.name)) is not None
+                and clock is not None
+                and clock // w - plan.buckets < e.ts_ms // w <= ts // w
+            ]
+            stats = _EMPTY
+            if values:
+                a = np.array(values)
+                std = float(a.std()) if len(a) > 1 else 0.0
+                stats = (float(len(a)), float(a.sum()), float(a.mean()), a.min(), a.max(), std)
+            for name, i in window.outputs:
+                out[name] = float(stats[i])
+    return out

@@ -1,0 +1,1 @@
+"""Events in: decoding and validating messages, and scoring a batch."""

@@ -1,0 +1,306 @@
+"""One batch of events through validate → feature windows → scoring → outputs.
+
+The agents hand plain messages in and get plain outgoing messages back. Redis is touched
+three times per batch whatever its size: the feature store's read and conditional write
+(:meth:`stream.features.store.FeatureStore.enrich`; a conflicting entity costs one more
+round trip) and one atomic script that stores the predictions for the label join.
+
+A processor may be called again on (part of) a batch whose earlier call failed (a retry
+after an outage, or the isolation of a poison message, :mod:`stream.service.resilience`): feature
+updates are idempotent on event id, and metrics are counted only after the last I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import orjson
+import redis.asyncio as aioredis
+
+from stream.exceptions import RejectedInput
+from stream.features.store import Applied, FeatureStore
+from stream.features.windows import EventResult, FeatureInput
+from stream.ingest.validation import Limits, ValidEvent, validate_event, validate_label
+from stream.labels.join import PendingPrediction, TrainingExample, example_from, join_labels
+from stream.labels.store import PredictionStore
+from stream.messages import Label, dead_letter, dead_letter_key, now_ms
+from stream.model.online import OnlineModel
+from stream.service.config import Settings
+from stream.service.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A consumed Kafka record, as the agents see it."""
+
+    topic: str
+    partition: int | None
+    offset: int | None
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True)
+class ScoredEvent:
+    """What the monitors see of one scored event."""
+
+    event: ValidEvent
+    x: dict[str, float | str]
+    prediction: int | float | str | None
+    proba: dict[str, float] | None
+    score: float
+    model_version: int
+
+
+@dataclass
+class BatchResult:
+    outgoing: list[Outgoing]
+    scored: list[ScoredEvent]
+    examples: list[TrainingExample]
+    rejected: int
+
+    @classmethod
+    def merge(cls, parts: Iterable[BatchResult]) -> BatchResult:
+        """One result from the results of consecutive parts of a batch."""
+        merged = cls([], [], [], 0)
+        for part in parts:
+            merged.outgoing += part.outgoing
+            merged.scored += part.scored
+            merged.examples += part.examples
+            merged.rejected += part.rejected
+        return merged
+
+
+def train_topic_name(settings: Settings) -> str:
+    """The single-partition topic that serialises learning for one model."""
+    return f"{settings.worker.app_id}-train-{settings.model.name}"
+
+
+Rejected = tuple[Incoming, RejectedInput]
+
+
+class EventProcessor:
+    """Turns a batch of event messages into predictions, dead letters and training examples."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: aioredis.Redis,
+        model: Callable[[], OnlineModel],
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.model = model
+        self.metrics = metrics
+        self.features = FeatureStore(redis, settings)
+        self.predictions = PredictionStore(redis, settings.redis.prefix, settings.labels.horizon_s)
+        self.limits = Limits.from_settings(settings.worker)
+
+    async def process(self, batch: Sequence[Incoming]) -> BatchResult:
+        """Validate, enrich, score and store a batch; the outputs to publish."""
+        valid, rejects = self._validate(batch, now_ms())
+        if not valid:
+            return BatchResult(self._dead_letters(rejects), [], [], len(rejects))
+        t0 = time.perf_counter()
+        applied = await self.features.enrich([_feature_input(ev) for _, ev in valid])
+        t1 = time.perf_counter()
+        self.metrics.redis_seconds.labels("features").observe(t1 - t0)
+        scored, pending, unscorable = self._score(valid, applied.results)
+        t2 = time.perf_counter()
+        self.metrics.batch_seconds.labels("features_and_scoring").observe(t2 - t1)
+        # an event that carries its label is learned now: nothing waits for a label
+        waiting = [p for s, p in zip(scored, pending, strict=True) if s.event.label is None]
+        claimed = await self._store(waiting)
+        self.metrics.redis_seconds.labels("write").observe(time.perf_counter() - t2)
+        rejects += unscorable
+        examples = [
+            example_from(p, s.event.label, s.event.ts_ms)
+            for s, p in zip(scored, pending, strict=True)
+            if s.event.label is not None
+        ]
+        now = now_ms()
+        examples += [example_from(pred, label.label, label.ts or now) for pred, label in claimed]
+        self._count(len(valid), scored, applied, examples[len(examples) - len(claimed) :])
+        outgoing = [*self._dead_letters(rejects), *self._predictions(scored)]
+        return BatchResult(outgoing, scored, examples, len(rejects))
+
+    def _validate(
+        self, batch: Sequence[Incoming], now: int
+    ) -> tuple[list[tuple[Incoming, ValidEvent]], list[Rejected]]:
+        valid: list[tuple[Incoming, ValidEvent]] = []
+        rejects: list[Rejected] = []
+        specs = self.settings.features
+        for msg in batch:
+            try:
+                valid.append((msg, validate_event(msg.value, specs, self.limits, now)))
+            except RejectedInput as exc:
+                rejects.append((msg, exc))
+        return valid, rejects
+
+    def _score(
+        self, valid: Sequence[tuple[Incoming, ValidEvent]], results: Sequence[EventResult]
+    ) -> tuple[list[ScoredEvent], list[PendingPrediction], list[Rejected]]:
+        model = self.model()
+        scored: list[ScoredEvent] = []
+        pending: list[PendingPrediction] = []
+        unscorable: list[Rejected] = []
+        processed = now_ms()
+        for (msg, ev), result in zip(valid, results, strict=True):
+            x: dict[str, float | str] = {**ev.values, **result.enriched}
+            out = model.predict(x)
+            if not _finite(out.score, out.proba):
+                unscorable.append((msg, _non_finite(out.score, model.version)))
+                continue
+            scored.append(ScoredEvent(ev, x, out.prediction, out.proba, out.score, model.version))
+            pending.append(
+                PendingPrediction(
+                    ev.event_id,
+                    ev.entity_id,
+                    ev.ts_ms,
+                    x,
+                    model.version,
+                    out.prediction,
+                    out.score,
+                    processed,
+                )
+            )
+        return scored, pending, unscorable
+
+    async def _store(
+        self, waiting: Sequence[PendingPrediction]
+    ) -> list[tuple[PendingPrediction, Label]]:
+        """Store the predictions for the label join, or claim the labels that overtook them."""
+        pipe = self.redis.pipeline(transaction=False)
+        if not await self.predictions.stage(pipe, waiting):
+            return []
+        replies = await pipe.execute()
+        return self.predictions.claimed(replies[-1], waiting)
+
+    def _dead_letters(self, rejects: Sequence[Rejected]) -> list[Outgoing]:
+        return [reject(self.settings, self.metrics, msg, exc) for msg, exc in rejects]
+
+    def _predictions(self, scored: Sequence[ScoredEvent]) -> list[Outgoing]:
+        model = self.model()
+        topic = self.settings.topics.predictions
+        processed = now_ms()
+        out = []
+        for s in scored:
+            value = orjson.dumps(
+                {
+                    "event_id": s.event.event_id,
+                    "entity_id": s.event.entity_id,
+                    "ts": s.event.ts_ms,
+                    "model": model.name,
+                    "model_version": s.model_version,
+                    "prediction": s.prediction,
+                    "proba": s.proba,
+                    "score": s.score,
+                    "features": s.x,
+                    "processed_at": processed,
+                }
+            )
+            out.append(Outgoing(topic, s.event.entity_id.encode(), value))
+        return out
+
+    def _count(
+        self,
+        n_valid: int,
+        scored: Sequence[ScoredEvent],
+        applied: Applied,
+        joined: Sequence[TrainingExample],
+    ) -> None:
+        m = self.metrics
+        m.events_accepted.inc(n_valid)
+        issues = Counter((issue.feature, issue.kind) for s in scored for issue in s.event.quality)
+        for (feature, kind), n in issues.items():  # one label lookup per kind, not per issue
+            m.data_quality.labels(feature, kind).inc(n)
+        m.events_duplicate.inc(applied.update.duplicate_count)
+        m.events_late.inc(applied.update.late_count)
+        m.state_conflicts.inc(applied.conflicts)
+        m.state_resets.inc(len(applied.resets))
+        m.labels_joined.inc(len(joined))
+        for example in joined:
+            m.label_lag.observe(example.lag_s)
+
+
+def _finite(score: float, proba: dict[str, float] | None) -> bool:
+    if not math.isfinite(score):
+        return False
+    return proba is None or all(math.isfinite(p) for p in proba.values())
+
+
+def _non_finite(score: float, version: int) -> RejectedInput:
+    return RejectedInput(
+        f"model version {version} gave a non-finite score ({score}) for this event",
+        stage="score",
+        code="non_finite_score",
+    )
+
+
+def reject(settings: Settings, metrics: Metrics, msg: Incoming, exc: RejectedInput) -> Outgoing:
+    """The dead letter for a rejected input message, counted by topic, stage and code.
+
+    Dead letter and key are capped (``stream.messages.DLQ_MAX_*``) to fit any producer request.
+    """
+    metrics.events_rejected.labels(msg.topic, exc.stage, exc.code).inc()
+    value = dead_letter(
+        exc.reason, exc.stage, msg.topic, msg.partition, msg.offset, msg.key, msg.value or b"",
+        now_ms(),
+    )  # fmt: skip
+    return Outgoing(settings.topics.dlq, dead_letter_key(msg.key), value)
+
+
+def _feature_input(ev: ValidEvent) -> FeatureInput:
+    values = {
+        k: (None if k in ev.missing else float(v))
+        for k, v in ev.values.items()
+        if not isinstance(v, str)
+    }
+    return FeatureInput(ev.event_id, ev.entity_id, ev.ts_ms, values)
+
+
+class LabelProcessor:
+    """Joins label messages to the stored predictions; returns training examples.
+
+    A label whose prediction is not stored yet is parked until its event is scored; the
+    expiry sweep counts those that never joined (``labels_unmatched``).
+    """
+
+    def __init__(self, settings: Settings, redis: aioredis.Redis, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.predictions = PredictionStore(redis, settings.redis.prefix, settings.labels.horizon_s)
+        self.limits = Limits.from_settings(settings.worker)
+
+    async def process(
+        self, batch: Sequence[Incoming]
+    ) -> tuple[list[TrainingExample], list[Outgoing]]:
+        now = now_ms()
+        labels: list[Label] = []
+        rejects: list[Rejected] = []
+        for msg in batch:
+            try:
+                labels.append(validate_label(msg.value, self.limits, now))
+            except RejectedInput as exc:
+                rejects.append((msg, exc))
+        t0 = time.perf_counter()
+        pending = await self.predictions.take(labels, now)
+        self.metrics.redis_seconds.labels("label_join").observe(time.perf_counter() - t0)
+        joined = join_labels(labels, pending, now)
+        self.metrics.labels_joined.inc(len(joined.examples))
+        for ex in joined.examples:
+            self.metrics.label_lag.observe(ex.lag_s)
+        dlq = [reject(self.settings, self.metrics, msg, exc) for msg, exc in rejects]
+        return joined.examples, dlq

@@ -1,0 +1,1 @@
+"""Delayed labels: predictions waiting for their labels, and the join."""

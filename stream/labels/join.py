@@ -1,0 +1,112 @@
+"""Delayed labels: the prediction as scored waits under its event_id until its label arrives.
+
+Pure logic: what is stored for a prediction, how a label joins it, and the training
+example that results. The Redis side is in ``stream.labels.store``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from stream.messages import Label
+
+
+@dataclass(frozen=True)
+class PendingPrediction:
+    """What a label needs to become a training example: the features as scored."""
+
+    event_id: str
+    entity_id: str
+    ts_ms: int
+    x: dict[str, float | str]
+    model_version: int
+    prediction: int | float | str | None
+    score: float
+    processed_at_ms: int
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.__dict__)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> PendingPrediction:
+        return cls(**orjson.loads(raw))
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """(x, y) in label-arrival order, with what the monitors need to judge the model."""
+
+    event_id: str
+    x: dict[str, float | str]
+    y: Any
+    event_ts_ms: int
+    label_ts_ms: int
+    model_version: int
+    prediction: int | float | str | None
+    score: float
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.__dict__)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> TrainingExample:
+        return cls(**orjson.loads(raw))
+
+    @property
+    def lag_s(self) -> float:
+        """Label lag: label time minus event time, in seconds."""
+        return max(0.0, (self.label_ts_ms - self.event_ts_ms) / 1000.0)
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    """``unmatched``: the labels with no stored prediction *yet*. The store parked them
+    (``PredictionStore.take``); most join when their event is scored, and only those still
+    parked after the horizon are unmatched for good (``PredictionStore.sweep_expired``)."""
+
+    examples: list[TrainingExample]
+    unmatched: list[Label]
+
+
+def join_labels(
+    labels: Sequence[Label], pending: Mapping[str, PendingPrediction], now_ms: int
+) -> JoinResult:
+    """Join labels to the stored predictions; a label without one is unmatched for now.
+
+    A label without its own ``ts`` is taken to arrive at ``now_ms``. If the same event_id
+    is labelled twice in one batch only the first label joins (the prediction was taken).
+
+    >>> p = PendingPrediction("e1", "c1", 1000, {"a": 1.0}, 3, 0, 0.2, 1001)
+    >>> r = join_labels([Label(event_id="e1", label=1), Label(event_id="e9", label=0)],
+    ...                 {"e1": p}, now_ms=6000)
+    >>> [(e.event_id, e.y, e.lag_s) for e in r.examples], [u.event_id for u in r.unmatched]
+    ([('e1', 1, 5.0)], ['e9'])
+    """
+    examples: list[TrainingExample] = []
+    unmatched: list[Label] = []
+    used: set[str] = set()
+    for label in labels:
+        pred = pending.get(label.event_id)
+        if pred is None or label.event_id in used:
+            unmatched.append(label)
+            continue
+        used.add(label.event_id)
+        examples.append(example_from(pred, label.label, label.ts or now_ms))
+    return JoinResult(examples, unmatched)
+
+
+def example_from(pred: PendingPrediction, y: Any, label_ts_ms: int) -> TrainingExample:
+    return TrainingExample(
+        event_id=pred.event_id,
+        x=pred.x,
+        y=y,
+        event_ts_ms=pred.ts_ms,
+        label_ts_ms=label_ts_ms,
+        model_version=pred.model_version,
+        prediction=pred.prediction,
+        score=pred.score,
+    )

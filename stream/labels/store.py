@@ -1,0 +1,187 @@
+"""Predictions waiting for their labels, and labels waiting for their predictions, in Redis.
+
+``{prefix}:pred:{event_id}`` holds the features as scored, ``{prefix}:label:{event_id}`` a
+label that arrived before its event was scored (a label is not lost because it overtook its
+event); both expire after the label horizon. Two sorted sets let one sweep count, exactly
+once whichever worker sweeps, what never joined: ``{prefix}:pending`` (score = time scored)
+the predictions that expired unlabelled, ``{prefix}:parked`` (score = time parked) the
+labels whose prediction never came. A parked label is not unmatched yet: it usually joins a
+moment later, when its event is scored.
+
+Each side is one Lua script, run atomically by Redis: the scorer stores a prediction *or*
+claims the label already parked for it (and takes it off ``parked``); the label side takes
+the prediction *or* parks the label. Whatever the interleaving of the two agents, a label
+meets its prediction once. The sweep forgets a parked label with a script too: whichever of
+the claim and the sweep takes the label off ``parked`` first wins, so a label is either
+joined or counted unmatched, never both. Times come from the workers (``now_ms``), never
+from the Redis clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+
+from stream.labels.join import PendingPrediction
+from stream.messages import Label
+from stream.messages import now_ms as wall_clock_ms
+
+# KEYS = [pending, parked, (pred_key, label_key) * n]; ARGV = [ttl, (value, score, member) * n]
+# returns, per prediction, the parked label it claimed or false
+_STORE_OR_CLAIM = """
+local out = {}
+local n = (#KEYS - 2) / 2
+for i = 1, n do
+  local label = redis.call('GETDEL', KEYS[2 * i + 2])
+  if label then
+    redis.call('ZREM', KEYS[2], ARGV[3 * i + 1])
+    out[i] = label
+  else
+    redis.call('SET', KEYS[2 * i + 1], ARGV[3 * i - 1], 'EX', ARGV[1])
+    redis.call('ZADD', KEYS[1], ARGV[3 * i], ARGV[3 * i + 1])
+    out[i] = false
+  end
+end
+return out
+"""
+
+# KEYS = [pending, parked, (pred_key, label_key) * n]; ARGV = [ttl, now_ms, (label, member) * n]
+# returns, per label, the stored prediction it took or false (then the label is parked)
+_TAKE_OR_PARK = """
+local out = {}
+local n = (#KEYS - 2) / 2
+for i = 1, n do
+  local pred = redis.call('GETDEL', KEYS[2 * i + 1])
+  if pred then
+    redis.call('ZREM', KEYS[1], ARGV[2 * i + 2])
+    out[i] = pred
+  else
+    redis.call('SET', KEYS[2 * i + 2], ARGV[2 * i + 1], 'EX', ARGV[1])
+    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2 * i + 2])
+    out[i] = false
+  end
+end
+return out
+"""
+
+# KEYS = [parked, label_key * n]; ARGV = [member * n]
+# returns how many of the labels it forgot were still parked (a claim may have won)
+_FORGET_PARKED = """
+local forgotten = 0
+for i = 1, #ARGV do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    redis.call('DEL', KEYS[i + 1])
+    forgotten = forgotten + 1
+  end
+end
+return forgotten
+"""
+
+#: Parked labels forgotten per script call, so that one call never blocks Redis for long.
+SWEEP_CHUNK = 1_000
+
+
+class PredictionStore:
+    def __init__(self, redis: aioredis.Redis, prefix: str, horizon_s: float) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.horizon_s = horizon_s
+        self._store = redis.register_script(_STORE_OR_CLAIM)
+        self._take = redis.register_script(_TAKE_OR_PARK)
+        self._forget = redis.register_script(_FORGET_PARKED)
+
+    def key(self, event_id: str) -> str:
+        return f"{self.prefix}:pred:{event_id}"
+
+    def label_key(self, event_id: str) -> str:
+        return f"{self.prefix}:label:{event_id}"
+
+    @property
+    def pending_key(self) -> str:
+        return f"{self.prefix}:pending"
+
+    @property
+    def parked_key(self) -> str:
+        return f"{self.prefix}:parked"
+
+    @property
+    def ttl(self) -> int:
+        return max(1, math.ceil(self.horizon_s))
+
+    async def stage(self, pipe: Pipeline, preds: Sequence[PendingPrediction]) -> bool:
+        """Queue the store-or-claim of ``preds`` on ``pipe``; False if there is nothing."""
+        if not preds:
+            return False
+        keys = [self.pending_key, self.parked_key]
+        args: list[bytes | str | int | float] = [self.ttl]
+        for p in preds:
+            keys += (self.key(p.event_id), self.label_key(p.event_id))
+            args += (p.encode(), p.processed_at_ms, p.event_id)
+        await self._store(keys=keys, args=args, client=pipe)  # queued, not yet sent
+        return True
+
+    @staticmethod
+    def claimed(
+        reply: Sequence[bytes | None], preds: Sequence[PendingPrediction]
+    ) -> list[tuple[PendingPrediction, Label]]:
+        """The predictions whose label was already waiting, with that label."""
+        return [
+            (p, Label.model_validate_json(raw))
+            for p, raw in zip(preds, reply, strict=True)
+            if raw  # Lua false arrives as None
+        ]
+
+    async def take(
+        self, labels: Sequence[Label], now_ms: int | None = None
+    ) -> dict[str, PendingPrediction]:
+        """Take the stored predictions of ``labels``; park the labels that have none yet.
+
+        A parked label is marked with ``now_ms`` (None: the wall clock now) in
+        ``{prefix}:parked``; ``sweep_expired`` counts it unmatched if it is still parked
+        after the horizon.
+        """
+        if not labels:
+            return {}
+        keys = [self.pending_key, self.parked_key]
+        parked_at = wall_clock_ms() if now_ms is None else now_ms
+        args: list[bytes | str | int | float] = [self.ttl, parked_at]
+        for label in labels:
+            keys += (self.key(label.event_id), self.label_key(label.event_id))
+            args += (label.model_dump_json().encode(), label.event_id)
+        reply = await self._take(keys=keys, args=args)
+        return {
+            label.event_id: PendingPrediction.decode(raw)
+            for label, raw in zip(labels, reply, strict=True)
+            if raw
+        }
+
+    async def sweep_expired(self, now_ms: int) -> tuple[int, int]:
+        """Forget what waited longer than the horizon.
+
+        Returns
+        -------
+        tuple of int
+            ``(expired_predictions, unmatched_labels)``: predictions whose label never
+            came, and parked labels whose prediction never came. Each is counted by
+            exactly one sweep, whichever worker runs it.
+        """
+        cutoff = now_ms - int(self.horizon_s * 1000)
+        expired: int = await self.redis.zremrangebyscore(self.pending_key, "-inf", cutoff)
+        return expired, await self._sweep_parked(cutoff)
+
+    async def _sweep_parked(self, cutoff: int) -> int:
+        unmatched = 0
+        while True:
+            members = await self.redis.zrangebyscore(
+                self.parked_key, "-inf", cutoff, start=0, num=SWEEP_CHUNK
+            )
+            if not members:
+                return unmatched
+            event_ids = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+            keys = [self.parked_key, *(self.label_key(e) for e in event_ids)]
+            unmatched += int(await self._forget(keys=keys, args=event_ids))
+            if len(members) < SWEEP_CHUNK:
+                return unmatched

@@ -1,0 +1,1 @@
+"""The online model: River pipelines, the trainer, signed snapshots, the served version."""

@@ -1,0 +1,537 @@
+"""Signed, versioned snapshots of an :class:`~stream.model.online.OnlineModel` in Redis.
+
+One trainer per model learns and publishes numbered versions; every scorer serves the
+*current* version through a :class:`ModelHolder` that polls one Redis key. Each version is
+a signed record (:mod:`stream.model.snapshot_format`), verified before anything in it is used and
+unpickled only after its signature checks out.
+
+Keys, for ``{p}`` = the Redis prefix and ``{n}`` = the model name::
+
+    {p}:model:{n}:seq          INCR counter: the last version number handed out
+    {p}:model:{n}:v:{version}  hash: meta (JSON), model (pickle), sig (hex HMAC)
+    {p}:model:{n}:versions     sorted set of the stored version numbers
+    {p}:model:{n}:current      the version scorers serve
+    {p}:model:{n}:pinned       set by promote/rollback: publish no longer moves ``current``
+    {p}:model:{n}:checkpoint   hash like a version: the trainer's state, not published
+
+A promoted or rolled-back version stays current while the trainer keeps publishing (else a
+rollback would be undone within ``publish_interval``); ``promote()`` without a version makes
+the latest current again and lets publications move ``current`` once more. The trainer's
+own learning state is its checkpoint, which promotion and rollback do not touch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import orjson
+from redis.asyncio import Redis
+
+from stream.exceptions import (
+    ConfigError,
+    DriftwatchError,
+    SnapshotIntegrityError,
+    SnapshotNotFoundError,
+)
+from stream.messages import now_ms
+from stream.model.online import OnlineModel
+from stream.model.snapshot_format import (
+    NO_KEY,
+    SnapshotInfo,
+    decode_record,
+    encode_record,
+    read_info,
+    unverified_info,
+)
+from stream.monitoring.alerts import model_health_alert
+from stream.service.config import Settings
+
+log = logging.getLogger(__name__)
+
+# --- Redis I/O ---------------------------------------------------------------------------
+
+# Store, index, move `current` unless pinned or newer, then prune all but the newest
+# `keep` versions and the current one, atomically.
+_PUBLISH = """
+redis.call('HSET', KEYS[1], 'meta', ARGV[2], 'model', ARGV[3], 'sig', ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[1])
+local current = redis.call('GET', KEYS[3])
+local newer = not current or tonumber(current) < tonumber(ARGV[1])
+if newer and redis.call('EXISTS', KEYS[4]) == 0 then
+  redis.call('SET', KEYS[3], ARGV[1])
+  current = ARGV[1]
+end
+for _, v in ipairs(redis.call('ZRANGE', KEYS[2], 0, -(tonumber(ARGV[5]) + 1))) do
+  if v ~= current then
+    redis.call('DEL', ARGV[6] .. v)
+    redis.call('ZREM', KEYS[2], v)
+  end
+end
+return current
+"""
+# Make a stored version current; ARGV[2] == 'pin' holds it there, anything else unpins.
+_PROMOTE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+if ARGV[2] == 'pin' then redis.call('SET', KEYS[3], ARGV[1]) else redis.call('DEL', KEYS[3]) end
+return 1
+"""
+
+
+class SnapshotStore:
+    """Versioned, signed snapshots of one model in Redis.
+
+    Parameters
+    ----------
+    redis
+        A ``redis.asyncio.Redis`` client returning bytes (``decode_responses=False``).
+    prefix
+        The configured Redis key prefix.
+    model_name
+        The configured model name.
+    key
+        The HMAC key; empty means none is configured, and every load and publish is refused.
+    keep_versions
+        How many of the newest versions to keep (the current one is always kept as well).
+
+    Examples
+    --------
+    >>> import redis.asyncio
+    >>> store = SnapshotStore(redis.asyncio.Redis(), "dw", "fraud", b"secret")
+    >>> store.current_key
+    'dw:model:fraud:current'
+    """
+
+    def __init__(
+        self, redis: Redis, prefix: str, model_name: str, key: bytes, *, keep_versions: int = 20
+    ) -> None:
+        if redis.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("SnapshotStore needs a Redis client with decode_responses=False")
+        if keep_versions < 1:
+            raise ValueError(f"keep_versions must be at least 1, got {keep_versions}")
+        self.redis = redis
+        self.prefix = prefix
+        self.model_name = model_name
+        self.key = key
+        self.keep_versions = keep_versions
+        self._reset()
+
+    def _reset(self) -> None:
+        base = f"{self.prefix}:model:{self.model_name}"
+        self.seq_key = f"{base}:seq"
+        self.version_key_prefix = f"{base}:v:"
+        self.index_key = f"{base}:versions"
+        self.current_key = f"{base}:current"
+        self.pinned_key = f"{base}:pinned"
+        self.checkpoint_key = f"{base}:checkpoint"
+        self._publish = self.redis.register_script(_PUBLISH)
+        self._promote = self.redis.register_script(_PROMOTE)
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> SnapshotStore:
+        """The store for the configured model, prefix, key and ``keep_versions``.
+
+        Examples
+        --------
+        >>> import redis.asyncio
+        >>> from stream.service.config import Settings
+        >>> s = Settings(model={"name": "fraud"}, snapshot_key="secret")
+        >>> SnapshotStore.from_settings(redis.asyncio.Redis(), s).version_key(3)
+        'dw:model:fraud:v:3'
+        """
+        secret = settings.snapshot_key.get_secret_value() if settings.snapshot_key else ""
+        return cls(
+            redis,
+            settings.redis.prefix,
+            settings.model.name,
+            secret.encode(),
+            keep_versions=settings.model.keep_versions,
+        )
+
+    def version_key(self, version: int) -> str:
+        """The Redis key of one version's record (see the module docstring for all keys).
+
+        >>> import redis.asyncio
+        >>> SnapshotStore(redis.asyncio.Redis(), "dw", "m", b"k").version_key(7)
+        'dw:model:m:v:7'
+        """
+        return f"{self.version_key_prefix}{version}"
+
+    async def publish(self, model: OnlineModel, meta: Mapping[str, Any] | None = None) -> int:
+        """Store ``model`` as a new version (the highest so far plus one) and return it.
+
+        The new version becomes current unless an operator pinned one (promote/rollback);
+        versions beyond the newest ``keep_versions`` are deleted, never the current one.
+        ``model`` itself is not changed; the stored copy carries the new version number.
+
+        Examples
+        --------
+        >>> version = await store.publish(model, {"offset": 812})  # doctest: +SKIP
+        """
+        if not self.key:
+            raise SnapshotIntegrityError(f"cannot publish model {self.model_name!r}: {NO_KEY}")
+        version = int(await self.redis.incr(self.seq_key))
+        record = encode_record(
+            model, meta, self.key, kind="version", version=version, created_at=now_ms()
+        )
+        keys = [self.version_key(version), self.index_key, self.current_key, self.pinned_key]
+        fields = [record["meta"], record["model"], record["sig"]]
+        await self._publish(
+            keys=keys, args=[version, *fields, self.keep_versions, self.version_key_prefix]
+        )
+        return version
+
+    async def current_version(self) -> int | None:
+        """The version scorers should serve (one GET), or None before the first publish.
+
+        >>> await store.current_version()  # doctest: +SKIP
+        7
+        """
+        return _int_or_none(await self.redis.get(self.current_key))
+
+    async def pinned_version(self) -> int | None:
+        """The version an operator pinned with promote/rollback, or None if following.
+
+        >>> await store.pinned_version()  # doctest: +SKIP
+        """
+        return _int_or_none(await self.redis.get(self.pinned_key))
+
+    async def load_newest_valid(
+        self, exclude: Collection[int] = ()
+    ) -> tuple[OnlineModel, SnapshotInfo] | None:
+        """The newest stored version that verifies (skipping ``exclude``), or None.
+
+        For a scorer whose current version was refused and a trainer whose checkpoint was:
+        never fall back to an untrained model while a valid trained one exists.
+
+        >>> model, info = await store.load_newest_valid(exclude={7})  # doctest: +SKIP
+        """
+        for version in reversed(await self._stored(0, -1)):
+            if version in exclude:
+                continue
+            fields = await self._hash(self.version_key(version))
+            try:
+                return decode_record(
+                    fields, self.key, name=self.model_name, kind="version", version=version
+                )
+            except SnapshotIntegrityError as exc:
+                log.error("model %s: skipping version %d: %s", self.model_name, version, exc)
+        return None
+
+    async def load(self, version: int | None = None) -> OnlineModel:
+        """Verify and load a version (the current one by default).
+
+        Raises
+        ------
+        SnapshotNotFoundError
+            Nothing is published yet, or that version is not stored.
+        SnapshotIntegrityError
+            The record fails its check; it was not unpickled.
+
+        Examples
+        --------
+        >>> model = await store.load()  # doctest: +SKIP
+        """
+        version, fields = await self._fields(version)
+        model, _ = decode_record(
+            fields, self.key, name=self.model_name, kind="version", version=version
+        )
+        return model
+
+    async def _fields(self, version: int | None) -> tuple[int, Mapping[bytes, bytes]]:
+        if version is None:
+            version = await self.current_version()
+            if version is None:
+                raise SnapshotNotFoundError(f"model {self.model_name!r} has no published version")
+        fields = await self._hash(self.version_key(version))
+        if not fields:
+            raise SnapshotNotFoundError(
+                f"version {version} of model {self.model_name!r} does not exist "
+                f"(key {self.version_key(version)})"
+            )
+        return version, fields
+
+    async def versions(self) -> list[SnapshotInfo]:
+        """Every stored version, oldest first, with ``valid`` telling whether it verifies.
+
+        The records are checked but never unpickled.
+
+        >>> [(i.version, i.valid) for i in await store.versions()]  # doctest: +SKIP
+        [(6, True), (7, True)]
+        """
+        numbers = await self._stored(0, -1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for version in numbers:
+                pipe.hgetall(self.version_key(version))
+            records = await pipe.execute()
+        return [self._listed(f, v) for f, v in zip(records, numbers, strict=True) if f]
+
+    async def _stored(self, start: int, end: int) -> list[int]:
+        raw = cast(list[bytes], await self.redis.zrange(self.index_key, start, end))
+        return [int(v) for v in raw]
+
+    async def _hash(self, key: str) -> dict[bytes, bytes]:
+        return cast(dict[bytes, bytes], await self.redis.hgetall(key))
+
+    def _listed(self, fields: Mapping[bytes, bytes], version: int) -> SnapshotInfo:
+        try:
+            return read_info(
+                fields, self.key, name=self.model_name, kind="version", version=version
+            )
+        except SnapshotIntegrityError:
+            return unverified_info(fields, version)
+
+    async def promote(self, version: int | None = None) -> int:
+        """Make ``version`` current and pin it; without a version, follow the latest again.
+
+        The version must exist and verify. Returns the version now current.
+
+        >>> await store.promote(5)  # doctest: +SKIP
+        5
+        """
+        pin = version is not None
+        if version is None:
+            latest = await self._stored(-1, -1)
+            if not latest:
+                raise SnapshotNotFoundError(f"model {self.model_name!r} has no published version")
+            version = latest[0]
+        version, fields = await self._fields(version)
+        read_info(fields, self.key, name=self.model_name, kind="version", version=version)
+        moved = await self._promote(
+            keys=[self.version_key(version), self.current_key, self.pinned_key],
+            args=[version, "pin" if pin else "follow"],
+        )
+        if not moved:  # pruned between the check and the switch
+            raise SnapshotNotFoundError(f"version {version} of {self.model_name!r} was deleted")
+        return version
+
+    async def rollback(self) -> int:
+        """Make the newest version older than the current one current (pinned); return it.
+
+        >>> await store.rollback()  # doctest: +SKIP
+        6
+        """
+        current = await self.current_version()
+        if current is None:
+            raise SnapshotNotFoundError(f"model {self.model_name!r} has no published version")
+        older = cast(
+            list[bytes],
+            await self.redis.zrevrangebyscore(self.index_key, f"({current}", "-inf", 0, 1),
+        )
+        if not older:
+            raise SnapshotNotFoundError(
+                f"model {self.model_name!r} has no stored version older than {current}"
+            )
+        return await self.promote(int(older[0]))
+
+    async def save_checkpoint(self, model: OnlineModel, meta: Mapping[str, Any] | None) -> None:
+        """Overwrite the trainer's signed checkpoint (one HSET, so it is replaced atomically).
+
+        >>> await store.save_checkpoint(model, {"offset": 812})  # doctest: +SKIP
+        """
+        record = encode_record(
+            model, meta, self.key, kind="checkpoint", version=model.version, created_at=now_ms()
+        )
+        await self.redis.hset(self.checkpoint_key, mapping=record)  # type: ignore[arg-type]
+
+    async def load_checkpoint(self) -> tuple[OnlineModel, SnapshotInfo] | None:
+        """The trainer's checkpoint and its metadata, or None if there is none yet.
+
+        >>> model, info = await store.load_checkpoint()  # doctest: +SKIP
+        >>> info.meta["offset"]  # doctest: +SKIP
+        812
+        """
+        fields = await self._hash(self.checkpoint_key)
+        if not fields:
+            return None
+        return decode_record(
+            fields, self.key, name=self.model_name, kind="checkpoint", version=None
+        )
+
+
+def _int_or_none(raw: bytes | str | None) -> int | None:
+    return None if raw is None else int(raw)
+
+
+class ModelHolder:
+    """The model a scorer serves: the current published version, refreshed by polling.
+
+    Parameters
+    ----------
+    store
+        Where the versions are.
+    initial
+        What to serve before anything is published: a fresh model from the configuration,
+        identical on every worker. Loaded versions must have its task and pipeline.
+
+    Examples
+    --------
+    >>> fresh = create_model(settings.model, settings.features)  # doctest: +SKIP
+    >>> holder = ModelHolder(store, fresh)  # doctest: +SKIP
+    >>> await holder.refresh()  # doctest: +SKIP
+    True
+    >>> holder.model.version  # doctest: +SKIP
+    7
+    """
+
+    def __init__(self, store: SnapshotStore, initial: OnlineModel) -> None:
+        self.store = store
+        self.initial = initial
+        self._reset()
+
+    def _reset(self) -> None:
+        self._model = self.initial
+        self._refused: int | None = None
+        self._refused_since: int | None = None  # wall clock of the open model_health episode
+        self._alerts: list[dict[str, Any]] = []
+        self._first_refresh = False
+
+    @property
+    def model(self) -> OnlineModel:
+        """The model to score with now."""
+        return self._model
+
+    def take_alerts(self) -> list[dict[str, Any]]:
+        """The ``model_health`` alerts raised since the last call (refusals, recoveries)."""
+        alerts, self._alerts = self._alerts, []
+        return alerts
+
+    async def ready(self) -> None:
+        """Refresh once before the first batch is scored: serve the published version from
+        the start, not the untrained initial model until the first poll."""
+        if not self._first_refresh:
+            await self.refresh()
+            self._first_refresh = True
+
+    async def refresh(self) -> bool:
+        """Load the current version if it is not the one held; True if the model changed.
+
+        A current version that is refused (integrity or configuration mismatch) is not
+        loaded again until ``current`` moves on; the holder serves the newest stored version
+        that verifies instead (never the untrained initial model while a trained one is
+        valid) and raises a ``model_health`` alert, resolved when a current version loads.
+
+        >>> changed = await holder.refresh()  # doctest: +SKIP
+        """
+        version = await self.store.current_version()
+        if version is None or version in (self._model.version, self._refused):
+            return False
+        try:
+            model = await self.store.load(version)
+            self._check_fits(model)
+        except (SnapshotIntegrityError, ConfigError) as exc:
+            return await self._refuse(version, exc)
+        self._model = model
+        self._recovered()
+        return True
+
+    async def _refuse(self, version: int, exc: DriftwatchError) -> bool:
+        self._refused = version
+        fallback = await self._newest_fitting(exclude={version})
+        changed = fallback is not None and fallback.version != self._model.version
+        if changed and fallback is not None:
+            self._model = fallback
+        serving = f"serving version {self._model.version} instead"
+        log.error("model %s: refused current version %d: %s; %s",
+                  self.initial.name, version, exc, serving)  # fmt: skip
+        now = now_ms()
+        self._refused_since = self._refused_since or now
+        self._alerts.append(
+            model_health_alert(
+                "firing", self.initial.name, "signature", version=version, ts=now,
+                message=f"model {self.initial.name!r}: current version {version} refused "
+                f"({exc}); {serving}",
+            )
+        )  # fmt: skip
+        return changed
+
+    async def _newest_fitting(self, exclude: set[int]) -> OnlineModel | None:
+        while True:
+            found = await self.store.load_newest_valid(exclude)
+            if found is None:
+                return None
+            try:
+                self._check_fits(found[0])
+            except ConfigError:
+                exclude.add(found[0].version)
+                continue
+            return found[0]
+
+    def _recovered(self) -> None:
+        if self._refused_since is None:
+            return
+        self._alerts.append(
+            model_health_alert(
+                "resolved", self.initial.name, "signature", version=self._model.version,
+                ts=now_ms(), episode_start_ts=self._refused_since,
+                message=f"model {self.initial.name!r}: serving current version "
+                f"{self._model.version} again",
+            )
+        )  # fmt: skip
+        self._refused_since = None
+
+    def _check_fits(self, model: OnlineModel) -> None:
+        want = (self.initial.name, self.initial.task, self.initial.pipeline)
+        got = (model.name, model.task, model.pipeline)
+        if got != want:
+            raise ConfigError(
+                f"snapshot version {model.version} is name/task/pipeline {got} but the "
+                f"configuration says {want}: refusing to serve it"
+            )
+
+
+# --- CLI hooks ---------------------------------------------------------------------------
+
+
+async def list_versions(store: SnapshotStore) -> list[str]:
+    """Printable rows, header first, one per stored version; ``*`` marks the current one.
+
+    >>> print("\\n".join(await list_versions(store)))  # doctest: +SKIP
+      VERSION  CREATED (UTC)        LEARNED  PIPELINE                    CHECK  META
+    *       7  2025-11-22 08:13:20     3500  binary/logistic_regression  ok     {"offset":812}
+    """
+    infos = await store.versions()
+    current, pinned = await store.current_version(), await store.pinned_version()
+    rows = [
+        f"  {'VERSION':>7}  {'CREATED (UTC)':<19}  {'LEARNED':>7}  {'PIPELINE':<26}  CHECK  META"
+    ]
+    rows += [_row(info, info.version == current) for info in infos]
+    if pinned is not None:
+        rows.append(f"(version {pinned} is pinned: `promote` without a version follows the latest)")
+    return rows
+
+
+def _row(info: SnapshotInfo, current: bool) -> str:
+    created = datetime.fromtimestamp(info.created_at / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    meta = orjson.dumps(dict(info.meta), option=orjson.OPT_SORT_KEYS).decode()
+    check = "ok" if info.valid else "BAD"
+    pipeline = f"{info.task}/{info.pipeline}"
+    mark = "*" if current else " "
+    learned = f"{info.n_learned:>7}"
+    return f"{mark} {info.version:>7}  {created}  {learned}  {pipeline:<26}  {check:<5}  {meta}"
+
+
+async def promote(store: SnapshotStore, version: int | None = None) -> str:
+    """Promote a version (pinned), or follow the latest again; a line saying what happened.
+
+    >>> await promote(store, 5)  # doctest: +SKIP
+    "model 'fraud': version 5 is current and pinned (was 7)"
+    """
+    before = await store.current_version()
+    now = await store.promote(version)
+    how = "current and pinned" if version is not None else "current; following new versions"
+    return f"model {store.model_name!r}: version {now} is {how} (was {before})"
+
+
+async def rollback(store: SnapshotStore) -> str:
+    """Roll back to the previous version (pinned); a line saying what happened.
+
+    >>> await rollback(store)  # doctest: +SKIP
+    "model 'fraud': rolled back from version 7 to 6 (pinned)"
+    """
+    before = await store.current_version()
+    now = await store.rollback()
+    return f"model {store.model_name!r}: rolled back from version {before} to {now} (pinned)"

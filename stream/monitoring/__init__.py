@@ -1,0 +1,1 @@
+"""Drift, data quality and live performance: subjects, monitors, alerts."""

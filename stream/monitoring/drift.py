@@ -1,0 +1,399 @@
+"""Drift on one subject (a feature or the predictions): :class:`SubjectMonitor`.
+
+Pure decision logic, no I/O.  A monitor consumes its subject's values in batches
+(:class:`stream.monitoring.subjects.SubjectBatch`); what the subjects are, their warm-up and how the
+batches reach the one worker that monitors each subject: :mod:`stream.monitoring.subjects`.
+
+Lifecycle of a subject
+----------------------
+1. *Warming up*: values are dropped until their event time reaches the first event time seen
+   plus ``warmup_ms`` (the subject's warm-up:
+   :func:`stream.monitoring.subjects.monitored_subjects`).
+2. *Collecting the reference*: the next ``reference_size`` values (and their event-time range).
+3. *Fitted*: one detector per configured method compares the sliding window against the
+   reference every ``check_every`` values.  A detector's episode start gives one ``firing``
+   alert and its end one ``resolved`` alert (hysteresis and patience: :mod:`detectors.base`).
+
+The reference is kept for the monitor's lifetime; pinning another one (a refit, a new model
+deployment) is :meth:`SubjectMonitor.reset_reference`.
+
+False alarms
+------------
+``MonitoringSettings.ert`` is the *family-wise* expected number of values between false alarms
+over the whole deployment.  With ``k`` (subject, detector) pairs (``family_size``), each
+detector is calibrated to ``ert * k``: a Bonferroni split, valid whatever the dependence
+between subjects, as in :class:`detectors.Monitor`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter, deque
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from detectors import (
+    Chi2Detector,
+    Detector,
+    DetectorResult,
+    KSDetector,
+    PSIDetector,
+    WassersteinDetector,
+)
+from stream.exceptions import ConfigError
+from stream.monitoring.alerts import EMPTY_SPAN, AlertKind, AlertStatus, Span, fmt, make_alert
+from stream.monitoring.subjects import SubjectBatch, SubjectKind
+from stream.service.config import MonitoringSettings
+
+QUANTILES = (5, 25, 50, 75, 95)
+MAX_SHARES = 10  # categories listed in the evidence: enough to see the change, bounded size
+
+_DETECTORS: dict[SubjectKind, dict[str, type[Detector]]] = {
+    "numeric": {"ks": KSDetector, "psi": PSIDetector, "wasserstein": WassersteinDetector},
+    "categorical": {"chi2": Chi2Detector},
+}
+_LABELS = {"ks": "KS", "psi": "PSI", "wasserstein": "Wasserstein", "chi2": "chi2"}
+
+
+class SubjectMonitor:
+    """Drift detectors for one subject, from warm-up to episodes (see the module docstring).
+
+    Parameters
+    ----------
+    subject
+        Feature name, ``prediction.score`` or ``prediction.class``.
+    kind
+        ``"numeric"`` (KS, PSI, Wasserstein) or ``"categorical"`` (chi-square).
+    detectors
+        Methods to run, e.g. ``settings.numeric_detectors``; each must fit ``kind``.
+    settings
+        ``reference_size``, ``window``, ``check_every`` and the family-wise ``ert``.
+    family_size
+        Number of (subject, detector) pairs in the deployment; each detector gets
+        ``ert * family_size`` (Bonferroni).
+    model
+        Model name for the alerts.
+    warmup_ms
+        Event time to drop after the first value seen.
+
+    Notes
+    -----
+    ``update`` is cheap per value (a deque append and the detectors' incremental statistics)
+    except for the call that completes the reference: it calibrates every detector, which
+    takes ~0.1-2.5 s each at the default sizes.  Run it off the event loop.  The monitor
+    pickles (detectors included) so it can be checkpointed and restored mid-stream.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> settings = MonitoringSettings(reference_size=200, window=100, ert=1000)
+    >>> mon = SubjectMonitor("amount", "numeric", ("ks",), settings, family_size=1, model="m")
+    >>> def batch(values, start):
+    ...     ts = list(range(start, start + len(values)))
+    ...     return SubjectBatch("amount", "numeric", [float(v) for v in values], ts, 1)
+    >>> mon.update(batch(rng.normal(size=300), 0))
+    []
+    >>> alerts = mon.update(batch(rng.normal(3, 1, 300), 300))
+    >>> [(a["status"], a["detector"], a["ts"]) for a in alerts]
+    [('firing', 'ks', 319)]
+    """
+
+    def __init__(
+        self,
+        subject: str,
+        kind: SubjectKind,
+        detectors: tuple[str, ...],
+        settings: MonitoringSettings,
+        family_size: int,
+        model: str,
+        warmup_ms: int = 0,
+    ) -> None:
+        self.subject = subject
+        self.kind = kind
+        self.detectors = detectors
+        self.settings = settings
+        self.family_size = family_size
+        self.model = model
+        self.warmup_ms = warmup_ms
+        self._validate()
+        self._reset()
+
+    def _validate(self) -> None:
+        known = _DETECTORS.get(self.kind)
+        if known is None:
+            raise ConfigError(f"kind of {self.subject!r}: expected numeric or categorical, "
+                              f"got {self.kind!r}")  # fmt: skip
+        wrong = [d for d in self.detectors if d not in known]
+        if wrong or not self.detectors:
+            raise ConfigError(
+                f"detectors of {self.kind} subject {self.subject!r}: expected some of "
+                f"{sorted(known)}, got {list(self.detectors)}"
+            )
+        if self.family_size < 1:
+            raise ConfigError(f"family_size: expected >= 1, got {self.family_size}")
+
+    def _reset(self) -> None:
+        self._first_ts: int | None = None
+        self._warmed = False
+        self._ref_values: list[Any] = []
+        self._ref_ts: list[int] = []
+        self._reference: Span = EMPTY_SPAN
+        self._ref_summary: dict[str, Any] = {}
+        self._fitted: dict[str, Detector] = {}
+        self._last: dict[str, tuple[float | None, float, bool]] = {}
+        self._episodes: dict[str, int] = {}  # detector -> event time its episode started
+        self._values: deque[Any] = deque(maxlen=self.settings.window)
+        self._ts: deque[int] = deque(maxlen=self.settings.window)
+        self._n_seen = 0
+        self._model_version: int | None = None
+        self.dropped = 0  # values dropped during the warm-up
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def phase(self) -> Literal["warming_up", "collecting", "fitted"]:
+        if self._fitted:
+            return "fitted"
+        return "collecting" if self._warmed else "warming_up"
+
+    @property
+    def reference(self) -> Span:
+        """Size and event-time range of the reference (``n == 0`` before it is fitted)."""
+        return self._reference
+
+    def update(self, batch: SubjectBatch) -> list[dict[str, Any]]:
+        """Consume one batch (values oldest first); return the alerts it raised.
+
+        May take seconds when this batch completes the reference (calibration).
+        """
+        self._model_version = batch.model_version
+        values, ts = batch.values, batch.ts
+        start = self._skip_warmup(ts)
+        if not self._fitted:
+            start = self._collect(values, ts, start)
+        if not self._fitted or start >= len(values):
+            return []
+        return self._consume(values, ts, start)
+
+    def statistics(self) -> dict[str, tuple[float | None, float, bool]]:
+        """Detector -> (latest statistic or ``None`` before a check, threshold, episode on)."""
+        return dict(self._last)
+
+    def reset_reference(self, values: Sequence[Any], ts: Sequence[int]) -> list[dict[str, Any]]:
+        """Pin ``values`` (with their event times) as the reference and refit the detectors.
+
+        The window empties; an open episode is closed with a ``resolved`` alert (returned),
+        since it was judged against the old reference.  Takes seconds (calibration).
+        """
+        closing = [self._close(name) for name in list(self._episodes)]
+        keep_version = self._model_version
+        self._reset()
+        self._model_version = keep_version
+        self._first_ts = min(ts) if len(ts) else None
+        self._warmed = True
+        self._fit(list(values), list(ts))
+        return closing
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _skip_warmup(self, ts: Sequence[int]) -> int:
+        if self._warmed or not ts:
+            return 0
+        if self._first_ts is None:
+            self._first_ts = ts[0]
+        for index, t in enumerate(ts):
+            if t >= self._first_ts + self.warmup_ms:
+                self._warmed = True
+                self.dropped += index
+                return index
+        self.dropped += len(ts)
+        return len(ts)
+
+    def _collect(self, values: Sequence[Any], ts: Sequence[int], start: int) -> int:
+        stop = min(len(values), start + self.settings.reference_size - len(self._ref_values))
+        self._ref_values.extend(values[start:stop])
+        self._ref_ts.extend(ts[start:stop])
+        if len(self._ref_values) >= self.settings.reference_size:
+            self._fit(self._ref_values, self._ref_ts)
+        return stop
+
+    def _fit(self, values: list[Any], ts: list[int]) -> None:
+        self._reference = Span(len(values), min(ts), max(ts))
+        self._ref_summary = self._summary(values)
+        self._fitted = {name: self._detector(name).fit(values) for name in self.detectors}
+        self._last = {
+            name: (None, float(det.thresholds[det.window]), False)
+            for name, det in self._fitted.items()
+        }
+        self._ref_values, self._ref_ts = [], []  # the detectors keep what they need
+
+    def _detector(self, name: str) -> Detector:
+        m = self.settings
+        # a stable seed (not hash(): it is salted per process) so every worker that rebuilds
+        # this monitor calibrates the same thresholds
+        seed = zlib.crc32(f"{self.subject}:{name}".encode())
+        return _DETECTORS[self.kind][name](
+            window=m.window,
+            check_every=m.check_every,
+            ert=m.ert * self.family_size,
+            random_state=seed,
+            # hysteresis: a drift that hovers near the threshold stays one episode
+            release=m.release,
+            patience=m.patience_checks,
+        )
+
+    # -- detection ----------------------------------------------------------------------------
+
+    def _consume(
+        self, values: Sequence[Any], ts: Sequence[int], start: int
+    ) -> list[dict[str, Any]]:
+        """Feed the detectors chunk by chunk up to each check, so an episode's start is known
+        to the value, whatever the batching: replays give the same alert times and ids."""
+        every = self.settings.check_every
+        # numeric: one array per batch and views of it per chunk; categorical: list slices
+        array: Any = (
+            np.asarray(values[start:], np.float64) if self.kind == "numeric" else values[start:]
+        )
+        alerts: list[dict[str, Any]] = []
+        position, total = start, len(values)
+        while position < total:
+            stop = min(total, position + every - self._n_seen % every)
+            self._values.extend(values[position:stop])
+            self._ts.extend(ts[position:stop])
+            self._n_seen += stop - position
+            chunk = array[position - start : stop - start]  # a view, not a copy
+            for name, det in self._fitted.items():
+                alerts.extend(self._judge(name, det.update(chunk)))
+            position = stop
+        return alerts
+
+    def _judge(self, name: str, result: DetectorResult) -> list[dict[str, Any]]:
+        self._last[name] = (result.statistic, result.threshold, result.drift)
+        if result.started:
+            self._episodes[name] = self._ts[-1]
+            return [self._alert(name, "firing", result)]
+        if result.ended and name in self._episodes:
+            return [self._alert(name, "resolved", result)]
+        return []
+
+    def _close(self, name: str) -> dict[str, Any]:
+        stat, threshold, _ = self._last[name]
+        alert = self._build(name, "resolved", stat, None, threshold, len(self._values))
+        alert["message"] += " (reference replaced)"
+        return alert
+
+    def _alert(self, name: str, status: AlertStatus, result: DetectorResult) -> dict[str, Any]:
+        n = min(result.window or len(self._values), len(self._values))
+        return self._build(name, status, result.statistic, result.p_value, result.threshold, n)
+
+    def _build(
+        self,
+        name: str,
+        status: AlertStatus,
+        statistic: float | None,
+        p_value: float | None,
+        threshold: float,
+        n: int,
+    ) -> dict[str, Any]:
+        start = self._episodes[name] if status == "firing" else self._episodes.pop(name)
+        recent = list(self._values)[len(self._values) - n :]
+        # values arrive in processing order, interleaved across partitions: the window's
+        # event-time range is its min and max, not its first and last value
+        recent_ts = list(self._ts)[len(self._ts) - n :]
+        window = Span(n, min(recent_ts) if n else None, max(recent_ts) if n else None)
+        summary = self._summary(recent)
+        return make_alert(
+            self._alert_kind(),
+            status,
+            self.subject,
+            name,
+            statistic=statistic,
+            p_value=p_value,
+            threshold=threshold,
+            reference=self._reference,
+            window=window,
+            model=self.model,
+            model_version=self._model_version,
+            ts=self._ts[-1] if n else start,
+            message=self._message(name, status, statistic, threshold, n, summary),
+            evidence={"reference": self._ref_summary, "window": summary, "episode_start_ts": start},
+            episode_start_ts=start,
+        )
+
+    def _alert_kind(self) -> AlertKind:
+        return "prediction_drift" if self.subject.startswith("prediction.") else "data_drift"
+
+    # -- evidence -----------------------------------------------------------------------------
+
+    def _summary(self, values: Sequence[Any]) -> dict[str, Any]:
+        if self.kind == "numeric":
+            return numeric_summary(values)
+        return {"shares": category_shares(values)}
+
+    def _message(
+        self,
+        name: str,
+        status: AlertStatus,
+        statistic: float | None,
+        threshold: float,
+        n: int,
+        summary: dict[str, Any],
+    ) -> str:
+        op = ">" if status == "firing" else "<="
+        head = (
+            f"{self.subject}: {_LABELS[name]} {fmt(statistic)} {op} {fmt(threshold)} over the last "
+            f"{n} values (reference {self._reference.n} values)"
+        )
+        tail = "" if status == "firing" else "; drift resolved"
+        return f"{head}; {self._contrast(summary)}{tail}"
+
+    def _contrast(self, summary: dict[str, Any]) -> str:
+        if self.kind == "numeric":
+            return f"mean {fmt(summary.get('mean'))} vs {fmt(self._ref_summary.get('mean'))}"
+        now, ref = summary["shares"], self._ref_summary["shares"]
+        if not now:
+            return "no values"
+        top = max(set(now) | set(ref), key=lambda c: abs(now.get(c, 0.0) - ref.get(c, 0.0)))
+        return f"{top!r} {now.get(top, 0.0):.0%} vs {ref.get(top, 0.0):.0%} of values"
+
+
+def numeric_summary(values: Sequence[float]) -> dict[str, float]:
+    """The quantiles p5, p25, p50, p75, p95 and the mean, for alert evidence.
+
+    >>> numeric_summary([float(v) for v in range(101)])
+    {'p5': 5.0, 'p25': 25.0, 'p50': 50.0, 'p75': 75.0, 'p95': 95.0, 'mean': 50.0}
+    """
+    if not len(values):
+        return {}
+    array = np.asarray(values, dtype=np.float64)
+    qs = np.percentile(array, QUANTILES)
+    out = {f"p{q}": round(float(v), 6) for q, v in zip(QUANTILES, qs, strict=True)}
+    out["mean"] = round(float(array.mean()), 6)
+    return out
+
+
+def category_shares(values: Sequence[str], top: int = MAX_SHARES) -> dict[str, float]:
+    """Share of each of the ``top`` most frequent categories (the rest as ``"(other)"``).
+
+    >>> category_shares(["a", "a", "b", "c"], top=2)
+    {'a': 0.5, 'b': 0.25, '(other)': 0.25}
+    """
+    counts = Counter(values)
+    total = sum(counts.values())
+    if not total:
+        return {}
+    shares = {str(c): round(k / total, 6) for c, k in counts.most_common(top)}
+    rest = total - sum(k for _, k in counts.most_common(top))
+    if rest:
+        shares["(other)"] = round(rest / total, 6)
+    return shares
+
+
+__all__ = [
+    "SubjectMonitor",
+    "category_shares",
+    "numeric_summary",
+]

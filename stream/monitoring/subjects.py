@@ -1,0 +1,194 @@
+"""What is monitored, and how its values travel on the monitor topic: :class:`SubjectBatch`.
+
+A *subject* is a feature or the predictions (:func:`monitored_subjects`); its drift is judged
+by :class:`stream.monitoring.drift.SubjectMonitor`.  The scoring side turns each scored batch
+into one compact :class:`SubjectBatch` per subject (:func:`subject_batches`); the batches travel
+on the monitor topic keyed by subject, so each subject's detectors live on exactly one worker,
+which is what makes "one ``firing`` alert per episode" hold whatever the number of scoring workers.
+
+Warm-up
+-------
+A subject's values are dropped until their event time reaches the first event time seen plus
+its warm-up.  A window aggregate (``amount_mean_1h``) is not stationary until its window has
+filled, so its warm-up is the window length (:func:`monitored_subjects`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import orjson
+
+from stream.features.windows import FIRST_EVENT, SINCE_LAST, window_names
+from stream.service.config import Settings
+
+SINCE_LAST_WARMUP_MS = 300_000
+
+if TYPE_CHECKING:  # for annotations only: the worker's modules import this one
+    from stream.ingest.scoring import ScoredEvent
+
+SubjectKind = Literal["numeric", "categorical"]
+PREDICTION_SCORE = "prediction.score"
+PREDICTION_CLASS = "prediction.class"
+
+
+@dataclass(frozen=True)
+class SubjectBatch:
+    """One subject's values from one scored batch, in event order (the monitor-topic value).
+
+    Examples
+    --------
+    >>> b = SubjectBatch("amount", "numeric", [1.5, 2.0], [1000, 1001], 3)
+    >>> SubjectBatch.decode(b.encode()) == b, len(b.encode())
+    (True, 64)
+    """
+
+    subject: str
+    kind: SubjectKind
+    values: list[float] | list[str]
+    ts: list[int]
+    model_version: int
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {"s": self.subject, "k": self.kind, "v": self.values, "t": self.ts,
+             "m": self.model_version}
+        )  # fmt: skip
+
+    @classmethod
+    def decode(cls, raw: bytes) -> SubjectBatch:
+        d = orjson.loads(raw)
+        return cls(d["s"], d["k"], d["v"], d["t"], d["m"])
+
+
+def subject_batches(
+    scored: Sequence[ScoredEvent], subjects: Mapping[str, SubjectKind]
+) -> list[SubjectBatch]:
+    """One :class:`SubjectBatch` per subject with at least one value in ``scored``.
+
+    Feature subjects read ``ScoredEvent.x`` (raw and enriched); ``prediction.score`` reads the
+    score and ``prediction.class`` the predicted class as a string.  ``None``, non-finite
+    numbers and wrongly typed values are skipped, and so is an imputed raw value (listed in
+    ``event.missing``): it is a data-quality problem, not a sample of the distribution.
+
+    Examples
+    --------
+    >>> from stream.ingest.scoring import ScoredEvent
+    >>> from stream.ingest.validation import ValidEvent
+    >>> def scored(ts, amount, missing=()):
+    ...     ev = ValidEvent(f"e{ts}", "c1", ts, {"amount": amount}, None, (), frozenset(missing))
+    ...     return ScoredEvent(ev, {"amount": amount}, 1, None, 0.75, 2)
+    >>> batches = subject_batches([scored(1, 5.0), scored(2, 0.0, {"amount"})],
+    ...                           {"amount": "numeric", "prediction.class": "categorical"})
+    >>> [(b.subject, b.values, b.ts) for b in batches]
+    [('amount', [5.0], [1]), ('prediction.class', ['1', '1'], [1, 2])]
+    """
+    if not scored:
+        return []
+    version = scored[-1].model_version
+    out: list[SubjectBatch] = []
+    for subject, kind in subjects.items():
+        values: list[Any] = []
+        ts: list[int] = []
+        for s in scored:
+            value = _value_of(s, subject, kind)
+            if value is not None:
+                values.append(value)
+                ts.append(s.event.ts_ms)
+        if values:
+            out.append(SubjectBatch(subject, kind, values, ts, version))
+    return out
+
+
+def _value_of(s: ScoredEvent, subject: str, kind: SubjectKind) -> float | str | None:
+    if subject == PREDICTION_SCORE:
+        raw: object = s.score
+    elif subject == PREDICTION_CLASS:
+        raw = s.prediction
+    elif subject in s.event.missing:
+        return None
+    else:
+        raw = s.x.get(subject)
+    return subject_value(subject, kind, raw)
+
+
+def subject_value(subject: str, kind: SubjectKind, raw: object) -> float | str | None:
+    """The value a monitor sees for ``raw`` (a feature, score or class), ``None`` to skip it.
+
+    The one rule for the live stream and for pinned references (:mod:`stream.monitoring.reference`).
+
+    >>> subject_value("amount", "numeric", 3), subject_value("amount", "numeric", float("nan"))
+    (3.0, None)
+    >>> subject_value("seconds_since_last", "numeric", -1.0), subject_value("c", "categorical", 1)
+    (None, '1')
+    """
+    if raw is None:
+        return None
+    if kind == "categorical":
+        return str(raw)
+    if subject == SINCE_LAST and raw == FIRST_EVENT:
+        return None  # "no earlier event" is not a gap: watching it sees new entities
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not np.isfinite(raw):
+        return None
+    return float(raw)
+
+
+def monitored_subjects(settings: Settings) -> dict[str, tuple[SubjectKind, int]]:
+    """Every monitored subject with its kind and warm-up (ms of event time).
+
+    The subjects are every raw feature, every enriched feature (as
+    :func:`stream.features.windows.window_names` names them, with ``seconds_since_last``),
+    ``prediction.score`` and, unless the task is a regression (whose predictions are not
+    classes), ``prediction.class``; narrowed to ``monitoring.subjects`` when it is not empty,
+    minus ``monitoring.exclude``.
+
+    Warm-up: an aggregate ``{feature}_{agg}_{window}`` grows while its window fills after the
+    service starts, so its distribution is not stationary until then; its warm-up is the
+    window length.  Every other subject starts at once (warm-up 0).
+
+    Examples
+    --------
+    >>> from stream.service.config import FeatureSpec, MonitoringSettings
+    >>> s = Settings(features=(FeatureSpec(name="amount", windows=("1m",), aggregates=("mean",)),
+    ...                        FeatureSpec(name="kind", kind="categorical")),
+    ...              monitoring=MonitoringSettings(exclude=("seconds_since_last",)))
+    >>> monitored_subjects(s)  # doctest: +NORMALIZE_WHITESPACE
+    {'amount': ('numeric', 0), 'kind': ('categorical', 0), 'amount_mean_1m': ('numeric', 60000),
+     'prediction.score': ('numeric', 0), 'prediction.class': ('categorical', 0)}
+    """
+    subjects: dict[str, tuple[SubjectKind, int]] = {f.name: (f.kind, 0) for f in settings.features}
+    warmups = {
+        f"{f.name}_{agg}_{label}": round(seconds * 1000)
+        for f in settings.features
+        for label, seconds in zip(f.windows, f.window_seconds, strict=True)
+        for agg in f.aggregates
+    }
+    # gaps between an entity's events are capped by the time the stream has run: give them
+    # SINCE_LAST_WARMUP_MS of event time to reach their stationary spread
+    warmups[SINCE_LAST] = SINCE_LAST_WARMUP_MS
+    for name in window_names(settings.features):
+        subjects[name] = ("numeric", warmups.get(name, 0))
+    subjects[PREDICTION_SCORE] = ("numeric", 0)
+    if settings.model.task != "regression":
+        subjects[PREDICTION_CLASS] = ("categorical", 0)
+    m = settings.monitoring
+    return {
+        name: spec
+        for name, spec in subjects.items()
+        if (not m.subjects or name in m.subjects) and name not in m.exclude
+    }
+
+
+__all__ = [
+    "PREDICTION_CLASS",
+    "PREDICTION_SCORE",
+    "SINCE_LAST_WARMUP_MS",
+    "SubjectBatch",
+    "SubjectKind",
+    "monitored_subjects",
+    "subject_batches",
+    "subject_value",
+]

@@ -1,0 +1,1 @@
+"""The worker as a service: Faust app and agents, config, metrics, CLI, resilience."""

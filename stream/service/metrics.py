@@ -1,0 +1,247 @@
+"""Prometheus metrics of a worker. Labels have bounded cardinality: never an entity or event id.
+
+Names follow Prometheus conventions: base units in the name, ``_total`` for counters,
+``_seconds`` for durations. The README lists them with their meaning.
+"""
+
+from __future__ import annotations
+
+from typing import get_args
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+from stream.exceptions import ConfigError
+from stream.monitoring.alerts import AlertKind, AlertStatus
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+LAG_BUCKETS = (0.1, 1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 21600, 86400)
+SCORE_BUCKETS = tuple(i / 20 for i in range(1, 20))
+MAX_CLASS_LABELS = 100
+"""Distinct predicted classes exported as label values; the rest count as ``(other)``."""
+
+
+class Metrics:
+    """Every metric a worker exports, registered on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self._classes: set[str] = set()
+        p = "driftwatch_"
+        self.events_received = Counter(f"{p}events_received", "Event messages consumed", registry=r)
+        self.events_accepted = Counter(
+            f"{p}events_accepted", "Events that passed validation", registry=r
+        )
+        self.events_rejected = Counter(
+            f"{p}events_rejected",
+            "Input messages sent to the dead-letter topic",
+            ["topic", "stage", "code"],
+            registry=r,
+        )
+        self.events_duplicate = Counter(
+            f"{p}events_duplicate",
+            "Redelivered events (feature windows left unchanged)",
+            registry=r,
+        )
+        self.events_late = Counter(
+            f"{p}events_late",
+            "Events older than the grace period (not added to windows)",
+            registry=r,
+        )
+        self.data_quality = Counter(
+            f"{p}data_quality_issues",
+            "Data-quality problems in accepted events",
+            ["feature", "kind"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{p}batch_size_events", "Events per processed batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.event_latency = Histogram(
+            f"{p}event_to_prediction_seconds",
+            "Event time to prediction published",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            f"{p}batch_processing_seconds",
+            "Wall time to process one batch, by stage",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_seconds = Histogram(
+            f"{p}redis_roundtrip_seconds",
+            "Redis round-trip latency",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.predictions = Counter(
+            f"{p}predictions", "Predictions published", ["model", "prediction"], registry=r
+        )
+        self.score = Histogram(
+            f"{p}prediction_score",
+            "Model score (P(class 1) for binary)",
+            ["model"],
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
+        self.labels_received = Counter(f"{p}labels_received", "Label messages consumed", registry=r)
+        self.labels_joined = Counter(
+            f"{p}labels_joined", "Labels joined to their prediction", registry=r
+        )
+        self.labels_unmatched = Counter(
+            f"{p}labels_unmatched",
+            "Labels that came before their prediction (parked until it is scored)",
+            registry=r,
+        )
+        self.predictions_expired = Counter(
+            f"{p}predictions_expired_unlabelled", "Predictions whose label never came", registry=r
+        )
+        self.label_lag = Histogram(
+            f"{p}label_lag_seconds", "Label time minus event time", buckets=LAG_BUCKETS, registry=r
+        )
+        self.learned = Counter(
+            f"{p}model_learned_examples", "Examples learned", ["model"], registry=r
+        )
+        self.model_version = Gauge(
+            f"{p}model_version", "Model version this worker serves", ["model"], registry=r
+        )
+        self.model_info = Info(f"{p}model", "Model served by this worker", registry=r)
+        self.published_version = Gauge(
+            f"{p}model_published_version",
+            "Latest version published by the trainer",
+            ["model"],
+            registry=r,
+        )
+
+        # monitoring (labels: subject = feature or prediction.score/.class, never an entity)
+        self.drift_statistic = Gauge(
+            f"{p}drift_statistic",
+            "Latest drift statistic per subject and detector",
+            ["subject", "detector"],
+            registry=r,
+        )
+        self.drift_threshold = Gauge(
+            f"{p}drift_threshold",
+            "Calibrated threshold of the drift statistic",
+            ["subject", "detector"],
+            registry=r,
+        )
+        self.drift_active = Gauge(
+            f"{p}drift_active",
+            "1 while a drift episode is open",
+            ["subject", "detector"],
+            registry=r,
+        )
+        self.alerts = Counter(f"{p}alerts", "Alerts published", ["kind", "status"], registry=r)
+        # every series exists at 0 from the start: the first alert of a kind is then a change
+        # that rate(), increase() and changes() see (a series born at 1 looks unchanged)
+        for kind in get_args(AlertKind):
+            for status in get_args(AlertStatus):
+                self.alerts.labels(kind, status)
+        self.model_metric = Gauge(
+            f"{p}model_metric",
+            "Rolling model performance over the label window",
+            ["model", "metric"],
+            registry=r,
+        )
+        self.quality_rate = Gauge(
+            f"{p}data_quality_rate",
+            "Rolling rate of data-quality problems",
+            ["feature", "kind"],
+            registry=r,
+        )
+        self.monitor_values = Counter(
+            f"{p}monitor_values", "Values consumed by the drift monitors", registry=r
+        )
+
+        # resilience (stream/service/resilience.py): outages, retries, poison, lost-update guards
+        self.dependency_degraded = Gauge(
+            f"{p}dependency_degraded",
+            "1 while an outage of the dependency is going on (batches retried, not acked)",
+            ["dependency"],
+            registry=r,
+        )
+        self.retries = Counter(
+            f"{p}retries",
+            "Tries of a step that failed transiently and were retried",
+            ["dependency", "step"],
+            registry=r,
+        )
+        for dependency in ("redis", "kafka"):
+            self.dependency_degraded.labels(dependency).set(0)
+        self.task_errors = Counter(
+            f"{p}task_errors",
+            "Failures of a timer or background task (logged; the next tick tries again)",
+            ["task"],
+            registry=r,
+        )
+        self.state_conflicts = Counter(
+            f"{p}state_write_conflicts",
+            "Feature states another worker changed between read and write (re-read, re-applied)",
+            registry=r,
+        )
+        self.state_resets = Counter(
+            f"{p}state_resets",
+            "Stored feature states that could not be decoded or applied and were reset",
+            registry=r,
+        )
+        self.examples_skipped = Counter(
+            f"{p}model_examples_skipped",
+            "Training examples not learned (dead-lettered), by reason",
+            ["model", "reason"],
+            registry=r,
+        )
+
+        # Kafka consumer (stream/service/lag.py): topic and partition are bounded by the deployment
+        self.consumer_lag = Gauge(
+            f"{p}consumer_lag_messages",
+            "Messages behind the partition's end offset (highwater minus committed offset)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            f"{p}assigned_partitions",
+            "Partitions currently assigned to this worker",
+            ["topic"],
+            registry=r,
+        )
+        self.rebalances = Counter(
+            f"{p}rebalances", "Consumer-group rebalances this worker took part in", registry=r
+        )
+
+    def prediction_label(self, task: str, prediction: object) -> str:
+        """The ``prediction`` label of ``driftwatch_predictions_total``: always bounded.
+
+        Binary: ``"0"``/``"1"``. Multiclass: the class, for the first
+        :data:`MAX_CLASS_LABELS` classes seen, then ``"(other)"``. Regression: ``"(value)"``
+        (a predicted number is not a label value; its distribution is the score histogram).
+
+        >>> m = Metrics()
+        >>> m.prediction_label("binary", 1), m.prediction_label("regression", 3.25)
+        ('1', '(value)')
+        """
+        if task == "regression":
+            return "(value)"
+        label = str(prediction)
+        if label in self._classes:
+            return label
+        if len(self._classes) >= MAX_CLASS_LABELS:
+            return "(other)"
+        self._classes.add(label)
+        return label
+
+    def serve(self, address: str) -> None:
+        """Serve ``/metrics`` on ``host:port`` (port 0 disables)."""
+        host, _, port = address.rpartition(":")
+        if int(port) == 0:
+            return
+        try:
+            start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(
+                f"worker.metrics_address {address!r}: cannot listen there ({exc.strerror}); "
+                "another worker on this machine needs another port"
+            ) from None

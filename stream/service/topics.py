@@ -1,0 +1,94 @@
+"""Create driftwatch's Kafka topics before the worker subscribes to them.
+
+Faust only declares its internal topics; a source topic that does not exist yet is
+ignored at assignment until the next metadata refresh (minutes), and one created
+implicitly by a producer gets the broker's default partition count. Creating them
+up front avoids both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import TopicPartition
+
+from stream.service.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def topic_partitions(settings: Settings) -> dict[str, int]:
+    """Every topic the worker uses, with its partition count."""
+    from stream.ingest.scoring import train_topic_name
+
+    topics = {name: settings.topics.partitions for name in settings.topics.names}
+    topics[train_topic_name(settings)] = 1  # one partition: one learner, in arrival order
+    return topics
+
+
+async def ensure_topics(settings: Settings, replication: int = 1) -> list[str]:
+    """Create the missing topics; returns the names that were created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = topic_partitions(settings)
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            new = [NewTopic(n, wanted[n], replication) for n in missing]
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
+                await admin.create_topics(new)
+            await _wait_for_leaders(admin, missing)
+            log.info("created topics %s with %d partitions", missing, settings.topics.partitions)
+        return missing
+    finally:
+        await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
+    """New partitions answer NOT_LEADER until a leader is elected: wait (bounded) for it."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        described = await admin.describe_topics(topics)
+        ready = [
+            d.get("error_code", 1) == 0
+            and d["partitions"]
+            and all(p.get("leader", -1) >= 0 for p in d["partitions"])
+            for d in described
+        ]
+        if len(ready) == len(topics) and all(ready):
+            return
+        await asyncio.sleep(0.2)
+
+
+async def wait_consumed(bootstrap: str, group: str, topic: str, wait_s: float) -> None:
+    """Wait until ``group`` has committed every partition of ``topic`` up to its end."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        described = await admin.describe_topics([topic])
+        parts = [p["partition"] for d in described for p in d.get("partitions", [])]
+        if not parts:
+            raise TimeoutError(f"topic {topic} has no partitions (does it exist?)")
+        tps = [TopicPartition(topic, p) for p in parts]
+        deadline = time.monotonic() + wait_s
+        while True:
+            ends = await consumer.end_offsets(tps)
+            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+            behind = {tp: ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps}
+            if all(v <= 0 for v in behind.values()):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"group {group} still behind on {topic}: {behind}")
+            await asyncio.sleep(0.5)
+    finally:
+        await consumer.stop()
+        await admin.close()

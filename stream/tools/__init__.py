@@ -1,0 +1,1 @@
+"""Client tools: the demo stream, the synthetic data, `tail`."""
