@@ -21,8 +21,8 @@ from detectors.exceptions import (
     InvalidInputError,
     NotFittedError,
 )
+from detectors.family import Monitor, bonferroni_ert
 from detectors.ks import KSDetector, ks
-from detectors.monitor import Monitor
 from detectors.psi import PSIDetector, psi
 from detectors.wasserstein import WassersteinDetector, wasserstein
 
@@ -35,6 +35,7 @@ __all__ = [
     "InvalidInputError",
     "KSDetector",
     "Monitor",
+    "bonferroni_ert",
     "NotFittedError",
     "PSIDetector",
     "WassersteinDetector",

@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stream.features.windows import FeatureInput, State, update_batch  # noqa: E402
+from stream.features.state import State  # noqa: E402
+from stream.features.windows import FeatureInput, update_batch  # noqa: E402
 from stream.service.config import FeatureSpec, WindowSettings  # noqa: E402
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import time
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -23,78 +22,10 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
+    TypeAdapter,
 )
 
-from stream.monitoring.alerts import AlertKind, AlertStatus
-
-
-def now_ms() -> int:
-    """The wall clock as epoch milliseconds."""
-    return time.time_ns() // 1_000_000
-
-
-#: 9999-12-31T23:59:59.999Z, the last instant ``datetime`` can name: a larger "timestamp"
-#: is garbage, and bounding it here keeps giant integers (a float like 1e300 is integral)
-#: out of everything downstream.
-MAX_EPOCH_MS = 253_402_300_799_999
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class TimestampRangeError(ValueError):
-    """A well-formed timestamp outside what epoch milliseconds can hold (1970 to 9999)."""
-
-
-def to_epoch_ms(value: Any) -> int:
-    """Event time as epoch milliseconds from an integer or an ISO-8601 string.
-
-    Raises
-    ------
-    TimestampRangeError
-        A number or date before 1970 or after 9999 (a ValueError).
-    ValueError
-        Anything else that is not a timestamp.
-
-    >>> to_epoch_ms(1763800000000), to_epoch_ms("2025-11-22T08:26:40Z")
-    (1763800000000, 1763800000000)
-    >>> to_epoch_ms(1e300)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    stream.messages.TimestampRangeError: epoch milliseconds must be <= ... got 1e+300
-    """
-    if isinstance(value, bool):
-        raise ValueError("expected epoch milliseconds or an ISO-8601 string, got a boolean")
-    if isinstance(value, float) and value.is_integer():  # False for nan and inf
-        return _in_range(int(value), value)
-    if isinstance(value, int):
-        return _in_range(value, value)
-    if isinstance(value, str):
-        return _in_range(_iso_ms(value), value)
-    raise ValueError(f"expected epoch milliseconds or an ISO-8601 string, got {value!r}")
-
-
-def _iso_ms(text: str) -> int:
-    try:
-        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:  # also years beyond 9999: datetime cannot hold them
-        shown = text if len(text) <= 60 else text[:57] + "..."
-        raise ValueError(f"{shown!r} is not an ISO-8601 timestamp") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    # exact integer arithmetic: a float timestamp would round sub-millisecond digits
-    return (parsed - _EPOCH) // timedelta(milliseconds=1)
-
-
-def _in_range(ms: int, given: object) -> int:
-    if 0 <= ms <= MAX_EPOCH_MS:
-        return ms
-    # str() of an int with thousands of digits raises; a float shows compactly
-    shown = "a huge integer" if isinstance(given, int) and ms.bit_length() > 128 else repr(given)
-    if ms < 0:
-        raise TimestampRangeError(f"epoch milliseconds must be >= 0, got {shown}")
-    raise TimestampRangeError(
-        f"epoch milliseconds must be <= {MAX_EPOCH_MS} (year 9999), got {shown}"
-    )
-
+from stream.timestamps import to_epoch_ms
 
 EpochMs = Annotated[int, BeforeValidator(to_epoch_ms)]
 NonEmpty = Annotated[str, Field(min_length=1, max_length=256)]
@@ -119,17 +50,47 @@ class Label(_In):
     ts: EpochMs | None = None
 
 
-class Prediction(BaseModel):
+@dataclass(slots=True)
+class Prediction:
+    """A scored event (topic ``predictions``, keyed by entity_id).
+
+    Built by the scorer and encoded with orjson (a dataclass encodes natively, about 2 us);
+    read back, validated, with :func:`read_prediction`.
+
+    >>> p = Prediction("e1", "c1", 5, "fraud", 3, 1, {"0": 0.2, "1": 0.8}, 0.8, {"a": 1.0}, 6)
+    >>> read_prediction(p.encode()) == p
+    True
+    """
+
     event_id: str
     entity_id: str
     ts: int
     model: str
     model_version: int
-    prediction: int | float | str
+    prediction: int | float | str | None
     proba: dict[str, float] | None
     score: float
     features: dict[str, float | str]
     processed_at: int
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self)
+
+
+def read_prediction(raw: bytes) -> Prediction:
+    """A Prediction message, validated (raises ``pydantic.ValidationError``)."""
+    return _PREDICTION.validate_json(raw)
+
+
+AlertKind = Literal[
+    "data_drift",
+    "prediction_drift",
+    "performance",
+    "concept_drift",
+    "data_quality",
+    "model_health",
+]
+AlertStatus = Literal["firing", "resolved"]
 
 
 class Window(BaseModel):
@@ -260,3 +221,109 @@ def _text(raw: bytes, limit: int) -> tuple[str, Literal["utf-8", "base64"]]:
         return _head(raw, limit).decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         return base64.b64encode(raw[:limit]).decode("ascii"), "base64"
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingExample:
+    """(x, y) in label-arrival order, with what the monitors need to judge the model.
+
+    The message of the internal topic ``{app_id}-train-{model}``.
+
+    >>> x = TrainingExample("e1", {"a": 1.0}, 1, 1000, 6000, 3, 0, 0.2)
+    >>> TrainingExample.decode(x.encode()) == x, x.lag_s
+    (True, 5.0)
+    """
+
+    event_id: str
+    x: dict[str, float | str]
+    y: Any
+    event_ts_ms: int
+    label_ts_ms: int
+    model_version: int
+    prediction: int | float | str | None
+    score: float
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> TrainingExample:
+        """Read and validate one message (raises ``pydantic.ValidationError``)."""
+        return _TRAINING_EXAMPLE.validate_json(raw)
+
+    @property
+    def lag_s(self) -> float:
+        """Label lag: label time minus event time, in seconds."""
+        return max(0.0, (self.label_ts_ms - self.event_ts_ms) / 1000.0)
+
+
+SubjectKind = Literal["numeric", "categorical"]
+
+
+@dataclass(frozen=True)
+class SubjectBatch:
+    """One subject's values from one scored batch, in event order (monitor topic, tag ``D``).
+
+    >>> b = SubjectBatch("amount", "numeric", [1.5, 2.0], [1000, 1001], 3)
+    >>> decode_monitor_batch(encode_monitor_batch(b)) == b
+    True
+    """
+
+    subject: str
+    kind: SubjectKind
+    values: list[float] | list[str]
+    ts: list[int]
+    model_version: int
+
+
+@dataclass(frozen=True)
+class QualityBatch:
+    """One feature's data-quality counts from one scored batch (monitor topic, tag ``Q``).
+
+    ``n`` events, ``counts`` problems per kind, event times from ``ts[0]`` to ``ts[1]``.
+
+    >>> q = QualityBatch("amount", 500, {"missing": 3}, (1000, 1999))
+    >>> decode_monitor_batch(encode_monitor_batch(q)) == q
+    True
+    """
+
+    feature: str
+    n: int
+    counts: dict[str, int]
+    ts: tuple[int, int]
+
+    @property
+    def subject(self) -> str:
+        """The monitor-topic key: ``quality:{feature}``."""
+        return f"quality:{self.feature}"
+
+
+MonitorBatch = SubjectBatch | QualityBatch
+
+
+def encode_monitor_batch(batch: MonitorBatch) -> bytes:
+    """A monitor-topic value: one tag byte and compact JSON (short keys: one per subject and
+    scoring batch, so its size matters)."""
+    if isinstance(batch, SubjectBatch):
+        return b"D" + orjson.dumps(
+            {"s": batch.subject, "k": batch.kind, "v": batch.values, "t": batch.ts,
+             "m": batch.model_version}
+        )  # fmt: skip
+    return b"Q" + orjson.dumps(
+        {"feature": batch.feature, "n": batch.n, "counts": batch.counts, "ts": batch.ts}
+    )
+
+
+def decode_monitor_batch(raw: bytes) -> MonitorBatch:
+    """Read a monitor-topic value; raises ``ValueError`` (or a JSON/key error) if it is not."""
+    tag, body = raw[:1], orjson.loads(raw[1:])
+    if tag == b"D":
+        return SubjectBatch(body["s"], body["k"], body["v"], body["t"], body["m"])
+    if tag == b"Q":
+        return QualityBatch(body["feature"], int(body["n"]), dict(body["counts"]),
+                            (int(body["ts"][0]), int(body["ts"][1])))  # fmt: skip
+    raise ValueError(f"unknown monitor message tag {tag!r}")
+
+
+_PREDICTION = TypeAdapter(Prediction)
+_TRAINING_EXAMPLE = TypeAdapter(TrainingExample)

@@ -33,22 +33,19 @@ import orjson
 import redis.asyncio as aioredis
 
 from stream.exceptions import StateConflictError
-from stream.features.windows import (
-    BatchUpdate,
-    EventResult,
-    FeatureInput,
+from stream.features.state import (
     State,
     encode_state,
     new_state,
     stored_generation,
     try_decode_state,
-    update_batch,
 )
+from stream.features.windows import BatchUpdate, EventResult, FeatureInput, update_batch
 from stream.service.config import Settings
 
 # Per entity: KEYS = state key, then its n marker keys; ARGV = expected generation, state,
 # state TTL, n, then (marker, TTL) per marker. The generation is read from the stored bytes
-# with the pattern of stream.features.windows.stored_generation. Returns the conflicting entities'
+# with the pattern of stream.features.state.stored_generation. Returns the conflicting entities'
 # positions (1-based); their state and markers are not written.
 _WRITE_IF_UNCHANGED = """
 local k, a, e = 1, 1, 0

@@ -43,49 +43,26 @@ Aggregates of an event
     (:data:`FIRST_EVENT`) when the entity has no state: its first event, or its first after
     the state expired in Redis.
 
-The ``std`` of several buckets is merged exactly from per-bucket (count, sum, M2) with the
-pairwise formula of Chan, Golub and LeVeque (1979), "Updating formulae and a pairwise
-algorithm for computing sample variances": ``M2 = sum(M2_i + n_i * (mean_i - mean)^2)``,
-which stays accurate when the values are large relative to their spread, unlike a
-sum-of-squares form (``tests/stream/test_features.py`` checks it against numpy at an offset
-of 1e9).
+The bucket statistics and their exact merge are in :mod:`stream.features.buckets`; the
+state format is in :mod:`stream.features.state`, and :mod:`stream.features.offline`
+recomputes the same features by brute force.
 """
 
 from __future__ import annotations
 
-import math
-import re
-from bisect import bisect_left
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
-import numpy as np
-import orjson
-
+from stream.features.buckets import EMPTY, add_to_bucket, aggregate_buckets
+from stream.features.state import STATE_VERSION, State, new_state
 from stream.service.config import FeatureSpec, WindowSettings
 
-State = dict[str, Any]
-"""One entity's windows: ``{"v": 1, "g": G, "t": M or None, "w": {"{feature}@{w}": [...]}}``.
-
-Each bucket is ``[index, count, sum, M2, min, max]``, sorted by index. Window lists are
-keyed by bucket width, so a config change of ``buckets`` or a window length starts that
-window afresh instead of misreading old buckets. ``g`` is the state's generation: every
-batch that changes the state writes it with ``g + 1``, and the store writes it only if the
-stored state still has generation ``g`` (no lost update between two workers, see
-:mod:`stream.features.store`). It is the second key, so the store can read it from the
-encoded bytes without decoding them (:func:`stored_generation`). A state from before
-generations counts as generation 0.
-"""
-
-STATE_VERSION = 1
 FIRST_EVENT = -1.0
 """``seconds_since_last`` of an entity's first event (no state)."""
 SINCE_LAST = "seconds_since_last"
 
 _AGG_INDEX = {"count": 0, "sum": 1, "mean": 2, "min": 3, "max": 4, "std": 5}
-_EMPTY = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +149,9 @@ class _Feature:
 
 
 @dataclass(frozen=True, slots=True)
-class _Plan:
+class WindowPlan:
+    """What the configured features ask of the windows (see :func:`window_plan`)."""
+
     features: tuple[_Feature, ...]
     buckets: int
     grace_ms: int
@@ -209,11 +188,18 @@ def _windowed(specs: Sequence[FeatureSpec]) -> list[FeatureSpec]:
 
 
 @lru_cache(maxsize=16)
-def _plan(specs: tuple[FeatureSpec, ...], settings: WindowSettings) -> _Plan:
+def window_plan(specs: tuple[FeatureSpec, ...], settings: WindowSettings) -> WindowPlan:
+    """The windows of ``specs``, each with its bucket width and the outputs it feeds.
+
+    >>> spec = FeatureSpec(name="amount", windows=("60s", "1m"), aggregates=("count",))
+    >>> plan = window_plan((spec,), WindowSettings())
+    >>> [(w.key, w.outputs) for f in plan.features for w in f.windows]
+    [('amount@5000', (('amount_count_60s', 0), ('amount_count_1m', 0)))]
+    """
     features = tuple(_feature_plan(spec, settings.buckets) for spec in _windowed(specs))
     widths = {w.key: w.width for f in features for w in f.windows}
     grace_ms = round(settings.grace_s * 1000)
-    return _Plan(features, settings.buckets, grace_ms, widths)
+    return WindowPlan(features, settings.buckets, grace_ms, widths)
 
 
 def _feature_plan(spec: FeatureSpec, buckets: int) -> _Feature:
@@ -226,80 +212,6 @@ def _feature_plan(spec: FeatureSpec, buckets: int) -> _Feature:
         _Window(f"{spec.name}@{width}", width, tuple(named)) for width, named in outputs.items()
     )
     return _Feature(spec.name, windows)
-
-
-def new_state(generation: int = 0) -> State:
-    """The state of an entity without events.
-
-    >>> new_state()
-    {'v': 1, 'g': 0, 't': None, 'w': {}}
-    """
-    return {"v": STATE_VERSION, "g": generation, "t": None, "w": {}}
-
-
-def encode_state(state: State) -> bytes:
-    """Serialise a state for Redis (orjson: floats round-trip exactly).
-
-    >>> encode_state(new_state())
-    b'{"v":1,"g":0,"t":null,"w":{}}'
-    """
-    return orjson.dumps(state)
-
-
-_GENERATION = re.compile(rb'^\{"v":\d+,"g":(\d+)')
-
-
-def stored_generation(raw: bytes | None) -> int:
-    """The generation of an encoded state, read from its first bytes (0 if it has none).
-
-    The write script in :mod:`stream.features.store` reads it with the same pattern.
-
-    >>> stored_generation(b'{"v":1,"g":41,"t":5,"w":{}}'), stored_generation(None)
-    (41, 0)
-    >>> stored_generation(b'{"v":1,"t":5,"w":{}}'), stored_generation(b"garbage")
-    (0, 0)
-    """
-    if not raw:
-        return 0
-    match = _GENERATION.match(raw)
-    return int(match.group(1)) if match else 0
-
-
-def decode_state(raw: bytes | str | None) -> State:
-    """Parse a state read from Redis; ``None`` (no key) gives a new state.
-
-    A state of another :data:`STATE_VERSION`, or bytes that are not a state, are discarded:
-    the windows start afresh (with the stored generation, so the next write still applies).
-
-    >>> decode_state(b'{"v":1,"g":3,"t":5,"w":{"x@10":[[0,1,2.0,0.0,2.0,2.0]]}}')["w"]
-    {'x@10': [[0, 1, 2.0, 0.0, 2.0, 2.0]]}
-    >>> decode_state(None) == decode_state(b'{"v":0}') == decode_state(b"{]") == new_state()
-    True
-    """
-    return try_decode_state(raw) or new_state(stored_generation(_as_bytes(raw)))
-
-
-def try_decode_state(raw: bytes | str | None) -> State | None:
-    """The decoded state, a new state for ``None``, or ``None`` if ``raw`` is not a state.
-
-    >>> try_decode_state(b'{"v":1,"t":null,"w":[]}') is None
-    True
-    """
-    if raw is None:
-        return new_state()
-    try:
-        state = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(state, dict) or state.get("v") != STATE_VERSION:
-        return None
-    if not isinstance(state.get("w"), dict) or not isinstance(state.get("t"), int | None):
-        return None
-    return state
-
-
-def _as_bytes(raw: bytes | str | None) -> bytes | None:
-    return raw.encode() if isinstance(raw, str) else raw
 
 
 def update_batch(
@@ -343,7 +255,7 @@ def update_batch(
     >>> update.applied_ids, list(update.states)
     (('e1', 'e2'), ['card'])
     """
-    plan = _plan(tuple(specs), window_settings)
+    plan = window_plan(tuple(specs), window_settings)
     current: dict[str, State | None] = dict(states)
     owned: dict[str, State] = {}  # copies this batch may modify
     remembered: Mapping[str, float | None] = seen if isinstance(seen, Mapping) else {}
@@ -373,7 +285,7 @@ def update_batch(
 class _Step:
     """One event through :func:`update_batch` (the batch's mutable maps are shared)."""
 
-    plan: _Plan
+    plan: WindowPlan
     current: dict[str, State | None]
     owned: dict[str, State]
     seen: Collection[str] | Mapping[str, float | None]
@@ -408,15 +320,15 @@ def _generation(state: State | None) -> int:
 
 
 def _copy(state: State | None) -> State:
-    # buckets are never modified in place (see _add), so copying the lists is enough; the
-    # copy is the next generation of the state
+    # buckets are never modified in place (see add_to_bucket), so copying the lists is
+    # enough; the copy is the next generation of the state
     if not state:
         return new_state(1)
     windows = {key: list(buckets) for key, buckets in state["w"].items()}
     return {"v": STATE_VERSION, "g": _generation(state) + 1, "t": state["t"], "w": windows}
 
 
-def _apply(plan: _Plan, state: State, event: FeatureInput) -> None:
+def _apply(plan: WindowPlan, state: State, event: FeatureInput) -> None:
     ts = event.ts_ms
     clock = state["t"]
     if clock is None or ts > clock:
@@ -436,31 +348,9 @@ def _apply(plan: _Plan, state: State, event: FeatureInput) -> None:
             if not buckets:
                 windows[window.key] = [(idx, 1, v, 0.0, v, v)]
                 continue
-            _add(buckets, idx, v)
+            add_to_bucket(buckets, idx, v)
             while buckets[0][0] <= floor:
                 del buckets[0]
-
-
-def _add(buckets: list[Sequence[Any]], idx: int, v: float) -> None:
-    pos = len(buckets) - 1
-    if buckets[pos][0] < idx:
-        buckets.append((idx, 1, v, 0.0, v, v))
-        return
-    if buckets[pos][0] > idx:  # out of order: the lists are short and sorted
-        pos = bisect_left(buckets, idx, key=_index)
-        if buckets[pos][0] != idx:
-            buckets.insert(pos, (idx, 1, v, 0.0, v, v))
-            return
-    # Welford (1962), with the mean kept as sum / count
-    _, n, s, m2, lowest, highest = buckets[pos]
-    delta = v - s / n
-    s += v
-    m2 += delta * (v - s / (n + 1))
-    buckets[pos] = (idx, n + 1, s, m2, v if v < lowest else lowest, v if v > highest else highest)
-
-
-def _index(bucket: Sequence[Any]) -> int:
-    return int(bucket[0])
 
 
 def window_aggregates(
@@ -472,7 +362,8 @@ def window_aggregates(
     """The window features of ``state`` queried at event time ``ts_ms``.
 
     What an event at ``ts_ms`` that changes nothing would get, without
-    ``seconds_since_last``: for checking a stored state against :func:`recompute_offline`.
+    ``seconds_since_last``: for checking a stored state against
+    :func:`~stream.features.offline.recompute_offline`.
 
     >>> spec = FeatureSpec(name="amount", windows=("1m",), aggregates=("count", "sum"))
     >>> events = [FeatureInput(f"e{i}", "card", 1_000 * i, {"amount": 2.0}) for i in range(3)]
@@ -480,55 +371,26 @@ def window_aggregates(
     >>> window_aggregates(update.states["card"], 2_000, [spec], WindowSettings())
     {'amount_count_1m': 3.0, 'amount_sum_1m': 6.0}
     """
-    return _aggregates(_plan(tuple(specs), window_settings), state, ts_ms)
+    return _aggregates(window_plan(tuple(specs), window_settings), state, ts_ms)
 
 
-def _aggregates(plan: _Plan, state: State | None, ts: int) -> dict[str, float]:
+def _aggregates(plan: WindowPlan, state: State | None, ts: int) -> dict[str, float]:
     out: dict[str, float] = {}
     clock = state["t"] if state else None
     windows = state["w"] if state else {}
     for feature in plan.features:
         for window in feature.windows:
             if clock is None:
-                values = _EMPTY
+                values = EMPTY
             else:
                 lo = clock // window.width - plan.buckets
-                values = _window_aggregate(windows.get(window.key), lo, ts // window.width)
+                values = aggregate_buckets(windows.get(window.key), lo, ts // window.width)
             for name, i in window.outputs:
                 out[name] = values[i]
     return out
 
 
-def _window_aggregate(
-    buckets: list[Sequence[Any]] | None, lo: int, hi: int
-) -> tuple[float, float, float, float, float, float]:
-    """(count, sum, mean, min, max, std) over the buckets with index in (lo, hi]."""
-    if not buckets:
-        return _EMPTY
-    if not (buckets[0][0] > lo and buckets[-1][0] <= hi):
-        buckets = [b for b in buckets if lo < b[0] <= hi]
-        if not buckets:
-            return _EMPTY
-    _, n, s, m2, lowest, highest = buckets[0]
-    if len(buckets) > 1:
-        for _, bn, bs, _, blow, bhigh in buckets[1:]:
-            n += bn
-            s += bs
-            if blow < lowest:
-                lowest = blow
-            if bhigh > highest:
-                highest = bhigh
-        mean = s / n
-        # Chan, Golub and LeVeque (1979): exact merge of the buckets' M2 around the common mean
-        m2 = 0.0
-        for _, bn, bs, bm2, _, _ in buckets:
-            delta = bs / bn - mean
-            m2 += bm2 + bn * delta * delta
-    std = math.sqrt(m2 / n) if n > 1 and m2 > 0.0 else 0.0
-    return (float(n), s, s / n, lowest, highest, std)
-
-
-def _compact(plan: _Plan, state: State) -> None:
+def _compact(plan: WindowPlan, state: State) -> None:
     # drop the evicted buckets of windows this batch did not touch and the windows no longer
     # configured; keep the plan's key order, so equal states encode to equal bytes
     clock = state["t"]
@@ -543,70 +405,3 @@ def _compact(plan: _Plan, state: State) -> None:
         if not kept[key]:
             del kept[key]
     state["w"] = kept
-
-
-def recompute_offline(
-    events: Sequence[FeatureInput],
-    specs: Sequence[FeatureSpec],
-    window_settings: WindowSettings,
-) -> list[EventResult]:
-    """Recompute every event's features by brute force from the whole input, from no state.
-
-    The reference for :func:`update_batch` (same semantics, see the module docstring): it
-    keeps every applied event and, for each event, takes the values in the query range
-    directly, with numpy for the statistics. Quadratic: for tests only.
-
-    Examples
-    --------
-    >>> spec = FeatureSpec(name="amount", windows=("1m",), aggregates=("sum", "std"))
-    >>> events = [FeatureInput(f"e{i}", "card", 1_000 * i, {"amount": float(i)})
-    ...           for i in range(4)]
-    >>> recompute_offline(events, [spec], WindowSettings())[-1].enriched
-    {'amount_sum_1m': 6.0, 'amount_std_1m': 1.118033988749895, 'seconds_since_last': 1.0}
-    """
-    plan = _plan(tuple(specs), window_settings)
-    clocks: dict[str, int] = {}
-    kept: dict[str, list[FeatureInput]] = {}
-    applied: dict[str, float] = {}  # event id -> its seconds_since_last when applied
-    results = []
-    for event in events:
-        clock = clocks.get(event.entity_id)
-        since = FIRST_EVENT if clock is None else max(0, event.ts_ms - clock) / 1000
-        duplicate = event.event_id in applied
-        since = applied.get(event.event_id, since)
-        late = not duplicate and clock is not None and event.ts_ms < clock - plan.grace_ms
-        if not (duplicate or late):
-            applied[event.event_id] = since
-            kept.setdefault(event.entity_id, []).append(event)
-            clocks[event.entity_id] = event.ts_ms if clock is None else max(clock, event.ts_ms)
-        history = kept.get(event.entity_id, [])
-        features = _brute_force(plan, history, clocks.get(event.entity_id), event.ts_ms)
-        features[SINCE_LAST] = since
-        results.append(
-            EventResult(event.event_id, event.entity_id, event.ts_ms, features, duplicate, late)
-        )
-    return results
-
-
-def _brute_force(
-    plan: _Plan, history: list[FeatureInput], clock: int | None, ts: int
-) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for feature in plan.features:
-        for window in feature.windows:
-            w = window.width
-            values = [
-                float(v)
-                for e in history
-                if (v := e.values.get(feature.name)) is not None
-                and clock is not None
-                and clock // w - plan.buckets < e.ts_ms // w <= ts // w
-            ]
-            stats = _EMPTY
-            if values:
-                a = np.array(values)
-                std = float(a.std()) if len(a) > 1 else 0.0
-                stats = (float(len(a)), float(a.sum()), float(a.mean()), a.min(), a.max(), std)
-            for name, i in window.outputs:
-                out[name] = float(stats[i])
-    return out

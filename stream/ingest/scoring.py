@@ -15,8 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import orjson
 import redis.asyncio as aioredis
@@ -24,68 +23,15 @@ import redis.asyncio as aioredis
 from stream.exceptions import RejectedInput
 from stream.features.store import Applied, FeatureStore
 from stream.features.windows import EventResult, FeatureInput
-from stream.ingest.validation import Limits, ValidEvent, validate_event, validate_label
-from stream.labels.join import PendingPrediction, TrainingExample, example_from, join_labels
+from stream.ingest.validation import Limits, validate_event, validate_label
+from stream.labels.join import PendingPrediction, example_from, join_labels
 from stream.labels.store import PredictionStore
-from stream.messages import Label, dead_letter, dead_letter_key, now_ms
+from stream.messages import Label, TrainingExample, dead_letter, dead_letter_key
 from stream.model.online import OnlineModel
+from stream.records import BatchResult, Incoming, Outgoing, ScoredEvent, ValidEvent
 from stream.service.config import Settings
 from stream.service.metrics import Metrics
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """A consumed Kafka record, as the agents see it."""
-
-    topic: str
-    partition: int | None
-    offset: int | None
-    key: bytes | None
-    value: bytes | None
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    topic: str
-    key: bytes | None
-    value: bytes
-
-
-@dataclass(frozen=True)
-class ScoredEvent:
-    """What the monitors see of one scored event."""
-
-    event: ValidEvent
-    x: dict[str, float | str]
-    prediction: int | float | str | None
-    proba: dict[str, float] | None
-    score: float
-    model_version: int
-
-
-@dataclass
-class BatchResult:
-    outgoing: list[Outgoing]
-    scored: list[ScoredEvent]
-    examples: list[TrainingExample]
-    rejected: int
-
-    @classmethod
-    def merge(cls, parts: Iterable[BatchResult]) -> BatchResult:
-        """One result from the results of consecutive parts of a batch."""
-        merged = cls([], [], [], 0)
-        for part in parts:
-            merged.outgoing += part.outgoing
-            merged.scored += part.scored
-            merged.examples += part.examples
-            merged.rejected += part.rejected
-        return merged
-
-
-def train_topic_name(settings: Settings) -> str:
-    """The single-partition topic that serialises learning for one model."""
-    return f"{settings.worker.app_id}-train-{settings.model.name}"
-
+from stream.timestamps import now_ms
 
 Rejected = tuple[Incoming, RejectedInput]
 

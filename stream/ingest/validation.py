@@ -22,39 +22,19 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 import orjson
 from pydantic import ValidationError
 
 from stream.exceptions import RejectedInput
-from stream.messages import Event, Label, TimestampRangeError
-from stream.messages import now_ms as wall_clock_ms
+from stream.messages import Event, Label
+from stream.records import QualityIssue, ValidEvent
 from stream.service.config import FeatureSpec, WorkerSettings
+from stream.timestamps import TimestampRangeError
+from stream.timestamps import now_ms as wall_clock_ms
 
 #: The largest magnitude a numeric feature value or label may have (see above).
 MAX_ABS_VALUE = 1e15
-
-QualityKind = Literal["missing", "out_of_range", "unseen_category"]
-
-
-@dataclass(frozen=True)
-class QualityIssue:
-    feature: str
-    kind: QualityKind
-
-
-@dataclass(frozen=True)
-class ValidEvent:
-    """An accepted event: raw features after imputation, and its data-quality problems."""
-
-    event_id: str
-    entity_id: str
-    ts_ms: int
-    values: dict[str, float | str]
-    label: int | float | str | bool | None
-    quality: tuple[QualityIssue, ...]
-    missing: frozenset[str]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from stream.messages import Label
+from stream.messages import Label, TrainingExample
 
 
 @dataclass(frozen=True)
@@ -34,32 +34,6 @@ class PendingPrediction:
     @classmethod
     def decode(cls, raw: bytes) -> PendingPrediction:
         return cls(**orjson.loads(raw))
-
-
-@dataclass(frozen=True)
-class TrainingExample:
-    """(x, y) in label-arrival order, with what the monitors need to judge the model."""
-
-    event_id: str
-    x: dict[str, float | str]
-    y: Any
-    event_ts_ms: int
-    label_ts_ms: int
-    model_version: int
-    prediction: int | float | str | None
-    score: float
-
-    def encode(self) -> bytes:
-        return orjson.dumps(self.__dict__)
-
-    @classmethod
-    def decode(cls, raw: bytes) -> TrainingExample:
-        return cls(**orjson.loads(raw))
-
-    @property
-    def lag_s(self) -> float:
-        """Label lag: label time minus event time, in seconds."""
-        return max(0.0, (self.label_ts_ms - self.event_ts_ms) / 1000.0)
 
 
 @dataclass(frozen=True)

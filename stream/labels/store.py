@@ -27,7 +27,7 @@ from redis.asyncio.client import Pipeline
 
 from stream.labels.join import PendingPrediction
 from stream.messages import Label
-from stream.messages import now_ms as wall_clock_ms
+from stream.timestamps import now_ms as wall_clock_ms
 
 # KEYS = [pending, parked, (pred_key, label_key) * n]; ARGV = [ttl, (value, score, member) * n]
 # returns, per prediction, the parked label it claimed or false

@@ -1,9 +1,9 @@
 """Signed, versioned snapshots of an :class:`~stream.model.online.OnlineModel` in Redis.
 
 One trainer per model learns and publishes numbered versions; every scorer serves the
-*current* version through a :class:`ModelHolder` that polls one Redis key. Each version is
-a signed record (:mod:`stream.model.snapshot_format`), verified before anything in it is used and
-unpickled only after its signature checks out.
+*current* version through a :class:`~stream.model.holder.ModelHolder` that polls one Redis
+key. Each version is a signed record (:mod:`stream.model.snapshot_format`), verified before
+anything in it is used and unpickled only after its signature checks out.
 
 Keys, for ``{p}`` = the Redis prefix and ``{n}`` = the model name::
 
@@ -24,19 +24,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping
-from datetime import UTC, datetime
 from typing import Any, cast
 
-import orjson
 from redis.asyncio import Redis
 
-from stream.exceptions import (
-    ConfigError,
-    DriftwatchError,
-    SnapshotIntegrityError,
-    SnapshotNotFoundError,
-)
-from stream.messages import now_ms
+from stream.exceptions import SnapshotIntegrityError, SnapshotNotFoundError
 from stream.model.online import OnlineModel
 from stream.model.snapshot_format import (
     NO_KEY,
@@ -46,12 +38,10 @@ from stream.model.snapshot_format import (
     read_info,
     unverified_info,
 )
-from stream.monitoring.alerts import model_health_alert
 from stream.service.config import Settings
+from stream.timestamps import now_ms
 
 log = logging.getLogger(__name__)
-
-# --- Redis I/O ---------------------------------------------------------------------------
 
 # Store, index, move `current` unless pinned or newer, then prune all but the newest
 # `keep` versions and the current one, atomically.
@@ -354,184 +344,3 @@ class SnapshotStore:
 
 def _int_or_none(raw: bytes | str | None) -> int | None:
     return None if raw is None else int(raw)
-
-
-class ModelHolder:
-    """The model a scorer serves: the current published version, refreshed by polling.
-
-    Parameters
-    ----------
-    store
-        Where the versions are.
-    initial
-        What to serve before anything is published: a fresh model from the configuration,
-        identical on every worker. Loaded versions must have its task and pipeline.
-
-    Examples
-    --------
-    >>> fresh = create_model(settings.model, settings.features)  # doctest: +SKIP
-    >>> holder = ModelHolder(store, fresh)  # doctest: +SKIP
-    >>> await holder.refresh()  # doctest: +SKIP
-    True
-    >>> holder.model.version  # doctest: +SKIP
-    7
-    """
-
-    def __init__(self, store: SnapshotStore, initial: OnlineModel) -> None:
-        self.store = store
-        self.initial = initial
-        self._reset()
-
-    def _reset(self) -> None:
-        self._model = self.initial
-        self._refused: int | None = None
-        self._refused_since: int | None = None  # wall clock of the open model_health episode
-        self._alerts: list[dict[str, Any]] = []
-        self._first_refresh = False
-
-    @property
-    def model(self) -> OnlineModel:
-        """The model to score with now."""
-        return self._model
-
-    def take_alerts(self) -> list[dict[str, Any]]:
-        """The ``model_health`` alerts raised since the last call (refusals, recoveries)."""
-        alerts, self._alerts = self._alerts, []
-        return alerts
-
-    async def ready(self) -> None:
-        """Refresh once before the first batch is scored: serve the published version from
-        the start, not the untrained initial model until the first poll."""
-        if not self._first_refresh:
-            await self.refresh()
-            self._first_refresh = True
-
-    async def refresh(self) -> bool:
-        """Load the current version if it is not the one held; True if the model changed.
-
-        A current version that is refused (integrity or configuration mismatch) is not
-        loaded again until ``current`` moves on; the holder serves the newest stored version
-        that verifies instead (never the untrained initial model while a trained one is
-        valid) and raises a ``model_health`` alert, resolved when a current version loads.
-
-        >>> changed = await holder.refresh()  # doctest: +SKIP
-        """
-        version = await self.store.current_version()
-        if version is None or version in (self._model.version, self._refused):
-            return False
-        try:
-            model = await self.store.load(version)
-            self._check_fits(model)
-        except (SnapshotIntegrityError, ConfigError) as exc:
-            return await self._refuse(version, exc)
-        self._model = model
-        self._recovered()
-        return True
-
-    async def _refuse(self, version: int, exc: DriftwatchError) -> bool:
-        self._refused = version
-        fallback = await self._newest_fitting(exclude={version})
-        changed = fallback is not None and fallback.version != self._model.version
-        if changed and fallback is not None:
-            self._model = fallback
-        serving = f"serving version {self._model.version} instead"
-        log.error("model %s: refused current version %d: %s; %s",
-                  self.initial.name, version, exc, serving)  # fmt: skip
-        now = now_ms()
-        self._refused_since = self._refused_since or now
-        self._alerts.append(
-            model_health_alert(
-                "firing", self.initial.name, "signature", version=version, ts=now,
-                message=f"model {self.initial.name!r}: current version {version} refused "
-                f"({exc}); {serving}",
-            )
-        )  # fmt: skip
-        return changed
-
-    async def _newest_fitting(self, exclude: set[int]) -> OnlineModel | None:
-        while True:
-            found = await self.store.load_newest_valid(exclude)
-            if found is None:
-                return None
-            try:
-                self._check_fits(found[0])
-            except ConfigError:
-                exclude.add(found[0].version)
-                continue
-            return found[0]
-
-    def _recovered(self) -> None:
-        if self._refused_since is None:
-            return
-        self._alerts.append(
-            model_health_alert(
-                "resolved", self.initial.name, "signature", version=self._model.version,
-                ts=now_ms(), episode_start_ts=self._refused_since,
-                message=f"model {self.initial.name!r}: serving current version "
-                f"{self._model.version} again",
-            )
-        )  # fmt: skip
-        self._refused_since = None
-
-    def _check_fits(self, model: OnlineModel) -> None:
-        want = (self.initial.name, self.initial.task, self.initial.pipeline)
-        got = (model.name, model.task, model.pipeline)
-        if got != want:
-            raise ConfigError(
-                f"snapshot version {model.version} is name/task/pipeline {got} but the "
-                f"configuration says {want}: refusing to serve it"
-            )
-
-
-# --- CLI hooks ---------------------------------------------------------------------------
-
-
-async def list_versions(store: SnapshotStore) -> list[str]:
-    """Printable rows, header first, one per stored version; ``*`` marks the current one.
-
-    >>> print("\\n".join(await list_versions(store)))  # doctest: +SKIP
-      VERSION  CREATED (UTC)        LEARNED  PIPELINE                    CHECK  META
-    *       7  2025-11-22 08:13:20     3500  binary/logistic_regression  ok     {"offset":812}
-    """
-    infos = await store.versions()
-    current, pinned = await store.current_version(), await store.pinned_version()
-    rows = [
-        f"  {'VERSION':>7}  {'CREATED (UTC)':<19}  {'LEARNED':>7}  {'PIPELINE':<26}  CHECK  META"
-    ]
-    rows += [_row(info, info.version == current) for info in infos]
-    if pinned is not None:
-        rows.append(f"(version {pinned} is pinned: `promote` without a version follows the latest)")
-    return rows
-
-
-def _row(info: SnapshotInfo, current: bool) -> str:
-    created = datetime.fromtimestamp(info.created_at / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    meta = orjson.dumps(dict(info.meta), option=orjson.OPT_SORT_KEYS).decode()
-    check = "ok" if info.valid else "BAD"
-    pipeline = f"{info.task}/{info.pipeline}"
-    mark = "*" if current else " "
-    learned = f"{info.n_learned:>7}"
-    return f"{mark} {info.version:>7}  {created}  {learned}  {pipeline:<26}  {check:<5}  {meta}"
-
-
-async def promote(store: SnapshotStore, version: int | None = None) -> str:
-    """Promote a version (pinned), or follow the latest again; a line saying what happened.
-
-    >>> await promote(store, 5)  # doctest: +SKIP
-    "model 'fraud': version 5 is current and pinned (was 7)"
-    """
-    before = await store.current_version()
-    now = await store.promote(version)
-    how = "current and pinned" if version is not None else "current; following new versions"
-    return f"model {store.model_name!r}: version {now} is {how} (was {before})"
-
-
-async def rollback(store: SnapshotStore) -> str:
-    """Roll back to the previous version (pinned); a line saying what happened.
-
-    >>> await rollback(store)  # doctest: +SKIP
-    "model 'fraud': rolled back from version 7 to 6 (pinned)"
-    """
-    before = await store.current_version()
-    now = await store.rollback()
-    return f"model {store.model_name!r}: rolled back from version {before} to {now} (pinned)"

@@ -37,13 +37,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from stream.exceptions import RejectedInput, SnapshotIntegrityError
-from stream.labels.join import TrainingExample
-from stream.messages import now_ms
+from stream.messages import TrainingExample
 from stream.model.online import OnlineModel, create_model
 from stream.model.snapshots import SnapshotStore
 from stream.monitoring.alerts import model_health_alert
 from stream.service.config import Settings
 from stream.service.metrics import Metrics
+from stream.timestamps import now_ms
 
 log = logging.getLogger(__name__)
 

@@ -16,17 +16,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-AlertKind = Literal[
-    "data_drift",
-    "prediction_drift",
-    "performance",
-    "concept_drift",
-    "data_quality",
-    "model_health",
-]
-AlertStatus = Literal["firing", "resolved"]
+from stream.messages import AlertKind, AlertStatus
 
 
 class WindowLike(Protocol):

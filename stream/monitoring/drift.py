@@ -41,10 +41,12 @@ from detectors import (
     KSDetector,
     PSIDetector,
     WassersteinDetector,
+    bonferroni_ert,
 )
 from stream.exceptions import ConfigError
+from stream.messages import MonitorBatch, SubjectBatch, SubjectKind
 from stream.monitoring.alerts import EMPTY_SPAN, AlertKind, AlertStatus, Span, fmt, make_alert
-from stream.monitoring.subjects import SubjectBatch, SubjectKind
+from stream.monitoring.base import Reading, Reference
 from stream.service.config import MonitoringSettings
 
 QUANTILES = (5, 25, 50, 75, 95)
@@ -178,6 +180,30 @@ class SubjectMonitor:
             return []
         return self._consume(values, ts, start)
 
+    def apply(self, batch: MonitorBatch) -> list[dict[str, Any]]:
+        """:class:`~stream.monitoring.base.Monitor`: consume a :class:`SubjectBatch`."""
+        if not isinstance(batch, SubjectBatch):
+            raise TypeError(f"subject monitor {self.subject!r} got a {type(batch).__name__}")
+        return self.update(batch)
+
+    def readings(self) -> list[Reading]:
+        """The latest statistic, the threshold and whether an episode is open, per detector."""
+        out = []
+        for detector, (stat, threshold, active) in self._last.items():
+            labels = (self.subject, detector)
+            if stat is not None:
+                out.append(Reading("drift_statistic", labels, stat))
+            out.append(Reading("drift_threshold", labels, threshold))
+            out.append(Reading("drift_active", labels, 1.0 if active else 0.0))
+        return out
+
+    def repin(self, reference: Reference | None) -> list[dict[str, Any]]:
+        """Refit on a pinned reference, or (``None``) collect a fresh one from now on."""
+        if reference is None:
+            self._reset()
+            return []
+        return self.reset_reference(reference.values, reference.ts)
+
     def statistics(self) -> dict[str, tuple[float | None, float, bool]]:
         """Detector -> (latest statistic or ``None`` before a check, threshold, episode on)."""
         return dict(self._last)
@@ -238,7 +264,7 @@ class SubjectMonitor:
         return _DETECTORS[self.kind][name](
             window=m.window,
             check_every=m.check_every,
-            ert=m.ert * self.family_size,
+            ert=bonferroni_ert(m.ert, self.family_size),
             random_state=seed,
             # hysteresis: a drift that hovers near the threshold stays one episode
             release=m.release,

@@ -74,7 +74,7 @@ import numpy as np
 from river.drift import ADWIN
 
 from stream.exceptions import ConfigError, RejectedInput
-from stream.labels.join import TrainingExample
+from stream.messages import TrainingExample
 from stream.model.online import coerce_label
 from stream.monitoring.alerts import EMPTY_SPAN, AlertStatus, Span, fmt, make_alert
 from stream.monitoring.model_scores import (
@@ -129,7 +129,7 @@ class PerformanceMonitor:
     Examples
     --------
     >>> import numpy as np
-    >>> from stream.labels.join import TrainingExample
+    >>> from stream.messages import TrainingExample
     >>> rng = np.random.default_rng(0)
     >>> def example(i, flip):
     ...     x = float(rng.normal()); y = int((x > 0) != flip)

@@ -21,13 +21,13 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from stream.messages import MonitorBatch, QualityBatch
 from stream.monitoring.alerts import EMPTY_SPAN, AlertStatus, Span, fmt, make_alert
+from stream.monitoring.base import Reading, Reference
+from stream.records import ScoredEvent
 from stream.service.config import MonitoringSettings
-
-if TYPE_CHECKING:  # the pipeline imports the monitors, not the other way round
-    from stream.ingest.scoring import ScoredEvent
 
 DLQ = "dlq"
 REJECTED = "rejected"
@@ -113,6 +113,20 @@ class QualityMonitor:
                 alerts.append(alert)
         return alerts
 
+    def apply(self, batch: MonitorBatch) -> list[dict[str, Any]]:
+        """:class:`~stream.monitoring.base.Monitor`: consume a :class:`QualityBatch`."""
+        if not isinstance(batch, QualityBatch):
+            raise TypeError(f"quality monitor got a {type(batch).__name__}")
+        return self.update(batch.feature, batch.n, batch.counts, batch.ts)
+
+    def readings(self) -> list[Reading]:
+        """The rolling rate of every (feature, kind) seen."""
+        return [Reading("quality_rate", key, rate) for key, rate in self.rates().items()]
+
+    def repin(self, reference: Reference | None) -> list[dict[str, Any]]:
+        """Rates have no reference: nothing to do."""
+        return []
+
     def rates(self) -> dict[tuple[str, str], float]:
         """(feature, kind) -> rate over the feature's window, for every kind ever reported."""
         return {
@@ -178,8 +192,7 @@ def quality_counts(scored: Sequence[ScoredEvent]) -> dict[str, tuple[int, dict[s
 
     Examples
     --------
-    >>> from stream.ingest.scoring import ScoredEvent
-    >>> from stream.ingest.validation import QualityIssue, ValidEvent
+    >>> from stream.records import QualityIssue, ScoredEvent, ValidEvent
     >>> def scored(values, issues):
     ...     ev = ValidEvent("e", "c", 0, values, None, tuple(QualityIssue(f, k) for f, k in issues),
     ...                     frozenset(f for f, k in issues if k == "missing"))

@@ -25,7 +25,6 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from stream.exceptions import DriftwatchError
-from stream.messages import to_epoch_ms
 from stream.monitoring.subjects import (
     PREDICTION_CLASS,
     PREDICTION_SCORE,
@@ -33,6 +32,7 @@ from stream.monitoring.subjects import (
     subject_value,
 )
 from stream.service.config import Settings
+from stream.timestamps import to_epoch_ms
 
 
 def pinned_key(prefix: str) -> str:

@@ -16,52 +16,20 @@ filled, so its warm-up is the window length (:func:`monitored_subjects`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import numpy as np
-import orjson
 
 from stream.features.windows import FIRST_EVENT, SINCE_LAST, window_names
+from stream.messages import SubjectBatch, SubjectKind
+from stream.records import ScoredEvent
 from stream.service.config import Settings
 
 SINCE_LAST_WARMUP_MS = 300_000
 
-if TYPE_CHECKING:  # for annotations only: the worker's modules import this one
-    from stream.ingest.scoring import ScoredEvent
 
-SubjectKind = Literal["numeric", "categorical"]
 PREDICTION_SCORE = "prediction.score"
 PREDICTION_CLASS = "prediction.class"
-
-
-@dataclass(frozen=True)
-class SubjectBatch:
-    """One subject's values from one scored batch, in event order (the monitor-topic value).
-
-    Examples
-    --------
-    >>> b = SubjectBatch("amount", "numeric", [1.5, 2.0], [1000, 1001], 3)
-    >>> SubjectBatch.decode(b.encode()) == b, len(b.encode())
-    (True, 64)
-    """
-
-    subject: str
-    kind: SubjectKind
-    values: list[float] | list[str]
-    ts: list[int]
-    model_version: int
-
-    def encode(self) -> bytes:
-        return orjson.dumps(
-            {"s": self.subject, "k": self.kind, "v": self.values, "t": self.ts,
-             "m": self.model_version}
-        )  # fmt: skip
-
-    @classmethod
-    def decode(cls, raw: bytes) -> SubjectBatch:
-        d = orjson.loads(raw)
-        return cls(d["s"], d["k"], d["v"], d["t"], d["m"])
 
 
 def subject_batches(
@@ -76,8 +44,7 @@ def subject_batches(
 
     Examples
     --------
-    >>> from stream.ingest.scoring import ScoredEvent
-    >>> from stream.ingest.validation import ValidEvent
+    >>> from stream.records import ScoredEvent, ValidEvent
     >>> def scored(ts, amount, missing=()):
     ...     ev = ValidEvent(f"e{ts}", "c1", ts, {"amount": amount}, None, (), frozenset(missing))
     ...     return ScoredEvent(ev, {"amount": amount}, 1, None, 0.75, 2)
@@ -186,8 +153,6 @@ __all__ = [
     "PREDICTION_CLASS",
     "PREDICTION_SCORE",
     "SINCE_LAST_WARMUP_MS",
-    "SubjectBatch",
-    "SubjectKind",
     "monitored_subjects",
     "subject_batches",
     "subject_value",

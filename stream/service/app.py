@@ -25,23 +25,16 @@ import redis.asyncio as aioredis
 from faust.types import EventT
 
 from stream.exceptions import RejectedInput
-from stream.ingest.scoring import (
-    BatchResult,
-    EventProcessor,
-    Incoming,
-    LabelProcessor,
-    Outgoing,
-    reject,
-    train_topic_name,
-)
-from stream.labels.join import TrainingExample
-from stream.messages import dead_letter, dead_letter_key, now_ms
-from stream.model.snapshots import ModelHolder, SnapshotStore
+from stream.ingest.scoring import EventProcessor, LabelProcessor, reject
+from stream.messages import TrainingExample, dead_letter, dead_letter_key
+from stream.model.holder import ModelHolder
+from stream.model.snapshots import SnapshotStore
 from stream.model.trainer import Trainer
 from stream.monitoring.alerts import alert_key
 from stream.monitoring.hub import MonitorHub, monitor_messages
 from stream.monitoring.performance import PerformanceMonitor
 from stream.monitoring.subjects import monitored_subjects
+from stream.records import BatchResult, Incoming, Outgoing
 from stream.service import lag
 from stream.service.config import Settings
 from stream.service.metrics import Metrics
@@ -56,6 +49,8 @@ from stream.service.resilience import (
     guarded,
     isolate,
 )
+from stream.service.topics import train_topic_name
+from stream.timestamps import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +225,7 @@ class Steps:
         result.rejected += len(poisoned)
         out = [*result.outgoing, *self._examples(result.examples)]
         if self.monitoring:
-            msgs = monitor_messages(self.settings, result, self.kinds)
+            msgs = monitor_messages(result, self.kinds)
             out += [Outgoing(self.settings.topics.monitor, k, v) for k, v in msgs]
         await self.publish(out)
         w.metrics.events_received.inc(len(events))

@@ -158,18 +158,19 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _model_command(settings: Settings, action: str, version: int | None) -> int:
     import asyncio
 
-    from stream.model import snapshots
+    from stream.model import versions
+    from stream.model.snapshots import SnapshotStore
     from stream.service.redis_client import redis_client
 
     async def go() -> list[str]:
         client = redis_client(settings)
         try:
-            store = snapshots.SnapshotStore.from_settings(client, settings)
+            store = SnapshotStore.from_settings(client, settings)
             if action == "versions":
-                return await snapshots.list_versions(store)
+                return await versions.list_versions(store)
             if action == "promote":
-                return [await snapshots.promote(store, version)]
-            return [await snapshots.rollback(store)]
+                return [await versions.promote(store, version)]
+            return [await versions.rollback(store)]
         finally:
             await client.aclose()
 

@@ -30,7 +30,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from stream.exceptions import ConfigError
-from stream.messages import to_epoch_ms
+from stream.timestamps import to_epoch_ms
 
 DEFAULT_CONFIG_FILE = "driftwatch.toml"
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

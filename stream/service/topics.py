@@ -23,10 +23,17 @@ from stream.service.config import Settings
 log = logging.getLogger(__name__)
 
 
+def train_topic_name(settings: Settings) -> str:
+    """The single-partition topic that serialises learning for one model.
+
+    >>> train_topic_name(Settings(worker={"app_id": "dw"}, model={"name": "fraud"}))
+    'dw-train-fraud'
+    """
+    return f"{settings.worker.app_id}-train-{settings.model.name}"
+
+
 def topic_partitions(settings: Settings) -> dict[str, int]:
     """Every topic the worker uses, with its partition count."""
-    from stream.ingest.scoring import train_topic_name
-
     topics = {name: settings.topics.partitions for name in settings.topics.names}
     topics[train_topic_name(settings)] = 1  # one partition: one learner, in arrival order
     return topics

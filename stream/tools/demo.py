@@ -20,9 +20,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from stream.messages import now_ms
 from stream.service.config import Settings
 from stream.service.topics import ensure_topics, wait_consumed
+from stream.timestamps import now_ms
 from stream.tools.synthetic import CardStream, Drift, bad_event
 
 

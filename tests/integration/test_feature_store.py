@@ -19,15 +19,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from stream.features.offline import recompute_offline
+from stream.features.state import State, encode_state
 from stream.features.store import FeatureStore
-from stream.features.windows import (
-    EventResult,
-    FeatureInput,
-    State,
-    encode_state,
-    recompute_offline,
-    update_batch,
-)
+from stream.features.windows import EventResult, FeatureInput, update_batch
 from stream.service.config import FeatureSpec, RedisSettings, Settings, WindowSettings
 
 pytestmark = pytest.mark.integration

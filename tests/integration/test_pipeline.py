@@ -10,7 +10,8 @@ import orjson
 import pytest
 import redis
 
-from stream.features.windows import FeatureInput, recompute_offline
+from stream.features.offline import recompute_offline
+from stream.features.windows import FeatureInput
 from stream.service.config import Settings, load_settings
 from stream.tools.synthetic import CardStream, bad_event
 from tests.integration.kafka_io import consume, produce

@@ -9,8 +9,10 @@ import pytest
 import redis.asyncio
 
 from stream.exceptions import SnapshotIntegrityError, SnapshotNotFoundError
+from stream.model.holder import ModelHolder
 from stream.model.online import OnlineModel, create_model
-from stream.model.snapshots import ModelHolder, SnapshotStore, list_versions, promote, rollback
+from stream.model.snapshots import SnapshotStore
+from stream.model.versions import list_versions, promote, rollback
 from stream.service.config import ModelSettings
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from stream.exceptions import RejectedInput
-from stream.ingest.scoring import Incoming, reject
+from stream.ingest.scoring import reject
 from stream.messages import (
     DLQ_MAX_ERROR_CHARS,
     DLQ_MAX_KEY_BYTES,
@@ -18,6 +18,7 @@ from stream.messages import (
     dead_letter,
     dead_letter_key,
 )
+from stream.records import Incoming
 from stream.service.config import Settings
 from stream.service.metrics import Metrics
 

@@ -12,17 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream.features.offline import recompute_offline
+from stream.features.state import State, decode_state, encode_state, new_state
 from stream.features.windows import (
     FIRST_EVENT,
     BatchUpdate,
     EventResult,
     FeatureInput,
-    State,
     bucket_width_ms,
-    decode_state,
-    encode_state,
-    new_state,
-    recompute_offline,
     update_batch,
     window_names,
 )

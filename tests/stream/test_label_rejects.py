@@ -7,7 +7,8 @@ import asyncio
 import orjson
 import redis.asyncio as aioredis
 
-from stream.ingest.scoring import Incoming, LabelProcessor
+from stream.ingest.scoring import LabelProcessor
+from stream.records import Incoming
 from stream.service.config import Settings
 from stream.service.metrics import Metrics
 

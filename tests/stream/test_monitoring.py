@@ -11,18 +11,21 @@ import pytest
 
 from stream.exceptions import ConfigError
 from stream.features.windows import window_names
-from stream.ingest.scoring import ScoredEvent
-from stream.ingest.validation import ValidEvent
-from stream.messages import Alert
+from stream.messages import (
+    Alert,
+    SubjectBatch,
+    SubjectKind,
+    decode_monitor_batch,
+    encode_monitor_batch,
+)
 from stream.monitoring.drift import SubjectMonitor
 from stream.monitoring.reference import reference_values
 from stream.monitoring.subjects import (
     SINCE_LAST_WARMUP_MS,
-    SubjectBatch,
-    SubjectKind,
     monitored_subjects,
     subject_batches,
 )
+from stream.records import ScoredEvent, ValidEvent
 from stream.service.config import FeatureSpec, ModelSettings, MonitoringSettings, Settings
 
 # small sizes keep the suite fast; ert is family-wise, split over FAMILY (subject, detector) pairs
@@ -229,7 +232,7 @@ def test_detectors_get_the_bonferroni_share_and_a_stable_seed() -> None:
 
 def test_subject_batch_round_trip() -> None:
     batch = SubjectBatch("kind", "categorical", ["a", "b"], [1, 2], 3)
-    assert SubjectBatch.decode(batch.encode()) == batch
+    assert decode_monitor_batch(encode_monitor_batch(batch)) == batch
 
 
 def scored(

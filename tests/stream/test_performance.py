@@ -12,8 +12,7 @@ from river import metrics as rm
 from river import utils
 
 from stream.exceptions import ConfigError
-from stream.labels.join import TrainingExample
-from stream.messages import Alert
+from stream.messages import Alert, TrainingExample
 from stream.monitoring.model_scores import (
     binary_metrics,
     binary_standard_errors,

@@ -7,10 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from stream.ingest.scoring import ScoredEvent
-from stream.ingest.validation import QualityIssue, ValidEvent
 from stream.messages import Alert
 from stream.monitoring.quality import QualityMonitor, quality_counts
+from stream.records import QualityIssue, ScoredEvent, ValidEvent
 from stream.service.config import MonitoringSettings
 
 SETTINGS = MonitoringSettings(quality_window=200, max_missing_rate=0.05, max_dlq_rate=0.02)

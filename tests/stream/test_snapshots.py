@@ -14,9 +14,10 @@ import redis.asyncio
 
 from stream.exceptions import SnapshotIntegrityError
 from stream.model import snapshot_format as snapshot_records
+from stream.model.holder import ModelHolder
 from stream.model.online import OnlineModel, create_model
 from stream.model.snapshot_format import decode_record, encode_record, read_info, sign, verify
-from stream.model.snapshots import ModelHolder, SnapshotStore
+from stream.model.snapshots import SnapshotStore
 from stream.service.config import ModelSettings, Settings
 
 KEY = b"test-key-not-a-secret"

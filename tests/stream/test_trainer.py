@@ -9,7 +9,7 @@ import pytest
 from river import compose, linear_model
 
 from stream.exceptions import SnapshotIntegrityError
-from stream.labels.join import TrainingExample
+from stream.messages import TrainingExample
 from stream.model.online import OnlineModel, create_model
 from stream.model.snapshot_format import SnapshotInfo
 from stream.model.trainer import Trainer

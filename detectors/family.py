@@ -1,4 +1,4 @@
-"""Many features, one false-alarm budget: :class:`Monitor`."""
+"""Many features, one false-alarm budget: :func:`bonferroni_ert` and :class:`Monitor`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,21 @@ from typing import Any, Self
 
 from detectors.base import Detector, DetectorResult
 from detectors.exceptions import InvalidInputError, NotFittedError
+
+
+def bonferroni_ert(ert: float, family_size: int) -> float:
+    """The expected run length each of ``family_size`` detectors is calibrated to.
+
+    Splitting the false-alarm rate evenly (Bonferroni) keeps the expected number of false
+    alarms over the whole family in ``N`` stationary values at most ``N / ert``, whatever
+    the dependence between the detectors.
+
+    >>> bonferroni_ert(1e6, 27)
+    27000000.0
+    """
+    if family_size < 1:
+        raise InvalidInputError(f"family_size: expected >= 1, got {family_size}")
+    return float(ert) * family_size
 
 
 class Monitor:
@@ -59,7 +74,7 @@ class Monitor:
         if missing:
             raise InvalidInputError(f"references: expected every feature, missing {missing}")
         self._reset()
-        share = float(self.ert) * len(self.prototypes)
+        share = bonferroni_ert(self.ert, len(self.prototypes))
         for name, prototype in self.prototypes.items():
             self.detectors[name] = prototype.clone(ert=share).fit(references[name])
         return self

@@ -1,0 +1,145 @@
+"""The model a scorer serves: the current published version, polled from a snapshot store.
+
+A current version that does not verify or does not fit the configuration is refused; the
+holder then serves the newest stored version that does and raises a ``model_health`` alert.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from stream.exceptions import ConfigError, DriftwatchError, SnapshotIntegrityError
+from stream.model.online import OnlineModel
+from stream.model.snapshots import SnapshotStore
+from stream.monitoring.alerts import model_health_alert
+from stream.timestamps import now_ms
+
+log = logging.getLogger(__name__)
+
+
+class ModelHolder:
+    """The model a scorer serves: the current published version, refreshed by polling.
+
+    Parameters
+    ----------
+    store
+        Where the versions are.
+    initial
+        What to serve before anything is published: a fresh model from the configuration,
+        identical on every worker. Loaded versions must have its task and pipeline.
+
+    Examples
+    --------
+    >>> fresh = create_model(settings.model, settings.features)  # doctest: +SKIP
+    >>> holder = ModelHolder(store, fresh)  # doctest: +SKIP
+    >>> await holder.refresh()  # doctest: +SKIP
+    True
+    >>> holder.model.version  # doctest: +SKIP
+    7
+    """
+
+    def __init__(self, store: SnapshotStore, initial: OnlineModel) -> None:
+        self.store = store
+        self.initial = initial
+        self._reset()
+
+    def _reset(self) -> None:
+        self._model = self.initial
+        self._refused: int | None = None
+        self._refused_since: int | None = None  # wall clock of the open model_health episode
+        self._alerts: list[dict[str, Any]] = []
+        self._first_refresh = False
+
+    @property
+    def model(self) -> OnlineModel:
+        """The model to score with now."""
+        return self._model
+
+    def take_alerts(self) -> list[dict[str, Any]]:
+        """The ``model_health`` alerts raised since the last call (refusals, recoveries)."""
+        alerts, self._alerts = self._alerts, []
+        return alerts
+
+    async def ready(self) -> None:
+        """Refresh once before the first batch is scored: serve the published version from
+        the start, not the untrained initial model until the first poll."""
+        if not self._first_refresh:
+            await self.refresh()
+            self._first_refresh = True
+
+    async def refresh(self) -> bool:
+        """Load the current version if it is not the one held; True if the model changed.
+
+        A current version that is refused (integrity or configuration mismatch) is not
+        loaded again until ``current`` moves on; the holder serves the newest stored version
+        that verifies instead (never the untrained initial model while a trained one is
+        valid) and raises a ``model_health`` alert, resolved when a current version loads.
+
+        >>> changed = await holder.refresh()  # doctest: +SKIP
+        """
+        version = await self.store.current_version()
+        if version is None or version in (self._model.version, self._refused):
+            return False
+        try:
+            model = await self.store.load(version)
+            self._check_fits(model)
+        except (SnapshotIntegrityError, ConfigError) as exc:
+            return await self._refuse(version, exc)
+        self._model = model
+        self._recovered()
+        return True
+
+    async def _refuse(self, version: int, exc: DriftwatchError) -> bool:
+        self._refused = version
+        fallback = await self._newest_fitting(exclude={version})
+        changed = fallback is not None and fallback.version != self._model.version
+        if changed and fallback is not None:
+            self._model = fallback
+        serving = f"serving version {self._model.version} instead"
+        log.error("model %s: refused current version %d: %s; %s",
+                  self.initial.name, version, exc, serving)  # fmt: skip
+        now = now_ms()
+        self._refused_since = self._refused_since or now
+        self._alerts.append(
+            model_health_alert(
+                "firing", self.initial.name, "signature", version=version, ts=now,
+                message=f"model {self.initial.name!r}: current version {version} refused "
+                f"({exc}); {serving}",
+            )
+        )  # fmt: skip
+        return changed
+
+    async def _newest_fitting(self, exclude: set[int]) -> OnlineModel | None:
+        while True:
+            found = await self.store.load_newest_valid(exclude)
+            if found is None:
+                return None
+            try:
+                self._check_fits(found[0])
+            except ConfigError:
+                exclude.add(found[0].version)
+                continue
+            return found[0]
+
+    def _recovered(self) -> None:
+        if self._refused_since is None:
+            return
+        self._alerts.append(
+            model_health_alert(
+                "resolved", self.initial.name, "signature", version=self._model.version,
+                ts=now_ms(), episode_start_ts=self._refused_since,
+                message=f"model {self.initial.name!r}: serving current version "
+                f"{self._model.version} again",
+            )
+        )  # fmt: skip
+        self._refused_since = None
+
+    def _check_fits(self, model: OnlineModel) -> None:
+        want = (self.initial.name, self.initial.task, self.initial.pipeline)
+        got = (model.name, model.task, model.pipeline)
+        if got != want:
+            raise ConfigError(
+                f"snapshot version {model.version} is name/task/pipeline {got} but the "
+                f"configuration says {want}: refusing to serve it"
+            )

@@ -1,0 +1,85 @@
+"""The records that travel inside a worker, between its subsystems (pure, no I/O).
+
+A consumed Kafka record (:class:`Incoming`), a message to publish (:class:`Outgoing`), an
+accepted event (:class:`ValidEvent`) and what scoring made of it (:class:`ScoredEvent`,
+:class:`BatchResult`): the scoring side builds them, the monitoring side reads them, and
+neither needs the other's I/O. The messages on the topics are in :mod:`stream.messages`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from stream.messages import TrainingExample
+
+QualityKind = Literal["missing", "out_of_range", "unseen_category"]
+
+
+@dataclass(frozen=True)
+class QualityIssue:
+    feature: str
+    kind: QualityKind
+
+
+@dataclass(frozen=True)
+class ValidEvent:
+    """An accepted event: raw features after imputation, and its data-quality problems."""
+
+    event_id: str
+    entity_id: str
+    ts_ms: int
+    values: dict[str, float | str]
+    label: int | float | str | bool | None
+    quality: tuple[QualityIssue, ...]
+    missing: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A consumed Kafka record, as the agents see it."""
+
+    topic: str
+    partition: int | None
+    offset: int | None
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True)
+class ScoredEvent:
+    """What the monitors see of one scored event."""
+
+    event: ValidEvent
+    x: dict[str, float | str]
+    prediction: int | float | str | None
+    proba: dict[str, float] | None
+    score: float
+    model_version: int
+
+
+@dataclass
+class BatchResult:
+    outgoing: list[Outgoing]
+    scored: list[ScoredEvent]
+    examples: list[TrainingExample]
+    rejected: int
+
+    @classmethod
+    def merge(cls, parts: Iterable[BatchResult]) -> BatchResult:
+        """One result from the results of consecutive parts of a batch."""
+        merged = cls([], [], [], 0)
+        for part in parts:
+            merged.outgoing += part.outgoing
+            merged.scored += part.scored
+            merged.examples += part.examples
+            merged.rejected += part.rejected
+        return merged
