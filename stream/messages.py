@@ -170,23 +170,21 @@ def dead_letter(
      'payload_truncated': False, 'ts': 1}
     """
     text, encoding = _text(payload, DLQ_MAX_PAYLOAD_BYTES)
-    key_text = None if key is None else _text(key, DLQ_MAX_KEY_BYTES)[0]
-    return orjson.dumps(
-        {
-            "error": _clip(error, DLQ_MAX_ERROR_CHARS),
-            "stage": stage,
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "key": key_text,
-            "payload": text,
-            "payload_encoding": encoding,
-            "payload_bytes": len(payload),
-            "payload_sha256": hashlib.sha256(payload).hexdigest(),
-            "payload_truncated": len(payload) > DLQ_MAX_PAYLOAD_BYTES,
-            "ts": now_ms,
-        }
+    letter = DeadLetter(
+        error=_clip(error, DLQ_MAX_ERROR_CHARS),
+        stage=stage,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=None if key is None else _text(key, DLQ_MAX_KEY_BYTES)[0],
+        payload=text,
+        payload_encoding=encoding,
+        payload_bytes=len(payload),
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
+        payload_truncated=len(payload) > DLQ_MAX_PAYLOAD_BYTES,
+        ts=now_ms,
     )
+    return orjson.dumps(letter.model_dump())
 
 
 def dead_letter_key(key: bytes | None) -> bytes | None:

@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-import orjson
 import redis.asyncio as aioredis
 
 from stream.exceptions import RejectedInput
@@ -26,7 +25,7 @@ from stream.features.windows import EventResult, FeatureInput
 from stream.ingest.validation import Limits, validate_event, validate_label
 from stream.labels.join import PendingPrediction, example_from, join_labels
 from stream.labels.store import PredictionStore
-from stream.messages import Label, TrainingExample, dead_letter, dead_letter_key
+from stream.messages import Label, Prediction, TrainingExample, dead_letter, dead_letter_key
 from stream.model.online import OnlineModel
 from stream.records import BatchResult, Incoming, Outgoing, ScoredEvent, ValidEvent
 from stream.service.config import Settings
@@ -141,24 +140,25 @@ class EventProcessor:
         model = self.model()
         topic = self.settings.topics.predictions
         processed = now_ms()
-        out = []
-        for s in scored:
-            value = orjson.dumps(
-                {
-                    "event_id": s.event.event_id,
-                    "entity_id": s.event.entity_id,
-                    "ts": s.event.ts_ms,
-                    "model": model.name,
-                    "model_version": s.model_version,
-                    "prediction": s.prediction,
-                    "proba": s.proba,
-                    "score": s.score,
-                    "features": s.x,
-                    "processed_at": processed,
-                }
-            )
-            out.append(Outgoing(topic, s.event.entity_id.encode(), value))
-        return out
+        return [
+            Outgoing(
+                topic,
+                s.event.entity_id.encode(),
+                Prediction(
+                    s.event.event_id,
+                    s.event.entity_id,
+                    s.event.ts_ms,
+                    model.name,
+                    s.model_version,
+                    s.prediction,
+                    s.proba,
+                    s.score,
+                    s.x,
+                    processed,
+                ).encode(),
+            )  # fmt: skip
+            for s in scored
+        ]
 
     def _count(
         self,

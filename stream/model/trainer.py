@@ -151,6 +151,12 @@ class Trainer:
         """The items of ``batch`` (offset, example) not learned yet: after the checkpoint."""
         if self.model is None:
             await self.restore()
+        return self._after_checkpoint(batch)
+
+    def _after_checkpoint(
+        self, batch: Sequence[tuple[int, TrainingExample]]
+    ) -> list[tuple[int, TrainingExample]]:
+        # learned before a restart or rebalance (at or before the checkpoint): not twice
         return [(offset, x) for offset, x in batch if offset > self.last_offset]
 
     def forget(self) -> None:
@@ -170,7 +176,7 @@ class Trainer:
         model = self.model
         if model is None:
             raise RuntimeError("learn_batch before restore: call unlearned() first")
-        fresh = [(o, x) for o, x in batch if o > self.last_offset]
+        fresh = self._after_checkpoint(batch)
         if not fresh:
             return Learned(0, [])
         before = pickle.dumps(model.estimator, protocol=pickle.HIGHEST_PROTOCOL)

@@ -16,22 +16,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from stream.messages import AlertKind, AlertStatus
-
-
-class WindowLike(Protocol):
-    """Anything with the fields of :class:`stream.messages.Window`."""
-
-    @property
-    def n(self) -> int: ...
-
-    @property
-    def from_ts(self) -> int | None: ...
-
-    @property
-    def to_ts(self) -> int | None: ...
+from stream.messages import Alert, AlertKind, AlertStatus, Window
 
 
 @dataclass(frozen=True)
@@ -44,6 +31,10 @@ class Span:
 
     def as_dict(self) -> dict[str, int | None]:
         return {"n": self.n, "from_ts": self.from_ts, "to_ts": self.to_ts}
+
+    def window(self) -> Window:
+        """The span as the ``reference``/``window`` field of an Alert message."""
+        return Window(n=int(self.n), from_ts=self.from_ts, to_ts=self.to_ts)
 
 
 EMPTY_SPAN = Span(0, None, None)
@@ -58,8 +49,8 @@ def make_alert(
     statistic: float | None,
     p_value: float | None,
     threshold: float | None,
-    reference: WindowLike,
-    window: WindowLike,
+    reference: Span,
+    window: Span,
     model: str,
     model_version: int | None,
     ts: int,
@@ -99,23 +90,24 @@ def make_alert(
     ('data_drift:amount:ks:4', {'n': 1000, 'from_ts': 3, 'to_ts': 4}, b'data_drift:amount')
     """
     start = ts if episode_start_ts is None else episode_start_ts
-    return {
-        "alert_id": f"{kind}:{subject}:{detector}:{start}",
-        "kind": kind,
-        "status": status,
-        "subject": subject,
-        "detector": detector,
-        "statistic": finite_or_none(statistic),
-        "p_value": finite_or_none(p_value),
-        "threshold": finite_or_none(threshold),
-        "reference": _span(reference),
-        "window": _span(window),
-        "model": model,
-        "model_version": model_version,
-        "ts": int(ts),
-        "message": message,
-        "evidence": evidence,
-    }
+    alert = Alert(
+        alert_id=f"{kind}:{subject}:{detector}:{start}",
+        kind=kind,
+        status=status,
+        subject=subject,
+        detector=detector,
+        statistic=finite_or_none(statistic),
+        p_value=finite_or_none(p_value),
+        threshold=finite_or_none(threshold),
+        reference=reference.window(),
+        window=window.window(),
+        model=model,
+        model_version=model_version,
+        ts=int(ts),
+        message=message,
+        evidence=evidence,
+    )
+    return alert.model_dump()
 
 
 def alert_key(alert: dict[str, Any]) -> bytes:
@@ -148,10 +140,6 @@ def fmt(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "-"
     return f"{value:.3g}"
-
-
-def _span(span: WindowLike) -> dict[str, int | None]:
-    return {"n": int(span.n), "from_ts": span.from_ts, "to_ts": span.to_ts}
 
 
 def model_health_alert(

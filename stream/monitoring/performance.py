@@ -7,7 +7,7 @@ examples, computes exact rolling metrics and their standard errors
 
 Metrics
     ``performance_metrics``, or when it is empty the task's stable defaults
-    (:data:`DEFAULT_METRICS`): binary accuracy and ROC AUC, multiclass accuracy and macro F1,
+    (:data:`~stream.monitoring.performance_metrics.DEFAULT_METRICS`): binary accuracy and ROC AUC, multiclass accuracy and macro F1,
     regression MAE and RMSE.  Precision, recall and F1 are computed over a fraction of the
     window only (predicted or actual positives), so they are noisier: ask for them by name.
 Reference
@@ -73,36 +73,26 @@ from typing import Any, Literal
 import numpy as np
 from river.drift import ADWIN
 
-from stream.exceptions import ConfigError, RejectedInput
+from stream.exceptions import RejectedInput
 from stream.messages import TrainingExample
 from stream.model.online import coerce_label
-from stream.monitoring.alerts import EMPTY_SPAN, AlertStatus, Span, fmt, make_alert
-from stream.monitoring.model_scores import (
-    TINY,
-    binary_metrics,
-    binary_standard_errors,
-    multiclass_metrics,
-    multiclass_standard_errors,
-    regression_metrics,
-    regression_standard_errors,
+from stream.monitoring.alerts import EMPTY_SPAN, AlertStatus, Span, make_alert
+from stream.monitoring.model_scores import TINY
+from stream.monitoring.performance_alerts import (
+    ERROR_SUBJECT,
+    concept_message,
+    performance_message,
+)
+from stream.monitoring.performance_metrics import (
+    ERROR_METRICS,
+    Task,
+    compute_metrics,
+    example_error,
+    monitored_metrics,
+    shortfall,
 )
 from stream.service.config import MonitoringSettings
 
-Task = Literal["binary", "multiclass", "regression"]
-TASK_METRICS: dict[Task, tuple[str, ...]] = {
-    "binary": ("accuracy", "precision", "recall", "f1", "roc_auc"),
-    "multiclass": ("accuracy", "macro_f1"),
-    "regression": ("mae", "rmse", "r2"),
-}
-# monitored when ``performance_metrics`` is empty: the metrics whose sampling noise over a
-# window is smallest (precision, recall and F1 divide by a fraction of the window only)
-DEFAULT_METRICS: dict[Task, tuple[str, ...]] = {
-    "binary": ("accuracy", "roc_auc"),
-    "multiclass": ("accuracy", "macro_f1"),
-    "regression": ("mae", "rmse"),
-}
-ERROR_METRICS = frozenset({"mae", "rmse"})
-ERROR_SUBJECT = "error_rate"
 # One-sided z test of the drop: P(N(0, 1) > 4.5) = 3.4e-6 per check, before accounting for
 # the repeated checks.  Those are many (every ``check_every`` labels, for ever) and share one
 # reference, whose own sampling error offsets every check alike, so 3 (0.13 % per check)
@@ -121,7 +111,8 @@ class PerformanceMonitor:
         The model's task.
     settings
         ``performance_window``, ``performance_reference``, ``performance_margin``,
-        ``performance_metrics`` (empty: :data:`DEFAULT_METRICS` of the task) and
+        ``performance_metrics`` (empty: the task's
+        :data:`~stream.monitoring.performance_metrics.DEFAULT_METRICS`) and
         ``check_every``.
     model
         Model name for the alerts.
@@ -149,24 +140,8 @@ class PerformanceMonitor:
         self.task = task
         self.settings = settings
         self.model = model
-        self._validate()
+        self.metric_names = monitored_metrics(task, settings.performance_metrics)
         self._reset()
-
-    def _validate(self) -> None:
-        allowed = TASK_METRICS.get(self.task)
-        if allowed is None:
-            raise ConfigError(f"task: expected one of {sorted(TASK_METRICS)}, got {self.task!r}")
-        wrong = [m for m in self.settings.performance_metrics if m not in allowed]
-        if wrong:
-            raise ConfigError(
-                f"monitoring.performance_metrics: {wrong} do not apply to task {self.task!r}; "
-                f"expected some of {list(allowed)}"
-            )
-
-    @property
-    def metric_names(self) -> tuple[str, ...]:
-        chosen = self.settings.performance_metrics or DEFAULT_METRICS[self.task]
-        return tuple(m for m in TASK_METRICS[self.task] if m in chosen)
 
     def _reset(self) -> None:
         size = self.settings.performance_window
@@ -229,7 +204,7 @@ class PerformanceMonitor:
         if pred is None and self.task == "regression":
             self.skipped += 1
             return False
-        error = _error(self.task, y, pred)
+        error = example_error(self.task, y, pred)
         self._y.append(y)
         self._pred.append(pred)
         self._score.append(example.score)
@@ -248,8 +223,8 @@ class PerformanceMonitor:
         elif len(self._ref) >= self.settings.performance_reference:
             self._fix_reference()
         if self._n % self.settings.check_every == 0:  # metrics for the dashboards from the start
-            self._current, self._current_se = self._compute(
-                list(self._y), list(self._pred), list(self._score)
+            self._current, self._current_se = compute_metrics(
+                self.task, self.metric_names, list(self._y), list(self._pred), list(self._score)
             )
             if self._reference is not None:
                 alerts.extend(self._check(example.label_ts_ms))
@@ -257,29 +232,13 @@ class PerformanceMonitor:
 
     def _fix_reference(self) -> None:
         ys, preds, scores, ts = (list(col) for col in zip(*self._ref, strict=True))
-        self._reference, self._reference_se = self._compute(ys, preds, scores)
+        self._reference, self._reference_se = compute_metrics(
+            self.task, self.metric_names, ys, preds, scores
+        )
         self._reference_span = Span(len(ts), min(ts), max(ts))
-        errors = [_error(self.task, y, p) for y, p in zip(ys, preds, strict=True)]
+        errors = [example_error(self.task, y, p) for y, p in zip(ys, preds, strict=True)]
         self._reference_error = float(np.mean(errors))
         self._ref = []
-
-    def _compute(
-        self, ys: list[Any], preds: list[Any], scores: list[float]
-    ) -> tuple[dict[str, float], dict[str, float]]:
-        """The metrics and their standard errors (relative for MAE and RMSE)."""
-        if self.task == "binary":
-            y, pred, score = np.asarray(ys), np.asarray(preds), np.asarray(scores)
-            values = binary_metrics(y, pred, score)
-            ses = binary_standard_errors(y, pred, values["roc_auc"])
-        elif self.task == "multiclass":
-            labels, predicted = [str(y) for y in ys], [str(p) for p in preds]
-            values = multiclass_metrics(labels, predicted)
-            ses = multiclass_standard_errors(labels, predicted)
-        else:
-            y, pred = np.asarray(ys, float), np.asarray(preds, float)
-            values, ses = regression_metrics(y, pred), regression_standard_errors(y, pred)
-        names = self.metric_names
-        return {m: values[m] for m in names}, {m: ses[m] for m in names}
 
     # -- performance alerts -----------------------------------------------------------------
 
@@ -288,16 +247,16 @@ class PerformanceMonitor:
         alerts: list[dict[str, Any]] = []
         margin = self.settings.performance_margin
         for name in self.metric_names:
-            shortfall = _shortfall(name, self._reference[name], self._current[name])
-            if math.isnan(shortfall):
+            drop = shortfall(name, self._reference[name], self._current[name])
+            if math.isnan(drop):
                 continue
             if name not in self._open:
                 # NaN standard errors compare False: no alarm without a noise estimate
-                if shortfall > margin and shortfall > Z * self._drop_se(name):
+                if drop > margin and drop > Z * self._drop_se(name):
                     self._open[name], self._calm[name] = ts, 0
                     alerts.append(self._performance_alert(name, "firing", ts))
                 continue
-            self._calm[name] = self._calm[name] + 1 if shortfall < margin / 2 else 0
+            self._calm[name] = self._calm[name] + 1 if drop < margin / 2 else 0
             if self._calm[name] >= RESOLVE_CHECKS:  # the recovery held: no flapping
                 del self._calm[name]
                 alerts.append(self._performance_alert(name, "resolved", ts))
@@ -320,19 +279,20 @@ class PerformanceMonitor:
             self.settings.performance_margin,
         )
         se = self._drop_se(name)
-        shortfall = _shortfall(name, ref, now)
+        drop = shortfall(name, ref, now)
         # the decision's limit: the required drop when firing, margin / 2 when resolving
         required = max(margin, Z * se) if status == "firing" else margin / 2
         limit = ref * (1 + required) if name in ERROR_METRICS else ref - required
-        p_value = 0.5 * math.erfc(shortfall / se / math.sqrt(2)) if se > 0 else None
+        p_value = 0.5 * math.erfc(drop / se / math.sqrt(2)) if se > 0 else None
         start = self._open[name] if status == "firing" else self._open.pop(name)
+        message = performance_message(
+            name, status, ref, now, margin, se, len(self._y), self._reference_span.n
+        )
         return self._make("performance", status, name, "margin", now, limit, ts, start, {
             "metric": name, "reference_value": ref, "current_value": now,
             "change": now - ref, "margin": margin, "standard_error": se, "z": Z,
             "required_change": required,
-            "message": _performance_message(name, status, ref, now, margin, se, len(self._y),
-                                            self._reference_span.n),
-        }, p_value)  # fmt: skip
+        }, message, p_value)  # fmt: skip
 
     # -- concept drift ----------------------------------------------------------------------
 
@@ -389,26 +349,18 @@ class PerformanceMonitor:
             if self.task == "regression"
             else self._reference_error + margin
         )
-        what = "mean absolute error" if self.task == "regression" else "error rate"
-        if status == "firing":
-            text = (
-                f"{ERROR_SUBJECT}: ADWIN detected a change in the {what}: {fmt(before * scale)}"
-                f" -> {fmt(after)} over the last {int(self._adwin.width)} labels (reference "
-                f"{fmt(self._reference_error)} over {self._reference_span.n} labels)"
-            )
-        else:
-            text = (
-                f"{ERROR_SUBJECT}: {what} back to {fmt(rolling)} over the last "
-                f"{min(self._since_fire, len(self._error))} labels (reference "
-                f"{fmt(self._reference_error)}); "
-                "concept drift resolved"
-            )
+        width = int(self._adwin.width)
+        n = width if status == "firing" else min(self._since_fire, len(self._error))
+        message = concept_message(
+            status, self.task == "regression", before * scale, statistic, n,
+            self._reference_error, self._reference_span.n,
+        )  # fmt: skip
         kind: Literal["concept_drift"] = "concept_drift"
         return self._make(kind, status, ERROR_SUBJECT, "adwin", statistic, limit, ts, start, {
             "before": before * scale, "after": after, "rolling": rolling,
-            "reference_value": self._reference_error, "adwin_width": int(self._adwin.width),
-            "adwin_delta": self._adwin.delta, "message": text,
-        })  # fmt: skip
+            "reference_value": self._reference_error, "adwin_width": width,
+            "adwin_delta": self._adwin.delta,
+        }, message)  # fmt: skip
 
     # -- shared -----------------------------------------------------------------------------
 
@@ -423,9 +375,9 @@ class PerformanceMonitor:
         ts: int,
         start: int,
         evidence: dict[str, Any],
+        message: str,
         p_value: float | None = None,
     ) -> dict[str, Any]:
-        message = evidence.pop("message")
         return make_alert(
             kind,
             status,
@@ -443,37 +395,3 @@ class PerformanceMonitor:
             evidence=evidence,
             episode_start_ts=start,
         )
-
-
-def _error(task: Task, y: Any, pred: Any) -> float:
-    """0/1 error of a class, absolute error of a regression."""
-    return abs(float(y) - float(pred)) if task == "regression" else float(y != pred)
-
-
-def _shortfall(name: str, reference: float, current: float) -> float:
-    """How much worse ``current`` is than ``reference``: absolute for scores in [0, 1] and R²,
-    relative for error metrics."""
-    if name in ERROR_METRICS:
-        return (current - reference) / max(reference, TINY)
-    return reference - current
-
-
-def _performance_message(
-    name: str,
-    status: AlertStatus,
-    ref: float,
-    now: float,
-    margin: float,
-    se: float,
-    n: int,
-    n_ref: int,
-) -> str:
-    if name in ERROR_METRICS:
-        change = f"{(now - ref) / max(ref, TINY):+.0%} (margin {margin:.0%}, SE {se:.1%})"
-    else:
-        change = f"{now - ref:+.3f} (margin {margin:.3g}, SE {se:.3f})"
-    if status == "firing":
-        verb = "rose" if name in ERROR_METRICS else "dropped"
-        return (f"{name} {verb} from {fmt(ref)} (reference, {n_ref} labels) to {fmt(now)} over "
-                f"the last {n} labels: {change}")  # fmt: skip
-    return f"{name} back to {fmt(now)} over the last {n} labels vs reference {fmt(ref)}: {change}"

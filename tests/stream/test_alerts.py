@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from stream.messages import Alert, Window
+from stream.messages import Alert
 from stream.monitoring.alerts import Span, alert_key, finite_or_none, make_alert
 
 
@@ -16,7 +16,7 @@ def build(status: str = "firing", **kw: Any) -> dict[str, Any]:
         "p_value": 1e-9,
         "threshold": 0.08,
         "reference": Span(2000, 0, 19_990),
-        "window": Window(n=1000, from_ts=30_000, to_ts=39_990),
+        "window": Span(1000, 30_000, 39_990),
         "model": "fraud",
         "model_version": 7,
         "ts": 39_990,
