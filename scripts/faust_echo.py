@@ -24,9 +24,11 @@ import faust
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stream.service.app import Outgoing, faust_app, publish  # noqa: E402
+from stream.records import Outgoing  # noqa: E402
+from stream.service.app import faust_app  # noqa: E402
 from stream.service.cli import tune_gc  # noqa: E402
 from stream.service.config import load_settings  # noqa: E402
+from stream.service.publish import publish  # noqa: E402
 
 
 def main() -> int:

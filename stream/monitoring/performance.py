@@ -7,9 +7,10 @@ examples, computes exact rolling metrics and their standard errors
 
 Metrics
     ``performance_metrics``, or when it is empty the task's stable defaults
-    (:data:`~stream.monitoring.performance_metrics.DEFAULT_METRICS`): binary accuracy and ROC AUC, multiclass accuracy and macro F1,
-    regression MAE and RMSE.  Precision, recall and F1 are computed over a fraction of the
-    window only (predicted or actual positives), so they are noisier: ask for them by name.
+    (:data:`~stream.monitoring.performance_metrics.DEFAULT_METRICS`): binary accuracy and
+    ROC AUC, multiclass accuracy and macro F1, regression MAE and RMSE.  Precision, recall
+    and F1 are computed over a fraction of the window only (predicted or actual positives),
+    so they are noisier: ask for them by name.
 Reference
     The metrics over the first ``performance_reference`` labelled examples the monitor sees
     (per monitor lifetime: a new monitor, e.g. after a model promotion, starts a new one).

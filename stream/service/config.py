@@ -13,13 +13,10 @@ import os
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -30,86 +27,10 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from stream.exceptions import ConfigError
-from stream.timestamps import to_epoch_ms
+from stream.service.redaction import masked_url
+from stream.service.units import Duration, Instant, parse_duration, parse_instant
 
 DEFAULT_CONFIG_FILE = "driftwatch.toml"
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float:
-    """Parse ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"`` or ``"7d"`` into seconds.
-
-    >>> parse_duration("90s"), parse_duration("1h"), parse_duration("250ms")
-    (90.0, 3600.0, 0.25)
-    """
-    for unit in sorted(_DURATION_UNITS, key=len, reverse=True):
-        number = text.strip().removesuffix(unit)
-        if number != text.strip():
-            try:
-                value = float(number)
-            except ValueError:
-                break
-            if value > 0:
-                return value * _DURATION_UNITS[unit]
-            break
-    raise ValueError(f"{text!r} is not a positive duration like '500ms', '30s', '5m', '1h' or '7d'")
-
-
-Duration = Annotated[str, AfterValidator(lambda v: (parse_duration(v), v)[1])]
-
-
-def parse_instant(text: str) -> int:
-    """Parse epoch milliseconds (digits) or an ISO-8601 time into epoch milliseconds.
-
-    >>> parse_instant("946684800000"), parse_instant("2000-01-01T00:00:00Z")
-    (946684800000, 946684800000)
-    """
-    stripped = text.strip()
-    # digits alone are epoch ms; fromisoformat would read some of them as a compact date
-    is_number = stripped.lstrip("+-").isdigit()
-    return to_epoch_ms(int(stripped) if is_number else stripped)
-
-
-def _instant_text(value: object) -> object:
-    # a TOML integer is epoch ms as well; keep the setting a string either way
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-Instant = Annotated[
-    str, BeforeValidator(_instant_text), AfterValidator(lambda v: (parse_instant(v), v)[1])
-]
-
-
-def masked_url(url: str) -> str:
-    """``url`` with its password (userinfo or ``password=`` parameter) replaced by ``***``.
-
-    >>> masked_url("redis://user:secret@host:6379/0"), masked_url("redis://:secret@host")
-    ('redis://user:***@host:6379/0', 'redis://:***@host')
-    >>> masked_url("rediss://host/0?ssl_cert_reqs=none&password=secret")
-    'rediss://host/0?ssl_cert_reqs=none&password=***'
-    """
-    try:
-        parts = urlsplit(url)
-        has_password = parts.password is not None
-    except ValueError:  # unparsable (a bad IPv6 host, say): hide all but the scheme
-        return url.partition("://")[0] + "://***"
-    scheme, slashes, rest = url.partition("//")
-    if not slashes:
-        scheme, rest = "", url
-    if has_password:
-        # the last '@' ends the userinfo: a password may contain '@' itself
-        userinfo, _, hostport = parts.netloc.rpartition("@")
-        rest = f"{userinfo.partition(':')[0]}:***@{hostport}" + rest[len(parts.netloc) :]
-    # rebuilt by hand: urlunsplit would turn unix:///path into unix:/path
-    before, hash_, fragment = rest.partition("#")
-    path, question, query = before.partition("?")
-    query = "&".join(_masked_param(p) for p in query.split("&"))
-    return f"{scheme}{slashes}{path}{question}{query}{hash_}{fragment}"
-
-
-def _masked_param(param: str) -> str:
-    name, sep, _ = param.partition("=")
-    return f"{name}=***" if sep and name.lower() == "password" else param
 
 
 class _Frozen(BaseModel):

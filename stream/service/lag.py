@@ -1,11 +1,11 @@
 """Consumer lag per partition and rebalance counts, exported as Prometheus metrics.
 
 Lag is the partition's end offset (highwater) minus the offset the group has committed for
-it: the messages a restart would have to (re)process. Until this worker has a committed
-offset for a partition (a fresh group), the consumer's read position stands in for it.
-Faust's own ``Monitor`` keeps committed offsets too, but does not forget them when a
-partition is revoked, so it would report a stale lag after the partition moved away and
-back; the consumer's map is the one Faust itself decides commits with.
+it on the broker: the messages a restart would have to (re)process. The committed offsets
+come from the broker (an admin ``OffsetFetch``, one round trip per sample), the truth a
+restarted worker would start from; until the group has committed a partition, the
+consumer's read position stands in for it. A revoked partition's series is dropped at
+once: its new owner reports it, and a frozen last value here would double-count.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import faust
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
 from faust.exceptions import FaustError
 from faust.types import TP
 
@@ -29,7 +31,7 @@ INTERVAL_S = 5.0
 
 #: Errors a sample may hit while the group rebalances or the broker is unreachable: the
 #: sample is skipped and the previous values stay until the next one.
-_TRANSIENT = (KafkaError, FaustError, asyncio.TimeoutError)
+_TRANSIENT = (KafkaError, FaustError, asyncio.TimeoutError, OSError)
 
 
 def partition_lag(highwater: int | None, committed: int | None) -> int | None:
@@ -46,48 +48,72 @@ def partition_lag(highwater: int | None, committed: int | None) -> int | None:
     return max(0, highwater - committed)
 
 
-def install(app: faust.App, metrics: Metrics, interval_s: float = INTERVAL_S) -> None:
-    """Sample the lag of every assigned partition every ``interval_s``; count rebalances."""
-    exported: set[TP] = set()
+class LagSampler:
+    """Samples the lag of every partition assigned to a worker; counts its rebalances."""
 
-    @app.timer(interval_s)
-    async def sample_consumer_lag() -> None:
+    def __init__(self, app: faust.App, group: str, bootstrap: str, metrics: Metrics) -> None:
+        self.app = app
+        self.group = group
+        self.bootstrap = bootstrap
+        self.metrics = metrics
+        self._exported: set[TP] = set()
+        self._admin: AIOKafkaAdminClient | None = None
+
+    async def sample(self, timeout_s: float = INTERVAL_S) -> None:
+        """Export one sample (a timer's body); a rebalance or an outage skips it."""
         try:
-            lags = await asyncio.wait_for(_lags(app.consumer), timeout=interval_s)
+            lags = await asyncio.wait_for(self._lags(), timeout=timeout_s)
         except _TRANSIENT as exc:
             log.debug("consumer lag not sampled: %r", exc)
             return
-        _export(metrics, lags, exported)
+        _export(self.metrics, lags, self._exported)
 
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types async receivers loosely
-    async def forget_revoked_lag(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-        # another worker owns these now: a frozen last value here would double-count lag
-        _forget(metrics, revoked, exported)
+    def revoked(self, revoked: Iterable[TP]) -> None:
+        """Another worker owns these now: forget their lag."""
+        _forget(self.metrics, revoked, self._exported)
 
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-    async def count_rebalance(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
-        # every rebalance (and the first join) ends with an assignment, possibly empty
-        metrics.rebalances.inc()
-        metrics.assigned_partitions.clear()
+    def assigned(self, assigned: Iterable[TP]) -> None:
+        """Every rebalance (and the first join) ends with an assignment, possibly empty."""
+        self.metrics.rebalances.inc()
+        self.metrics.assigned_partitions.clear()
         for topic, n in _count_by_topic(assigned).items():
-            metrics.assigned_partitions.labels(topic).set(n)
+            self.metrics.assigned_partitions.labels(topic).set(n)
 
+    async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
 
-async def _lags(consumer: Any) -> dict[TP, int]:
-    assigned = sorted(consumer.assignment())
-    if not assigned:
-        return {}
-    highwaters: Mapping[TP, int] = await consumer.highwaters(*assigned)
-    committed: Mapping[TP, int | None] = consumer._committed_offset
-    lags: dict[TP, int] = {}
-    for tp in assigned:
-        done = committed.get(tp)
-        if done is None:
-            done = await consumer.position(tp)
-        lag = partition_lag(highwaters.get(tp), done)
-        if lag is not None:
-            lags[tp] = lag
-    return lags
+    async def _lags(self) -> dict[TP, int]:
+        consumer: Any = self.app.consumer
+        assigned = sorted(consumer.assignment())
+        if not assigned:
+            return {}
+        highwaters: Mapping[TP, int] = await consumer.highwaters(*assigned)
+        committed = await self._committed(assigned)
+        lags: dict[TP, int] = {}
+        for tp in assigned:
+            done = committed.get(tp)
+            if done is None:
+                done = await consumer.position(tp)
+            lag = partition_lag(highwaters.get(tp), done)
+            if lag is not None:
+                lags[tp] = lag
+        return lags
+
+    async def _committed(self, tps: list[TP]) -> dict[TP, int]:
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            await admin.start()
+            self._admin = admin
+        wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+        offsets = await self._admin.list_consumer_group_offsets(self.group, partitions=wanted)
+        by_tp = {(tp.topic, tp.partition): tp for tp in tps}
+        return {
+            by_tp[(p.topic, p.partition)]: meta.offset
+            for p, meta in offsets.items()
+            if meta.offset >= 0 and (p.topic, p.partition) in by_tp
+        }
 
 
 def _export(metrics: Metrics, lags: Mapping[TP, int], exported: set[TP]) -> None:

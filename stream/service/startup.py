@@ -14,7 +14,8 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from stream.exceptions import StartupError
-from stream.service.config import Settings, masked_url
+from stream.service.config import Settings
+from stream.service.redaction import masked_url
 from stream.service.redis_client import redis_client
 from stream.service.topics import ensure_topics
 

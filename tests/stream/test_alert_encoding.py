@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from stream.service.app import encode_alert
+from stream.service.publish import encode_alert
 
 
 def test_numpy_scalars_become_plain_json_numbers() -> None:

@@ -11,7 +11,9 @@ import pytest
 
 from stream.exceptions import ConfigError
 from stream.service.cli import tune_gc
-from stream.service.config import RedisSettings, load_settings, masked_url, parse_duration
+from stream.service.config import RedisSettings, load_settings
+from stream.service.redaction import masked_url
+from stream.service.units import parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
 

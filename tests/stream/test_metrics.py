@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, get_args
 
 import faust
@@ -66,9 +67,9 @@ def test_names_follow_prometheus_conventions() -> None:
 async def test_rebalance_signals_count_and_drop_revoked_lag() -> None:
     app = faust.App("test-lag", broker="memory://", web_enabled=False)
     metrics = Metrics()
-    lag.install(app, metrics)
+    sampler = lag.LagSampler(app, "test-lag", "127.0.0.1:9092", metrics)
     tps = {TP("events", 0), TP("events", 1), TP("labels", 0)}
-    await app.on_partitions_assigned.send(tps)
+    sampler.assigned(tps)
     assert _sample(metrics, "driftwatch_rebalances_total") == 1
     assert _sample(metrics, "driftwatch_assigned_partitions", topic="events") == 2
 
@@ -79,16 +80,13 @@ async def test_rebalance_signals_count_and_drop_revoked_lag() -> None:
     assert _sample(metrics, "driftwatch_consumer_lag_messages", partition="0") is None
     assert exported == {TP("events", 1)}
 
-    await app.on_partitions_assigned.send({TP("labels", 0)})
+    sampler.assigned({TP("labels", 0)})
     assert _sample(metrics, "driftwatch_rebalances_total") == 2
     assert _sample(metrics, "driftwatch_assigned_partitions", topic="events") is None
 
 
 class FakeConsumer:
-    """The part of Faust's consumer that ``lag._lags`` reads."""
-
-    def __init__(self) -> None:
-        self._committed_offset = {TP("events", 0): 90, TP("events", 1): None}
+    """The part of Faust's consumer that ``LagSampler`` reads."""
 
     def assignment(self) -> set[TP]:
         return {TP("events", 0), TP("events", 1)}
@@ -100,8 +98,17 @@ class FakeConsumer:
         return 45  # nothing committed yet on partition 1: the read position stands in
 
 
+class FakeSampler(lag.LagSampler):
+    """Committed offsets as the broker would answer: nothing yet on partition 1."""
+
+    async def _committed(self, tps: list[TP]) -> dict[TP, int]:
+        return {TP("events", 0): 90}
+
+
 async def test_lag_is_highwater_minus_committed_or_position() -> None:
-    assert await lag._lags(FakeConsumer()) == {TP("events", 0): 10, TP("events", 1): 5}
+    app = SimpleNamespace(consumer=FakeConsumer())
+    sampler = FakeSampler(app, "g", "127.0.0.1:9092", Metrics())  # type: ignore[arg-type]
+    assert await sampler._lags() == {TP("events", 0): 10, TP("events", 1): 5}
 
 
 def _sample(metrics: Metrics, name: str, **labels: str) -> float | None:

@@ -1,0 +1,232 @@
+"""What the agents do with a batch: decode → step → publish, one step object per agent.
+
+Each step's ``process(records)`` takes the batch's consumed records and returns the messages
+to publish (predictions, dead letters, training examples, monitor batches, alerts). A step
+retries outages and isolates poison itself (:mod:`stream.service.resilience`); the agent
+publishes what it returns and only then lets Faust ack the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from stream.exceptions import RejectedInput
+from stream.ingest.scoring import EventProcessor, LabelProcessor, reject
+from stream.messages import TrainingExample
+from stream.model.holder import ModelHolder
+from stream.model.trainer import Trainer
+from stream.monitoring.hub import MonitorHub, monitor_messages
+from stream.monitoring.performance import PerformanceMonitor
+from stream.monitoring.subjects import monitored_subjects
+from stream.records import BatchResult, Incoming, Outgoing, ScoredEvent
+from stream.service.config import Settings
+from stream.service.metrics import Metrics
+from stream.service.publish import Publisher
+from stream.service.resilience import Health, Poisoned, describe, isolate
+from stream.timestamps import now_ms
+
+log = logging.getLogger(__name__)
+
+
+class _Step:
+    """What every step shares: settings, metrics, the outage guard, dead letters."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, health: Health) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.health = health
+
+    def dead_letters(self, poisoned: Sequence[Poisoned], stage: str) -> list[Outgoing]:
+        """Dead letters (code ``exception``) for messages that raised on their own."""
+        return [self.dead_letter(p.item, p.error, stage) for p in poisoned]
+
+    def dead_letter(self, source: Incoming, error: str, stage: str) -> Outgoing:
+        exc = RejectedInput(error, stage=stage, code="exception")
+        return reject(self.settings, self.metrics, source, exc)
+
+
+class TrainingTopic:
+    """The single-partition topic one model learns from, and its messages."""
+
+    def __init__(self, name: str, model: str) -> None:
+        self.name = name
+        self.key = model.encode()
+
+    def messages(self, examples: Sequence[TrainingExample]) -> list[Outgoing]:
+        return [Outgoing(self.name, self.key, x.encode()) for x in examples]
+
+
+class ScoreStep(_Step):
+    """Events → predictions, dead letters, training examples and monitor batches."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        health: Health,
+        scorer: EventProcessor,
+        holder: ModelHolder,
+        train: TrainingTopic,
+    ) -> None:
+        super().__init__(settings, metrics, health)
+        self.scorer = scorer
+        self.holder = holder
+        self.train = train
+        self.monitoring = settings.monitoring.enabled
+        self.kinds = {name: kind for name, (kind, _) in monitored_subjects(settings).items()}
+
+    async def process(self, records: Sequence[Incoming]) -> list[Outgoing]:
+        await self.health.retry("model", self.holder.ready)
+        poisoned: list[Poisoned] = []
+
+        async def score(part: Sequence[Incoming]) -> BatchResult:
+            return await self.health.retry("score", lambda: self.scorer.process(part))
+
+        result = BatchResult.merge(await isolate(records, score, poisoned))
+        result.outgoing += self.dead_letters(poisoned, "process")
+        result.rejected += len(poisoned)
+        out = [*result.outgoing, *self.train.messages(result.examples)]
+        if self.monitoring:
+            topic = self.settings.topics.monitor
+            out += [Outgoing(topic, k, v) for k, v in monitor_messages(result, self.kinds)]
+        self._observe(len(records), result.scored)
+        return out
+
+    def _observe(self, n: int, scored: Sequence[ScoredEvent]) -> None:
+        m, model = self.metrics, self.holder.model
+        m.events_received.inc(n)
+        m.batch_size.observe(n)
+        m.model_version.labels(model.name).set(model.version)
+        m.model_info.info(
+            {"model": model.name, "task": model.task, "pipeline": model.pipeline,
+             "version": str(model.version)}
+        )  # fmt: skip
+        now = now_ms()
+        score = m.score.labels(model.name)  # label lookups once per batch, not per event
+        for s in scored:
+            m.event_latency.observe(max(0.0, (now - s.event.ts_ms) / 1000.0))
+            score.observe(s.score)
+        counts = Counter(m.prediction_label(model.task, s.prediction) for s in scored)
+        for prediction, k in counts.items():
+            m.predictions.labels(model.name, prediction).inc(k)
+
+
+class WatchStep(_Step):
+    """Monitor batches → drift and data-quality alerts."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        health: Health,
+        hub: MonitorHub,
+        publisher: Publisher,
+    ) -> None:
+        super().__init__(settings, metrics, health)
+        self.hub = hub
+        self.publisher = publisher
+
+    async def process(self, records: Sequence[Incoming]) -> list[Outgoing]:
+        items = [(r.partition or 0, r.offset or 0, r.value or b"") for r in records]
+        alerts, poisoned = await self.health.retry("monitor", lambda: self.hub.apply(items))
+        await self.health.retry("monitor_save", lambda: self.hub.save(force=bool(alerts)))
+        topic = self.settings.topics.monitor
+        dlq = [
+            self.dead_letter(Incoming(topic, part, off, None, _bytes(value)), p.error, "monitor")
+            for p in poisoned
+            for part, off, value in [p.item]
+        ]
+        return [*self.publisher.alerts(alerts), *dlq]
+
+
+class JoinStep(_Step):
+    """Labels → training examples, joined to their stored predictions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        health: Health,
+        joiner: LabelProcessor,
+        train: TrainingTopic,
+    ) -> None:
+        super().__init__(settings, metrics, health)
+        self.joiner = joiner
+        self.train = train
+
+    async def process(self, records: Sequence[Incoming]) -> list[Outgoing]:
+        poisoned: list[Poisoned] = []
+
+        async def join(part: Sequence[Incoming]) -> tuple[list[TrainingExample], list[Outgoing]]:
+            return await self.health.retry("join", lambda: self.joiner.process(part))
+
+        parts = await isolate(records, join, poisoned)
+        examples = [x for part_examples, _ in parts for x in part_examples]
+        dlq = [m for _, part_dlq in parts for m in part_dlq]
+        self.metrics.labels_received.inc(len(records))
+        return [*self.train.messages(examples), *dlq, *self.dead_letters(poisoned, "join")]
+
+
+class LearnStep(_Step):
+    """Training examples → a learned, checkpointed and (when due) published model."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        health: Health,
+        trainer: Trainer,
+        performance: PerformanceMonitor,
+        holder: ModelHolder,
+        publisher: Publisher,
+    ) -> None:
+        super().__init__(settings, metrics, health)
+        self.trainer = trainer
+        self.performance = performance
+        self.holder = holder
+        self.publisher = publisher
+
+    async def process(self, records: Sequence[Incoming]) -> list[Outgoing]:
+        items: list[tuple[int, TrainingExample]] = []
+        dlq: list[Outgoing] = []
+        for r in records:
+            try:
+                items.append((r.offset or 0, TrainingExample.decode(r.value or b"")))
+            except Exception as exc:  # not an example this version can read: its own fault
+                dlq.append(self.dead_letter(r, describe(exc), "learn"))
+        unlearned = await self.health.retry("train", lambda: self.trainer.unlearned(items))
+        alerts = self._judge_performance(unlearned)
+        outcome = self.trainer.learn_batch(unlearned)
+        version = await self.health.retry("train", self.trainer.save)
+        alerts += self.trainer.take_alerts()
+        for skipped in outcome.skipped:
+            source = next(r for r in records if r.offset == skipped.offset)
+            why = RejectedInput(skipped.reason, stage="learn", code=skipped.code)
+            dlq.append(reject(self.settings, self.metrics, source, why))
+        if version is not None:
+            await self.health.retry("model", self.holder.refresh)
+        return [*self.publisher.alerts(alerts), *dlq]
+
+    def _judge_performance(
+        self, unlearned: Sequence[tuple[int, TrainingExample]]
+    ) -> list[dict[str, Any]]:
+        # performance is judged on published models: version 0 is the untrained one
+        fresh = [x for _, x in unlearned if x.model_version > 0]
+        if not (self.settings.monitoring.enabled and fresh):
+            return []
+        try:
+            alerts = self.performance.update(fresh, now_ms())
+        except Exception as exc:  # judging must never stop learning
+            self.metrics.task_errors.labels("performance").inc()
+            log.exception("performance monitor skipped a batch: %s", describe(exc))
+            return []
+        for metric, value in self.performance.metrics().items():
+            self.metrics.model_metric.labels(self.settings.model.name, metric).set(value)
+        return alerts
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else repr(value).encode()
