@@ -56,13 +56,11 @@ def reference_values(
     for p in predictions:
         features = p.get("features") or {}
         for subject, kind in subjects.items():
-            if subject == PREDICTION_SCORE:
-                raw: Any = p.get("score")
-            elif subject == PREDICTION_CLASS:
-                raw = p.get("prediction")
-            else:  # an imputed value cannot be told apart here: Predictions do not mark it
-                raw = features.get(subject)
-            value = subject_value(subject, kind, raw)
+            # an imputed value cannot be told apart here: Predictions do not mark it
+            value = value_of(
+                subject, kind, score=p.get("score"), prediction=p.get("prediction"),
+                features=features,
+            )  # fmt: skip
             if value is None or len(out[subject][0]) >= limit:
                 continue
             out[subject][0].append(value)

@@ -71,21 +71,41 @@ def subject_batches(
 
 
 def _value_of(s: ScoredEvent, subject: str, kind: SubjectKind) -> float | str | None:
-    if subject == PREDICTION_SCORE:
-        raw: object = s.score
-    elif subject == PREDICTION_CLASS:
-        raw = s.prediction
-    elif subject in s.event.missing:
+    if subject in s.event.missing:
         return None
+    return value_of(subject, kind, score=s.score, prediction=s.prediction, features=s.x)
+
+
+def value_of(
+    subject: str,
+    kind: SubjectKind,
+    *,
+    score: object,
+    prediction: object,
+    features: Mapping[str, object],
+) -> float | str | None:
+    """The value of ``subject`` in one prediction (its score, class or a feature), or None.
+
+    The one rule for the live stream and for pinned references (:mod:`.reference`).
+
+    >>> value_of("prediction.class", "categorical", score=0.8, prediction=1, features={})
+    '1'
+    >>> value_of("amount", "numeric", score=0.8, prediction=1, features={"amount": 2})
+    2.0
+    """
+    if subject == PREDICTION_SCORE:
+        raw = score
+    elif subject == PREDICTION_CLASS:
+        raw = prediction
     else:
-        raw = s.x.get(subject)
+        raw = features.get(subject)
     return subject_value(subject, kind, raw)
 
 
 def subject_value(subject: str, kind: SubjectKind, raw: object) -> float | str | None:
     """The value a monitor sees for ``raw`` (a feature, score or class), ``None`` to skip it.
 
-    The one rule for the live stream and for pinned references (:mod:`stream.monitoring.reference`).
+    The rule for every source of values (see :func:`value_of`).
 
     >>> subject_value("amount", "numeric", 3), subject_value("amount", "numeric", float("nan"))
     (3.0, None)
