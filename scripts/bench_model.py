@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stream.features.windows import window_names  # noqa: E402
+from stream.features.plan import window_names  # noqa: E402
 from stream.model.online import OnlineModel, create_model  # noqa: E402
 from stream.service.config import PIPELINES_BY_TASK, FeatureSpec, ModelSettings  # noqa: E402
 

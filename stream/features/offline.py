@@ -11,14 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from stream.features.buckets import EMPTY
-from stream.features.windows import (
-    FIRST_EVENT,
-    SINCE_LAST,
-    EventResult,
-    FeatureInput,
-    WindowPlan,
-    window_plan,
-)
+from stream.features.plan import SINCE_LAST, WindowPlan, window_plan
+from stream.features.windows import FIRST_EVENT, EventResult, FeatureInput
 from stream.service.config import FeatureSpec, WindowSettings
 
 

@@ -1,7 +1,7 @@
 """Per-entity feature windows: event-time-bucketed aggregates, pure logic without I/O.
 
-Every numeric :class:`~stream.service.config.FeatureSpec` with ``windows`` gets, per entity and per
-window, the configured aggregates (``count``, ``sum``, ``mean``, ``min``, ``max``, ``std``)
+Every numeric :class:`~stream.service.config.FeatureSpec` with ``windows`` gets, per entity and
+per window, the configured aggregates (``count``, ``sum``, ``mean``, ``min``, ``max``, ``std``)
 named ``{feature}_{aggregate}_{window}`` (``amount_mean_1h``; the window label as written in
 the config), plus ``seconds_since_last`` for every entity. The state of one entity is a plain
 JSON dict that :mod:`stream.features.store` keeps in Redis; this module only transforms
@@ -52,17 +52,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 from stream.features.buckets import EMPTY, add_to_bucket, aggregate_buckets
+from stream.features.plan import SINCE_LAST, WindowPlan, window_plan
 from stream.features.state import STATE_VERSION, State, new_state
 from stream.service.config import FeatureSpec, WindowSettings
 
 FIRST_EVENT = -1.0
 """``seconds_since_last`` of an entity's first event (no state)."""
-SINCE_LAST = "seconds_since_last"
-
-_AGG_INDEX = {"count": 0, "sum": 1, "mean": 2, "min": 3, "max": 4, "std": 5}
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,85 +130,6 @@ class BatchUpdate:
     def duplicate_count(self) -> int:
         """How many events had been applied before."""
         return sum(r.duplicate for r in self.results)
-
-
-@dataclass(frozen=True, slots=True)
-class _Window:
-    key: str  # state key "{feature}@{width_ms}"
-    width: int
-    outputs: tuple[tuple[str, int], ...]  # (output name, index into the aggregate tuple)
-
-
-@dataclass(frozen=True, slots=True)
-class _Feature:
-    name: str
-    windows: tuple[_Window, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class WindowPlan:
-    """What the configured features ask of the windows (see :func:`window_plan`)."""
-
-    features: tuple[_Feature, ...]
-    buckets: int
-    grace_ms: int
-    widths: Mapping[str, int]  # state key -> bucket width, for compaction
-
-
-def bucket_width_ms(window_s: float, buckets: int) -> int:
-    """Width in ms of one bucket of a ``window_s``-second window kept as ``buckets`` buckets.
-
-    >>> bucket_width_ms(3600.0, 12), bucket_width_ms(0.25, 12)
-    (300000, 21)
-    """
-    return max(1, -(-round(window_s * 1000) // buckets))
-
-
-def window_names(specs: Sequence[FeatureSpec]) -> tuple[str, ...]:
-    """The names of the enriched features, in output order.
-
-    >>> spec = FeatureSpec(name="amount", windows=("1m", "1h"), aggregates=("count", "mean"))
-    >>> window_names([spec])
-    ('amount_count_1m', 'amount_mean_1m', 'amount_count_1h', 'amount_mean_1h', 'seconds_since_last')
-    """
-    names = [
-        f"{spec.name}_{agg}_{label}"
-        for spec in _windowed(specs)
-        for label in spec.windows
-        for agg in spec.aggregates
-    ]
-    return (*names, SINCE_LAST)
-
-
-def _windowed(specs: Sequence[FeatureSpec]) -> list[FeatureSpec]:
-    return [s for s in specs if s.kind == "numeric" and s.windows]
-
-
-@lru_cache(maxsize=16)
-def window_plan(specs: tuple[FeatureSpec, ...], settings: WindowSettings) -> WindowPlan:
-    """The windows of ``specs``, each with its bucket width and the outputs it feeds.
-
-    >>> spec = FeatureSpec(name="amount", windows=("60s", "1m"), aggregates=("count",))
-    >>> plan = window_plan((spec,), WindowSettings())
-    >>> [(w.key, w.outputs) for f in plan.features for w in f.windows]
-    [('amount@5000', (('amount_count_60s', 0), ('amount_count_1m', 0)))]
-    """
-    features = tuple(_feature_plan(spec, settings.buckets) for spec in _windowed(specs))
-    widths = {w.key: w.width for f in features for w in f.windows}
-    grace_ms = round(settings.grace_s * 1000)
-    return WindowPlan(features, settings.buckets, grace_ms, widths)
-
-
-def _feature_plan(spec: FeatureSpec, buckets: int) -> _Feature:
-    # windows written differently but equally long ("60s", "1m") share one bucket list
-    outputs: dict[int, list[tuple[str, int]]] = {}
-    for label, seconds in zip(spec.windows, spec.window_seconds, strict=True):
-        named = [(f"{spec.name}_{agg}_{label}", _AGG_INDEX[agg]) for agg in spec.aggregates]
-        outputs.setdefault(bucket_width_ms(seconds, buckets), []).extend(named)
-    windows = tuple(
-        _Window(f"{spec.name}@{width}", width, tuple(named)) for width, named in outputs.items()
-    )
-    return _Feature(spec.name, windows)
 
 
 def update_batch(

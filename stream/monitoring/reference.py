@@ -25,12 +25,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from stream.exceptions import DriftwatchError
-from stream.monitoring.subjects import (
-    PREDICTION_CLASS,
-    PREDICTION_SCORE,
-    SubjectKind,
-    subject_value,
-)
+from stream.messages import SubjectKind
+from stream.monitoring.subjects import value_of
 from stream.service.config import Settings
 from stream.timestamps import to_epoch_ms
 

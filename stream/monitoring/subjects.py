@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from stream.features.windows import FIRST_EVENT, SINCE_LAST, window_names
+from stream.features.plan import SINCE_LAST, enriched_name, window_names
+from stream.features.windows import FIRST_EVENT
 from stream.messages import SubjectBatch, SubjectKind
 from stream.records import ScoredEvent
 from stream.service.config import Settings
@@ -148,7 +149,7 @@ def monitored_subjects(settings: Settings) -> dict[str, tuple[SubjectKind, int]]
     """
     subjects: dict[str, tuple[SubjectKind, int]] = {f.name: (f.kind, 0) for f in settings.features}
     warmups = {
-        f"{f.name}_{agg}_{label}": round(seconds * 1000)
+        enriched_name(f.name, agg, label): round(seconds * 1000)
         for f in settings.features
         for label, seconds in zip(f.windows, f.window_seconds, strict=True)
         for agg in f.aggregates

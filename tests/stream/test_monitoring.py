@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from stream.exceptions import ConfigError
-from stream.features.windows import window_names
+from stream.features.plan import window_names
 from stream.messages import (
     Alert,
     SubjectBatch,
