@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.features.offline import recompute_offline
-from stream.features.state import State, decode_state, encode_state, new_state
 from stream.features.plan import bucket_width_ms, window_names
+from stream.features.state import State, decode_state, encode_state, new_state
 from stream.features.windows import (
     FIRST_EVENT,
     BatchUpdate,
