@@ -1,4 +1,4 @@
-"""Message contracts of the topics (DESIGN.md): Event, Label, Prediction, Alert, DeadLetter.
+"""Message contracts of the topics (docs/contracts.md): Event, Label, Prediction, Alert, DeadLetter.
 
 Inputs are validated at the edge with these models; unknown extra fields are ignored.
 Timestamps arrive as epoch milliseconds or ISO-8601 strings and leave as epoch milliseconds.

@@ -1,4 +1,4 @@
-"""Alerts as DESIGN.md fixes them: one JSON object per episode start (``firing``) and end.
+"""Alerts as docs/contracts.md fixes them: one JSON object per episode start (``firing``) and end.
 
 Pure construction, no I/O: the monitors (:mod:`stream.monitoring.drift`,
 :mod:`stream.monitoring.performance`, :mod:`stream.monitoring.quality`) decide *when*; this
@@ -58,7 +58,7 @@ def make_alert(
     evidence: dict[str, Any],
     episode_start_ts: int | None = None,
 ) -> dict[str, Any]:
-    """Build the Alert JSON dict of DESIGN.md.
+    """Build the Alert JSON dict of docs/contracts.md.
 
     Parameters
     ----------
@@ -111,7 +111,7 @@ def make_alert(
 
 
 def alert_key(alert: dict[str, Any]) -> bytes:
-    """The Kafka key of an alert: its kind and subject (DESIGN.md topic table).
+    """The Kafka key of an alert: its kind and subject (docs/contracts.md topic table).
 
     >>> alert_key({"kind": "data_quality", "subject": "amount"})
     b'data_quality:amount'

@@ -1,4 +1,4 @@
-"""Alert construction: the DESIGN.md contract, deterministic ids, Kafka key."""
+"""Alert construction: the docs/contracts.md contract, deterministic ids, Kafka key."""
 
 from __future__ import annotations
 
