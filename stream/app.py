@@ -336,7 +336,10 @@ class Steps:
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Publish with retries; a message the broker refuses for itself is dead-lettered."""
-        refused = await self.w.health.retry("publish", lambda: publish(self.w.app, messages))
+        health = self.w.health
+        refused = await health.retry(
+            "publish", lambda: health.patient("kafka", "publish", publish(self.w.app, messages))
+        )
         if refused:
             letters = [self._undeliverable(m, error) for m, error in refused]
             still = await self.w.health.retry("publish", lambda: publish(self.w.app, letters))
