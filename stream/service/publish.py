@@ -77,7 +77,10 @@ class Publisher:
         """Publish ``messages``; a message the broker refuses for itself is dead-lettered."""
         if not messages:
             return
-        refused = await self.health.retry("publish", lambda: publish(self.app, messages))
+        health = self.health
+        refused = await health.retry(
+            "publish", lambda: health.patient("kafka", "publish", publish(self.app, messages))
+        )
         if refused:
             letters = [self._undeliverable(m, error) for m, error in refused]
             still = await self.health.retry("publish", lambda: publish(self.app, letters))

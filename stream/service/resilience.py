@@ -45,6 +45,8 @@ Item = TypeVar("Item")
 
 BACKOFF_START_S = 0.2
 BACKOFF_CAP_S = 5.0
+STALL_S = 5.0
+"""Seconds without an answer after which a call that does not fail counts as an outage."""
 
 # Redis answers these while it starts, fails over or runs out of memory: not the data's fault
 _REDIS_TRANSIENT_REPLIES = ("LOADING", "MISCONF", "OOM", "READONLY", "NOSCRIPT", "MASTERDOWN")
@@ -139,6 +141,37 @@ class Health:
                 "%s available again after %.1f s (%d retries)",
                 dependency, time.monotonic() - outage.since, outage.retries,
             )  # fmt: skip
+
+    async def patient(
+        self, dependency: Dependency, step: str, call: Awaitable[T], stall_s: float = STALL_S
+    ) -> T:
+        """Await ``call``, counting it as an outage of ``dependency`` while it stalls.
+
+        Some clients retry on their own (the Kafka producer resends until the broker is
+        back) and never raise: a call without an answer for ``stall_s`` starts an outage
+        (one line, the degraded gauge), and its completion ends it.
+
+        >>> h = Health(Metrics())
+        >>> asyncio.run(h.patient("kafka", "publish", asyncio.sleep(0.05, "sent"), 0.01))
+        'sent'
+        >>> h.degraded("kafka")
+        False
+        """
+        task = asyncio.ensure_future(call)
+        stalled = False
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=stall_s)
+                if done:
+                    break
+                stalled = True
+                self.failed(dependency, step, TimeoutError(f"no answer for {stall_s:g} s"))
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if stalled:
+            self.recovered([dependency])
+        return task.result()
 
     def backoff_s(self, attempt: int) -> float:
         """The wait before try ``attempt + 1``: doubling from the start, capped, +-20 % jitter.

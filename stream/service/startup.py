@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
+import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
@@ -26,7 +27,7 @@ async def check_redis(settings: Settings, timeout_s: float = CHECK_TIMEOUT_S) ->
     """PING Redis with the configured URL and credentials (TLS and AUTH included)."""
     client = redis_client(settings)
     try:
-        await asyncio.wait_for(client.ping(), timeout_s)
+        await asyncio.wait_for(_ping(client, settings), timeout_s)
     except (RedisError, OSError, TimeoutError) as exc:
         raise StartupError(
             f"redis at {masked_url(settings.redis.url)} (settings redis.url, "
@@ -34,6 +35,14 @@ async def check_redis(settings: Settings, timeout_s: float = CHECK_TIMEOUT_S) ->
         ) from None
     finally:
         await client.aclose()
+
+
+async def _ping(client: aioredis.Redis, settings: Settings) -> None:
+    await client.ping()
+    if settings.redis_password is not None:
+        # redis-py forgives a password the server does not ask for; a configured password
+        # that nothing checks is a misconfiguration (the wrong server, or ACLs not set up)
+        await client.execute_command("AUTH", settings.redis_password.get_secret_value())
 
 
 async def check_kafka(settings: Settings, timeout_s: float = CHECK_TIMEOUT_S) -> None:

@@ -84,16 +84,42 @@ class WorkerProcess:
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def alive(self) -> bool:
+        """Whether the worker process is still running (a stopped one counts as running)."""
+        return self.proc is not None and self.proc.poll() is None
+
     def kill(self) -> None:
         """SIGKILL the worker: no shutdown, no final commit."""
         self._signal(signal.SIGKILL)
         self._wait(10)
 
+    def pause(self) -> None:
+        """SIGSTOP the worker: every thread freezes (no heartbeats, no I/O) until resumed."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused worker."""
+        self._signal(signal.SIGCONT)
+
+    def state(self) -> str:
+        """The process state letter from ``/proc`` (``R`` running, ``S`` sleeping, ``T``
+        stopped...), ``?`` if unknown."""
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return "?"
+        return stat.rpartition(") ")[2][:1]
+
     def stop(self, grace: float = 30.0) -> None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds."""
+        """SIGTERM, then SIGKILL after ``grace`` seconds (a paused worker is resumed first)."""
         if self.proc is None or self.proc.poll() is not None:
             return
         self._signal(signal.SIGTERM)
+        self._signal(signal.SIGCONT)  # a SIGSTOPped worker handles SIGTERM only once resumed
         if not self._wait(grace):
             self._signal(signal.SIGKILL)
             self._wait(10)
