@@ -3,7 +3,7 @@
 Pure decision logic, no I/O.  The labelled examples arrive in label order (the learner's
 order); the monitor keeps the last ``performance_window`` of them and, every ``check_every``
 examples, computes exact rolling metrics and their standard errors
-(:mod:`stream.monitoring.model_scores`).
+(:mod:`stream.monitoring.performance_math`).
 
 Metrics
     ``performance_metrics``, or when it is empty the task's stable defaults
@@ -24,13 +24,13 @@ Reference
     from its own sample (for MAE/RMSE the relative errors, times ``current / reference``):
 
     - accuracy, precision, recall: binomial, over all labels, the predicted positives and the
-      actual positives (:func:`stream.monitoring.model_scores.proportion_se`);
+      actual positives (:func:`stream.monitoring.performance_math.proportion_se`);
     - F1 = ``2 q / (1 + q)`` with ``q = TP / (TP + FP + FN)`` binomial: delta method; macro F1:
       the mean of the class F1s' errors (an upper bound,
-      :func:`stream.monitoring.model_scores.multiclass_standard_errors`);
-    - ROC AUC: Hanley & McNeil (1982) (:func:`stream.monitoring.model_scores.roc_auc_se`);
+      :func:`stream.monitoring.performance_math.multiclass_standard_errors`);
+    - ROC AUC: Hanley & McNeil (1982) (:func:`stream.monitoring.performance_math.roc_auc_se`);
     - MAE, RMSE, R²: delta method on ``|err|``, ``err²`` and ``SSE / SST``
-      (:func:`stream.monitoring.model_scores.regression_standard_errors`).
+      (:func:`stream.monitoring.performance_math.regression_standard_errors`).
 
     The episode resolves when the drop has been back under ``margin / 2`` for
     :data:`RESOLVE_CHECKS` consecutive checks (hysteresis, and a recovery that holds).  The
@@ -78,12 +78,12 @@ from stream.exceptions import RejectedInput
 from stream.messages import TrainingExample
 from stream.model.online import coerce_label
 from stream.monitoring.alerts import EMPTY_SPAN, AlertStatus, Span, make_alert
-from stream.monitoring.model_scores import TINY
 from stream.monitoring.performance_alerts import (
     ERROR_SUBJECT,
     concept_message,
     performance_message,
 )
+from stream.monitoring.performance_math import TINY
 from stream.monitoring.performance_metrics import (
     ERROR_METRICS,
     Task,

@@ -7,7 +7,7 @@ functions only say it in words, from the numbers in that evidence.
 from __future__ import annotations
 
 from stream.monitoring.alerts import AlertStatus, fmt
-from stream.monitoring.model_scores import TINY
+from stream.monitoring.performance_math import TINY
 from stream.monitoring.performance_metrics import ERROR_METRICS
 
 ERROR_SUBJECT = "error_rate"

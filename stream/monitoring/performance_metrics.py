@@ -1,7 +1,7 @@
 """The metrics :class:`~stream.monitoring.performance.PerformanceMonitor` watches, per task,
 and how much worse a value of one is than its reference.
 
-The metrics and their standard errors are computed by :mod:`stream.monitoring.model_scores`.
+The metrics and their standard errors are computed by :mod:`stream.monitoring.performance_math`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 
 from stream.exceptions import ConfigError
-from stream.monitoring.model_scores import (
+from stream.monitoring.performance_math import (
     TINY,
     binary_metrics,
     binary_standard_errors,

@@ -13,7 +13,8 @@ from river import utils
 
 from stream.exceptions import ConfigError
 from stream.messages import Alert, TrainingExample
-from stream.monitoring.model_scores import (
+from stream.monitoring.performance import RESOLVE_CHECKS, PerformanceMonitor, Z
+from stream.monitoring.performance_math import (
     binary_metrics,
     binary_standard_errors,
     multiclass_metrics,
@@ -22,7 +23,6 @@ from stream.monitoring.model_scores import (
     regression_standard_errors,
     roc_auc,
 )
-from stream.monitoring.performance import RESOLVE_CHECKS, PerformanceMonitor, Z
 from stream.service.config import MonitoringSettings
 
 # the defaults: a margin of 0.05 is only ~1.5 standard errors of precision/recall over 500
