@@ -741,7 +741,10 @@ def test_worker_refuses_to_start_with_bad_redis_settings(
 
 
 def test_a_tampered_current_version_is_not_served(fault_settings: Settings, worker_factory) -> None:
-    s = fault_settings
+    # a version after every learned batch: 600 examples (at most 500 a batch) give two
+    s = fault_settings.model_copy(
+        update={"model": fault_settings.model.model_copy(update={"publish_every": 1})}
+    )
     w = worker_factory(s)
     produce_all(s, good(labelled(600, seed=71, n_cards=100, run_id="tv")))
     wait_snapshots(
