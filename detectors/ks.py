@@ -229,7 +229,7 @@ class KSDetector(SortedWindowDetector):
         return pseudo, pseudo.slots(smoothed_bootstrap(reference, size, rng))
 
     def _sorted_statistic(
-        self, state: KSReference, rows: NDArray[np.float64]
+        self, state: KSReference, rows: NDArray[np.float64], tags: NDArray[np.int64] | None
     ) -> NDArray[np.float64]:
         return ks_slot_statistic(state, rows)
 

@@ -252,12 +252,16 @@ class WassersteinDetector(SortedWindowDetector):
         return pseudo, smoothed_bootstrap(reference, size, rng) - pseudo.center
 
     def _sorted_statistic(
-        self, state: WassersteinReference, rows: NDArray[np.float64]
+        self,
+        state: WassersteinReference,
+        rows: NDArray[np.float64],
+        tags: NDArray[np.int64] | None,
     ) -> NDArray[np.float64]:
-        return wasserstein_sorted_statistic(state, rows)
+        return wasserstein_sorted_statistic(state, rows, tags)
 
-    def _tags(self, encoded: NDArray[np.float64]) -> NDArray[np.int64]:
-        tags: NDArray[np.int64] = self._state.sorted.searchsorted(encoded, side="right")
+    def _tags(self, state: WassersteinReference, encoded: NDArray[np.float64]) -> NDArray[np.int64]:
+        # the reference rank #{ref <= x}: non-decreasing in x, as SortedWindow requires
+        tags: NDArray[np.int64] = state.sorted.searchsorted(encoded, side="right")
         return tags
 
     def _window_statistic(self, window: SortedWindow) -> float:
@@ -288,5 +292,7 @@ class WassersteinDetector(SortedWindowDetector):
     def _statistics(self) -> Stats:
         if not self._windows or not self._windows[-1].full:  # the longest fills last
             return super()._statistics()
+        for window in self._windows:
+            window.sort()  # into the shared buffer
         found = wasserstein_of_windows(self._state, self._keys, self._ranks, self._sizes)
         return [(index, stat, None) for index, stat in enumerate(found)]

@@ -1,8 +1,9 @@
 """Sliding windows kept incrementally, and the two detector families built on them.
 
-* :class:`SortedWindow` keeps the last ``size`` values in a ring buffer *and* sorted, updated in
-  place (one binary search and one memmove per value), so an order statistic such as KS or
-  Wasserstein needs no re-sort at a check.
+* :class:`SortedWindow` keeps the last ``size`` values in a ring buffer and sorts them when a
+  check reads them (once per check, not once per push; a single value arriving in a sorted
+  window is inserted in place), so an order statistic such as KS or Wasserstein reads a sorted
+  window.
 * :class:`CountWindow` keeps the last ``size`` integer codes (PSI bins, categories) and their
   counts, so a binned statistic costs ``O(bins)`` per check.
 
@@ -27,10 +28,18 @@ from detectors.base import Detector
 
 
 class SortedWindow:
-    """The last ``size`` keys, in arrival order and sorted, each with an optional integer tag.
+    """The last ``size`` keys, in arrival order and sorted on demand, each with an integer tag.
 
-    The tag (e.g. the key's rank in the reference) travels with its key through the sort, so
-    a statistic can read both without a search.
+    A push of several keys only writes them into a ring buffer; the sorted copy is rebuilt
+    by :meth:`sort` (called by :attr:`sorted` and :attr:`tags`) once per check, not once per
+    push: ``np.sort`` of 1,000 floats costs about as much as one incremental insertion, so a
+    check that follows more than one value is cheaper this way.  A single key pushed into a
+    sorted, full window is inserted in place (one binary search and one memmove), which
+    keeps ``check_every=1`` fed one value at a time cheap.
+
+    The tag (e.g. the key's rank in the reference) must be a non-decreasing function of its
+    key: then sorting keys and tags separately keeps them aligned, and a statistic can read
+    both without a search.
     """
 
     def __init__(self, size: int) -> None:
@@ -41,6 +50,7 @@ class SortedWindow:
         self._tags = np.zeros(size, dtype=np.int64)
         self._head = 0
         self._count = 0
+        self._stale = False  # the ring holds keys that _sorted does not
 
     @property
     def full(self) -> bool:
@@ -50,11 +60,13 @@ class SortedWindow:
     @property
     def sorted(self) -> NDArray[np.float64]:
         """The keys currently in the window, sorted (a view: do not modify)."""
+        self.sort()
         return self._sorted[: self._count]
 
     @property
     def tags(self) -> NDArray[np.int64]:
         """The tags of :attr:`sorted`, in the same order (a view: do not modify)."""
+        self.sort()
         return self._tags[: self._count]
 
     def values(self) -> NDArray[np.float64]:
@@ -72,23 +84,32 @@ class SortedWindow:
 
     def push(self, keys: NDArray[np.float64], tags: NDArray[np.int64] | None = None) -> None:
         """Append ``keys`` (and their ``tags``), evicting the oldest once the window is full."""
-        if tags is None:
-            tags = np.zeros(len(keys), dtype=np.int64)
-        if len(keys) == 1 and self._count == self.size:
-            self._push_one(float(keys[0]), int(tags[0]))
-        elif len(keys) > self.size // 8 or self._count + len(keys) <= self.size:
-            self._push_many(keys, tags)
-        elif len(keys) > 6 and self.full:
-            self._push_some(keys, tags)
-        else:
-            for key, tag in zip(keys.tolist(), tags.tolist(), strict=True):
-                self._push_one(key, tag)
+        if len(keys) == 1 and self._count == self.size and not self._stale:
+            self._push_one(float(keys[0]), 0 if tags is None else int(tags[0]))
+            return
+        keys = keys[-self.size :]
+        tags = None if tags is None else tags[-self.size :]
+        start = self._head if self._count == self.size else self._count
+        first = min(len(keys), self.size - start)
+        self._ring[start : start + first] = keys[:first]
+        self._ring[: len(keys) - first] = keys[first:]
+        if tags is not None:
+            self._ring_tags[start : start + first] = tags[:first]
+            self._ring_tags[: len(keys) - first] = tags[first:]
+        filled = min(self.size - self._count, len(keys))
+        self._count += filled
+        self._head = (start + len(keys)) % self.size if self._count == self.size else 0
+        self._stale = True
+
+    def sort(self) -> None:
+        """Bring :attr:`sorted` and :attr:`tags` up to date with the pushed keys."""
+        if self._stale:
+            self._sorted[: self._count] = np.sort(self._ring[: self._count])
+            self._tags[: self._count] = np.sort(self._ring_tags[: self._count])
+            self._stale = False
 
     def _push_one(self, key: float, tag: int) -> None:
         ordered, tags = self._sorted, self._tags
-        if self._count < self.size:
-            self._push_many(np.array([key]), np.array([tag]))
-            return
         old = self._ring[self._head]
         self._ring[self._head] = key
         self._ring_tags[self._head] = tag
@@ -105,39 +126,6 @@ class SortedWindow:
             tags[at + 1 : out + 1] = tags[at:out]
         ordered[at] = key
         tags[at] = tag
-
-    def _push_some(self, keys: NDArray[np.float64], tags: NDArray[np.int64]) -> None:
-        slots = (self._head + np.arange(len(keys))) % self.size
-        old = np.sort(self._ring[slots])
-        self._ring[slots] = keys
-        self._ring_tags[slots] = tags
-        self._head = (self._head + len(keys)) % self.size
-        # Distinct positions for evicted duplicates: first copy + rank among equal evictees.
-        position = self._sorted.searchsorted(old) + np.arange(len(old)) - old.searchsorted(old)
-        keep = np.ones(self.size, dtype=bool)
-        keep[position] = False
-        kept, kept_tags = self._sorted[keep], self._tags[keep]
-        order = np.argsort(keys, kind="stable")
-        at = kept.searchsorted(keys[order])
-        self._sorted[:] = np.insert(kept, at, keys[order])
-        self._tags[:] = np.insert(kept_tags, at, tags[order])
-
-    def _push_many(self, keys: NDArray[np.float64], tags: NDArray[np.int64]) -> None:
-        keys, tags = keys[-self.size :], tags[-self.size :]
-        if self._count < self.size:
-            room = min(self.size - self._count, len(keys))
-            self._ring[self._count : self._count + room] = keys[:room]
-            self._ring_tags[self._count : self._count + room] = tags[:room]
-            self._count += room
-            keys, tags = keys[room:], tags[room:]
-        if len(keys):
-            slots = (self._head + np.arange(len(keys))) % self.size
-            self._ring[slots] = keys
-            self._ring_tags[slots] = tags
-            self._head = (self._head + len(keys)) % self.size
-        order = np.argsort(self._ring[: self._count], kind="stable")
-        self._sorted[: self._count] = self._ring[order]
-        self._tags[: self._count] = self._ring_tags[order]
 
 
 class CountWindow:
@@ -230,7 +218,7 @@ class SortedWindowDetector(SimulatedDetector):
         self._windows = [SortedWindow(size) for size in self.windows]
 
     def _push(self, encoded: NDArray[Any]) -> None:
-        tags = self._tags(encoded)
+        tags = self._tags(self._state, encoded)
         for window in self._windows:
             window.push(encoded, tags)
 
@@ -242,29 +230,38 @@ class SortedWindowDetector(SimulatedDetector):
                 found.append((index, stat, self._p_value_fn(stat, window.size)))
         return found
 
-    def _tags(self, encoded: NDArray[np.float64]) -> NDArray[np.int64] | None:
-        """Integer tag kept with each key in the sorted windows (none by default)."""
+    def _tags(self, state: Any, encoded: NDArray[np.float64]) -> NDArray[np.int64] | None:
+        """Integer tag kept with each key in the sorted windows, a non-decreasing function of
+        the key under the reference ``state`` (none by default)."""
         return None
 
     def _window_statistic(self, window: SortedWindow) -> float:
-        return float(self._sorted_statistic(self._state, window.sorted[np.newaxis])[0])
+        return float(self._sorted_statistic(self._state, window.sorted[np.newaxis], None)[0])
 
     def _window_statistics(
         self, state: Any, stream: NDArray[Any], window: int, ends: NDArray[np.int64]
     ) -> NDArray[np.float64]:
         views = sliding_window_view(stream, window)
+        # the stream is tagged once; tags follow their keys, so rows of tags sort alike
+        tags = self._tags(state, stream)
+        tag_views = None if tags is None else sliding_window_view(tags, window)
         out = np.empty(len(ends))
         for start in range(0, len(ends), 256):
-            rows = np.sort(views[ends[start : start + 256] - window], axis=1)
-            out[start : start + 256] = self._sorted_statistic(state, rows)
+            first = ends[start : start + 256] - window
+            rows = np.sort(views[first], axis=1)
+            row_tags = None if tag_views is None else np.sort(tag_views[first], axis=1)
+            out[start : start + 256] = self._sorted_statistic(state, rows, row_tags)
         return out
 
     def _p_value_fn(self, statistic: float, window: int) -> Callable[[], float] | None:
         return None
 
     @abc.abstractmethod
-    def _sorted_statistic(self, state: Any, rows: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Statistic of each sorted row of encoded values against the reference ``state``."""
+    def _sorted_statistic(
+        self, state: Any, rows: NDArray[np.float64], tags: NDArray[np.int64] | None
+    ) -> NDArray[np.float64]:
+        """Statistic of each sorted row of encoded values (with their :meth:`_tags`, if any)
+        against the reference ``state``."""
 
 
 class CountWindowDetector(SimulatedDetector):

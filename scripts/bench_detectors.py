@@ -1,6 +1,6 @@
 """Benchmark the drift detectors: cost per value, quality on seeded streams, calibration time.
 
-Prints four tables, every ratio measured in the same run:
+Prints five tables, every ratio measured in the same run:
 
 1. cost per value against the naive scipy recompute at the same cadence (reference 5,000,
    window 1,000, check_every 1 / 10 / 100) and against river's KSWIN;
@@ -10,17 +10,24 @@ Prints four tables, every ratio measured in the same run:
    KSWIN and ADWIN;
 3. calibration time per feature;
 4. why KS misses a x1.5 variance change within 1,000 values: its statistic on post-change
-   windows beside the thresholds and delays of several window / cadence choices.
+   windows beside the thresholds and delays of several window / cadence choices;
+5. the service's monitoring path (``--only monitor``): us per value per (subject, detector)
+   of ``SubjectMonitor.update`` at the default ``MonitoringSettings`` for each detector and
+   per-subject batch size, beside the old cadence (``check_every=10``), the calibration time
+   per subject, and ``MonitorHub.apply`` on encoded monitor-topic batches for the subjects
+   of the sample config (driftwatch.toml).
 
 Usage: ``python scripts/bench_detectors.py [--quick] [--only cost|quality|calibration|
-ks-variance]`` (a few minutes; ``--quick`` ~1 minute).
+ks-variance|monitor]`` (a few minutes; ``--quick`` ~1 minute).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +43,11 @@ from detectors import (
     chi2,
     psi,
 )
+from stream.messages import QualityBatch, SubjectBatch, SubjectKind, encode_monitor_batch
+from stream.monitoring.drift import SubjectMonitor
+from stream.monitoring.hub import MonitorHub, family_size
+from stream.service.config import MonitoringSettings, Settings, load_settings
+from stream.service.metrics import Metrics
 
 N_REF, WINDOW = 5000, 1000
 CATS = np.array(["a", "b", "c", "d", "e"])
@@ -248,13 +260,23 @@ def summarize(delays: list[float]) -> list[Any]:
     return [median, p90, missed, len(delays) - len(valid), len(valid) - missed]
 
 
-def quality_tables(quick: bool) -> None:
+def quality_tables(quick: bool, every: int = 10) -> None:
+    """False alarms and delays of the detectors at their defaults, checked every ``every``."""
     seeds, length = (3, 50_000) if quick else (10, 200_000)
     rows = []
     numeric = [
-        ("KSDetector()", lambda s: KSDetector(random_state=s)),
-        ("WassersteinDetector()", lambda s: WassersteinDetector(random_state=s)),
-        ("PSIDetector()", lambda s: PSIDetector(random_state=s)),
+        (
+            f"KSDetector(check_every={every})",
+            lambda s: KSDetector(check_every=every, random_state=s),
+        ),
+        (
+            f"WassersteinDetector(check_every={every})",
+            lambda s: WassersteinDetector(check_every=every, random_state=s),
+        ),
+        (
+            f"PSIDetector(check_every={every})",
+            lambda s: PSIDetector(check_every=every, random_state=s),
+        ),
     ]
     for name, make in numeric:
         start = time.perf_counter()
@@ -264,13 +286,15 @@ def quality_tables(quick: bool) -> None:
     cat_alarms = cat_values = 0
     for seed in range(seeds):
         rng = np.random.default_rng(20_000 + seed)
-        chi = Chi2Detector(random_state=seed).fit(rng.choice(CATS, N_REF, p=SHARES).tolist())
+        chi = Chi2Detector(check_every=every, random_state=seed).fit(
+            rng.choice(CATS, N_REF, p=SHARES).tolist()
+        )
         stream = rng.choice(CATS, length, p=SHARES).tolist()
         for i in range(0, length, 500):
             cat_alarms += chi.update(stream[i : i + 500]).started
         cat_values += length
     per = cat_values / cat_alarms if cat_alarms else float("inf")
-    rows.append(["Chi2Detector() (categorical)", cat_values, cat_alarms, per, np.nan])
+    rows.append([f"Chi2Detector(check_every={every})", cat_values, cat_alarms, per, np.nan])
     rng = np.random.default_rng(1)
     base_len = 20_000 if quick else 100_000
     ref, stream = rng.normal(size=N_REF), rng.normal(size=base_len)
@@ -307,12 +331,14 @@ def quality_tables(quick: bool) -> None:
     delays = []
     for r in range(refs):
         rng = np.random.default_rng(40_000 + r)
-        cat_det = Chi2Detector(random_state=r).fit(rng.choice(CATS, N_REF, p=SHARES).tolist())
+        cat_det = Chi2Detector(check_every=every, random_state=r).fit(
+            rng.choice(CATS, N_REF, p=SHARES).tolist()
+        )
         for _ in range(per_ref):
             cat_det.reset()
             values = change_stream("category shares", rng, pre, post)
             delays.append(delay_of(drift_flag(cat_det), values, pre, 10))
-    rows.append(["Chi2Detector()", "category shares", *summarize(delays)])
+    rows.append([f"Chi2Detector(check_every={every})", "category shares", *summarize(delays)])
     rows.extend(baseline_delays(refs * per_ref, pre, post))
     table(
         f"Detection delay in values after the change ({refs * per_ref} seeded streams; 1,000"
@@ -472,12 +498,167 @@ def calibration_table(quick: bool) -> None:
     )
 
 
+# -- 5. the service's monitoring path -------------------------------------------------------
+
+SAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "driftwatch.toml"
+OLD_CHECK_EVERY = 10  # the default before issue 11
+
+
+def subject_values(kind: SubjectKind, rng: np.random.Generator, size: int) -> list[Any]:
+    if kind == "categorical":
+        return CATS[rng.choice(len(CATS), size, p=SHARES)].tolist()
+    return rng.lognormal(3.0, 1.0, size).tolist()
+
+
+def fitted_monitor(
+    kind: SubjectKind, detector: str, settings: MonitoringSettings, family: int
+) -> tuple[SubjectMonitor, float]:
+    """A monitor past its reference and a full window, and its calibration time (s)."""
+    mon = SubjectMonitor("x", kind, (detector,), settings, family, model="bench")
+    rng = np.random.default_rng(0)
+    n = settings.reference_size
+    start = time.perf_counter()
+    mon.update(SubjectBatch("x", kind, subject_values(kind, rng, n), list(range(n)), 1))
+    seconds = time.perf_counter() - start
+    mon.update(
+        SubjectBatch(
+            "x", kind, subject_values(kind, rng, settings.window), [n] * settings.window, 1
+        )
+    )
+    return mon, seconds
+
+
+def subject_cost(mon: SubjectMonitor, kind: SubjectKind, batch: int, length: int) -> float:
+    """Microseconds per value of ``mon.update`` on batches of ``batch`` values (best of 3)."""
+    rng = np.random.default_rng(1)
+    values = subject_values(kind, rng, length)
+    batches = [
+        SubjectBatch("x", kind, values[i : i + batch], list(range(i, i + batch)), 1)
+        for i in range(0, length, batch)
+    ]
+
+    def measure() -> float:
+        start = time.perf_counter()
+        for b in batches:
+            mon.update(b)
+        return (time.perf_counter() - start) / length * 1e6
+
+    return best_of(measure)
+
+
+def monitor_cost_table(quick: bool) -> None:
+    settings = load_settings(SAMPLE_CONFIG)
+    family = family_size(settings)
+    length = 10_000 if quick else 30_000
+    defaults = MonitoringSettings()
+    old = defaults.model_copy(update={"check_every": OLD_CHECK_EVERY})
+    rows, calibration = [], {}
+    cases: list[tuple[SubjectKind, str]] = [("numeric", "ks"), ("numeric", "psi")]
+    cases += [("numeric", "wasserstein"), ("categorical", "chi2")]
+    for kind, detector in cases:
+        new_mon, new_fit = fitted_monitor(kind, detector, defaults, family)
+        old_mon, old_fit = fitted_monitor(kind, detector, old, family)
+        calibration[detector] = (old_fit, new_fit)
+        for batch in (50, 200, 500):
+            before = subject_cost(old_mon, kind, batch, length // 3)
+            after = subject_cost(new_mon, kind, batch, length)
+            rows.append([detector, batch, before, after, before / after])
+    table(
+        f"us per value per (subject, detector): SubjectMonitor.update at MonitoringSettings()"
+        f" (reference {defaults.reference_size}, window {defaults.window}, family of {family}"
+        f" as in driftwatch.toml) with check_every={OLD_CHECK_EVERY} (old default) and"
+        f" {defaults.check_every} (default)",
+        ["detector", "values per batch", f"every {OLD_CHECK_EVERY}",
+         f"every {defaults.check_every}", "ratio"],
+        rows,
+    )  # fmt: skip
+    numeric = sum(calibration[d][0] for d in ("ks", "psi", "wasserstein"))
+    rows = [[d, old_s, new_s] for d, (old_s, new_s) in calibration.items()]
+    rows.append(["numeric subject (ks + psi + wasserstein)", numeric,
+                 sum(calibration[d][1] for d in ("ks", "psi", "wasserstein"))])  # fmt: skip
+    table(
+        "Calibration time per subject (s): the update that completes the reference",
+        ["detectors", f"every {OLD_CHECK_EVERY}", f"every {defaults.check_every}"],
+        rows,
+    )
+    rows = [hub_row(settings, every, quick) for every in (OLD_CHECK_EVERY, defaults.check_every)]
+    table(
+        f"MonitorHub.apply on encoded monitor batches, subjects of driftwatch.toml"
+        f" ({len(settings.monitoring.subjects)} subjects, {family} (subject, detector) pairs),"
+        f" scoring batches of 200 events, after every reference is fitted",
+        ["check_every", "us per event", "us per value per (subject, detector)",
+         "events/s one core keeps up with"],
+        rows,
+    )  # fmt: skip
+
+
+class NoRedis:
+    """A Redis stand-in holding nothing: no pinned reference, no saved monitor state."""
+
+    async def get(self, key: str) -> None:
+        return None
+
+    async def hgetall(self, key: str) -> dict[bytes, bytes]:
+        return {}
+
+
+def hub_messages(settings: Settings, events: int, batch: int, start_ts: int) -> list[Any]:
+    """Encoded monitor-topic messages for ``events`` events scored ``batch`` at a time: one
+    per subject and one per raw feature's data quality, as the scorer sends them."""
+    rng = np.random.default_rng(start_ts)
+    hub_subjects = MonitorHub(settings, NoRedis(), Metrics(), b"k").subjects  # type: ignore[arg-type]
+    out, offset = [], 0
+    for first in range(0, events, batch):
+        ts = [start_ts + 100 * (first + i) for i in range(batch)]  # 10 events/s of event time
+        for name, (kind, _) in hub_subjects.items():
+            b = SubjectBatch(name, kind, subject_values(kind, rng, batch), ts, 1)
+            out.append((0, offset, encode_monitor_batch(b)))
+            offset += 1
+        for feature in settings.features:
+            q = QualityBatch(feature.name, batch, {"missing": 0}, (ts[0], ts[-1]))
+            out.append((0, offset, encode_monitor_batch(q)))
+            offset += 1
+    return out
+
+
+def hub_row(settings: Settings, every: int, quick: bool) -> list[Any]:
+    m = settings.monitoring.model_copy(update={"check_every": every})
+    settings = settings.model_copy(update={"monitoring": m})
+    hub = MonitorHub(settings, NoRedis(), Metrics(), b"k")  # type: ignore[arg-type]
+    family, batch = family_size(settings), 200
+    # past every warm-up (5 min of event time at most) and reference, untimed
+    warm = hub_messages(settings, 6000, batch, 0)
+    events = 4000 if quick else 12_000
+    timed = hub_messages(settings, events, batch, 10**9)
+    timed = [(p, o + len(warm), v) for p, o, v in timed]
+
+    async def run() -> float:
+        await hub.apply(warm)
+        start = time.perf_counter()
+        for i in range(0, len(timed), 50):  # the agent takes up to 50 messages at a time
+            await hub.apply(timed[i : i + 50])
+        return time.perf_counter() - start
+
+    seconds = asyncio.run(run())
+    phases = {o.monitor.phase for o in hub.owned.values() if isinstance(o.monitor, SubjectMonitor)}
+    if phases != {"fitted"}:
+        raise RuntimeError(f"not every subject is fitted after the warm-up: {phases}")
+    per_event = seconds / events * 1e6
+    return [every, per_event, per_event / family, 1e6 / per_event]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs (about a minute)")
     parser.add_argument(
+        "--check-every",
+        type=int,
+        default=10,
+        help="cadence of our detectors in the quality tables (the service's default: 100)",
+    )
+    parser.add_argument(
         "--only",
-        choices=["cost", "quality", "calibration", "ks-variance"],
+        choices=["cost", "quality", "calibration", "ks-variance", "monitor"],
         help="run a single table",
     )
     args = parser.parse_args()
@@ -487,9 +668,11 @@ def main() -> None:
     if args.only in (None, "calibration"):
         calibration_table(args.quick)
     if args.only in (None, "quality"):
-        quality_tables(args.quick)
+        quality_tables(args.quick, args.check_every)
     if args.only in (None, "ks-variance"):
         ks_variance_table(args.quick)
+    if args.only in (None, "monitor"):
+        monitor_cost_table(args.quick)
     print(f"\n(total {time.perf_counter() - start:.0f} s)")
 
 

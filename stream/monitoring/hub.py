@@ -98,7 +98,8 @@ class MonitorHub:
         Returns the alerts raised and the messages that could not be applied (each with
         its error; the monitors skip them). All Redis reads come first, so a retry after a
         Redis error applies nothing twice. With ``off_loop`` the detector work runs in a
-        thread: fitting a reference takes seconds, and the scoring agent must keep going
+        thread: fitting a reference takes about 0.3 s per numeric subject (seconds when many
+        subjects complete theirs in one batch), and the scoring agent must keep going
         meanwhile.
         """
         async with self._lock:

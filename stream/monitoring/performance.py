@@ -1,8 +1,8 @@
 """Live model performance with delayed labels: :class:`PerformanceMonitor`.
 
 Pure decision logic, no I/O.  The labelled examples arrive in label order (the learner's
-order); the monitor keeps the last ``performance_window`` of them and, every ``check_every``
-examples, computes exact rolling metrics and their standard errors
+order); the monitor keeps the last ``performance_window`` of them and, every
+``performance_check_every`` examples, computes exact rolling metrics and their standard errors
 (:mod:`stream.monitoring.performance_math`).
 
 Metrics
@@ -95,10 +95,10 @@ from stream.monitoring.performance_metrics import (
 from stream.service.config import MonitoringSettings
 
 # One-sided z test of the drop: P(N(0, 1) > 4.5) = 3.4e-6 per check, before accounting for
-# the repeated checks.  Those are many (every ``check_every`` labels, for ever) and share one
-# reference, whose own sampling error offsets every check alike, so 3 (0.13 % per check)
-# fired about once per 100,000 labels per metric on a stationary stream; see the module
-# docstring for the measured rates.
+# the repeated checks.  Those are many (every ``performance_check_every`` labels, for ever)
+# and share one reference, whose own sampling error offsets every check alike, so 3
+# (0.13 % per check) fired about once per 100,000 labels per metric on a stationary stream;
+# see the module docstring for the measured rates.
 Z = 4.5
 RESOLVE_CHECKS = 3  # consecutive checks back within margin / 2 before an episode resolves
 
@@ -114,7 +114,7 @@ class PerformanceMonitor:
         ``performance_window``, ``performance_reference``, ``performance_margin``,
         ``performance_metrics`` (empty: the task's
         :data:`~stream.monitoring.performance_metrics.DEFAULT_METRICS`) and
-        ``check_every``.
+        ``performance_check_every``.
     model
         Model name for the alerts.
 
@@ -223,7 +223,9 @@ class PerformanceMonitor:
             alerts = self._concept(example)
         elif len(self._ref) >= self.settings.performance_reference:
             self._fix_reference()
-        if self._n % self.settings.check_every == 0:  # metrics for the dashboards from the start
+        if (
+            self._n % self.settings.performance_check_every == 0
+        ):  # metrics for the dashboards from the start
             self._current, self._current_se = compute_metrics(
                 self.task, self.metric_names, list(self._y), list(self._pred), list(self._score)
             )

@@ -248,7 +248,9 @@ class MonitoringSettings(_Frozen):
     exclude: tuple[str, ...] = ()
     reference_size: int = Field(default=2000, ge=50, le=1_000_000)
     window: int = Field(default=1000, ge=20)
-    check_every: int = Field(default=10, ge=1)
+    # values between checks (a check sorts the windows: every 100 keeps a (subject, detector)
+    # under 1 us per value; it adds ~50 values of detection delay, see docs/detectors.md)
+    check_every: int = Field(default=100, ge=1)
     ert: float = Field(default=1e6, ge=100)  # family-wise values between false alarms
     # an episode ends after `patience` checks in a row with every statistic <= release x
     # threshold; 0 means a whole window of values (window / check_every checks)
@@ -258,6 +260,8 @@ class MonitoringSettings(_Frozen):
     categorical_detectors: tuple[CategoricalDetector, ...] = ("chi2",)
     checkpoint_interval: Duration = "10s"
     performance_window: int = Field(default=500, ge=20)
+    # labels between two performance checks (a check recomputes the window's metrics)
+    performance_check_every: int = Field(default=10, ge=1)
     performance_reference: int = Field(default=1000, ge=20)
     performance_margin: float = Field(default=0.05, gt=0, le=1)
     performance_metrics: tuple[PerformanceMetric, ...] = ()  # empty: the task's defaults

@@ -56,6 +56,24 @@ def test_false_alarms_on_stationary_streams_stay_near_the_declared_rate(
     assert total <= 3 * expected
 
 
+@pytest.mark.parametrize("cls", [KSDetector, WassersteinDetector, PSIDetector, Chi2Detector])
+def test_false_alarms_hold_at_a_sparse_cadence_with_batches_across_checks(
+    cls: type[Detector],
+) -> None:
+    # The service checks every window / 10 values (1,000 / 100) and gets batches of 50-500
+    # values that straddle the checks; the calibration simulates that same cadence.
+    params = {**PARAMS, "check_every": 10}
+    total = 0
+    for seed in range(STREAMS):
+        reference, stream = stationary(cls, 100 + seed)
+        det = cls(**params, random_state=seed).fit(reference)
+        sizes = np.random.default_rng(seed).integers(5, 120, LENGTH)
+        ends = np.cumsum(sizes)[np.cumsum(sizes) < LENGTH]
+        for chunk in np.split(stream, ends):
+            total += det.update(chunk).started
+    assert total <= 3 * STREAMS * LENGTH / params["ert"]
+
+
 def test_naive_repeated_testing_would_fail_this_bound() -> None:
     rng = np.random.default_rng(0)
     reference, stream = rng.normal(size=1000), rng.normal(size=LENGTH)

@@ -183,6 +183,20 @@ def test_same_alerts_whatever_the_batching() -> None:
     assert by_37 == by_250
 
 
+def test_sparse_cadence_same_alerts_whatever_the_batching() -> None:
+    # as the defaults (window / 10): batches smaller than, across and larger than a check
+    sparse = SETTINGS.model_copy(update={"check_every": 20})
+    values = drifted(1, 1.0)
+    results = []
+    for size in (250, 37, 7):
+        mon = SubjectMonitor("amount", "numeric", NUMERIC, sparse, FAMILY, "fraud")
+        results.append(run(mon, values, size=size))
+    assert results[0] == results[1] == results[2]
+    firing = [a for a in results[0] if a["status"] == "firing"]
+    assert sorted(a["detector"] for a in firing) == sorted(NUMERIC)
+    assert all(index_of(a) % 20 == 19 for a in firing)  # on a check, to the value
+
+
 def test_pickle_mid_stream_continues_identically() -> None:
     values = drifted(1, 1.0)
     straight = monitor("amount")

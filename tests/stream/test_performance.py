@@ -28,7 +28,10 @@ from stream.service.config import MonitoringSettings
 # the defaults: a margin of 0.05 is only ~1.5 standard errors of precision/recall over 500
 # labels, hence the standard-error guard
 SETTINGS = MonitoringSettings(
-    performance_reference=1000, performance_window=500, performance_margin=0.05, check_every=10
+    performance_reference=1000,
+    performance_window=500,
+    performance_margin=0.05,
+    performance_check_every=10,
 )
 BINARY_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 ALL_BINARY = SETTINGS.model_copy(update={"performance_metrics": BINARY_METRICS})
@@ -268,7 +271,7 @@ def test_recovery_must_hold_for_resolve_checks() -> None:
         performance_reference=20,
         performance_window=20,
         performance_margin=0.1,  # calm = drop < 0.05: not one error in the window of 20
-        check_every=1,
+        performance_check_every=1,
         performance_metrics=("accuracy",),
     )
     right = (
