@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
-"""Micro-benchmark of the model's hot path: µs per event to score and to learn.
+"""Micro-benchmark of the scoring hot path: µs per event to score, to learn, and for each
+part of ``EventProcessor.process``.
 
 Ten raw features (8 numeric, 2 categorical with 5 declared categories each); the first
 ``--windowed`` numeric features carry three windows (1m, 1h, 24h) with all six aggregates,
 so an event reaches the model with 10 + 18 * windowed + 1 keys, as the worker enriches it.
 Every pipeline first learns ``--warmup`` events (so trees have grown and encoders have seen
-every category), then scores ``--events`` events one by one (``predict``), in batches of
-``--batch`` (``predict_many``), and learns them. Best of ``--repeat`` runs; pure logic only.
+every category), then scores ``--events`` events with River one by one (``predict``), in
+batches of ``--batch`` (``predict_many``: the numpy snapshot for a linear pipeline, River
+for the others), and learns them. Best of ``--repeat`` runs; pure logic only.
+
+Then the parts of ``EventProcessor.process`` for the logistic pipeline, per event, with
+the baseline of each in the same run: validation; enrichment (``FeatureStore.enrich``
+against an in-memory stand-in for Redis, so only our CPU is measured); scoring with River
+event by event vs the snapshot; the per-event records frozen vs slotted.
 
     .venv/bin/python scripts/bench_model.py [--events 20000] [--windowed 1] [--batch 500]
 """
@@ -14,18 +21,34 @@ every category), then scores ``--events`` events one by one (``predict``), in ba
 from __future__ import annotations
 
 import argparse
+import asyncio
+import gc
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stream.features.plan import window_names  # noqa: E402
+from stream.features.state import stored_generation  # noqa: E402
+from stream.ingest.scoring import EventProcessor, _feature_input  # noqa: E402
 from stream.model.online import OnlineModel, create_model  # noqa: E402
-from stream.service.config import PIPELINES_BY_TASK, FeatureSpec, ModelSettings  # noqa: E402
+from stream.records import Incoming, ScoredEvent, ValidEvent  # noqa: E402
+from stream.service.config import (  # noqa: E402
+    PIPELINES_BY_TASK,
+    FeatureSpec,
+    ModelSettings,
+    Settings,
+)
+from stream.service.metrics import Metrics  # noqa: E402
 
 PIPELINES = [(task, p) for task, ps in PIPELINES_BY_TASK.items() for p in ps]
 CATEGORIES = ("a", "b", "c", "d", "e")
@@ -110,7 +133,146 @@ def bench(task: str, pipeline: str, specs: list[FeatureSpec], args: argparse.Nam
     many = best_us(predict_batches, len(xs), args.repeat)
     learn = min(learn_ns) / len(xs) / 1000
     name = f"{task}/{pipeline}"
-    return f"{name:<30} {predict:>11.1f} {many:>16.1f} {learn:>9.1f}"
+    how = "snapshot" if model.linear_snapshot() is not None else "River"
+    return (
+        f"{name:<30} {predict:>11.1f} {many:>16.1f} {how:>9} {predict / many:>6.1f}x {learn:>9.1f}"
+    )
+
+
+class InMemoryRedis:
+    """What FeatureStore uses of Redis (MGET and its conditional-write script), in memory:
+    enrichment is timed without the network."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [self.data.get(k) for k in keys]
+
+    def register_script(self, _source: str) -> Callable[..., Any]:
+        async def write(keys: list[str], args: list[Any]) -> list[int]:
+            k = a = entity = 0
+            conflicts = []
+            while k < len(keys):  # the layout of stream.features.store._WRITE_IF_UNCHANGED
+                entity += 1
+                n = args[a + 3]
+                if stored_generation(self.data.get(keys[k])) == args[a]:
+                    self.data[keys[k]] = args[a + 1]
+                    for j in range(1, n + 1):
+                        self.data[keys[k + j]] = args[a + 2 + 2 * j]
+                else:
+                    conflicts.append(entity)
+                k, a = k + 1 + n, a + 4 + 2 * n
+            return conflicts
+
+        return write
+
+
+@dataclass(frozen=True)
+class FrozenValidEvent:  # the records as they were before slots: the baseline
+    event_id: str
+    entity_id: str
+    ts_ms: int
+    values: dict[str, float | str]
+    label: int | float | str | bool | None
+    quality: tuple[Any, ...]
+    missing: frozenset[str]
+
+
+@dataclass(frozen=True)
+class FrozenScoredEvent:
+    event: Any
+    x: dict[str, float | str]
+    prediction: int | float | str | None
+    proba: dict[str, float] | None
+    score: float
+    model_version: int
+
+
+def messages(specs: list[FeatureSpec], n: int, entities: int) -> list[Incoming]:
+    rng = random.Random(5)
+    t0 = int(time.time() * 1000) - n * 5
+    out = []
+    for i, (x, _) in enumerate(make_events(specs, n, seed=3)):
+        raw = {k: v for k, v in x.items() if any(k == s.name for s in specs)}
+        event = {"event_id": f"e{i}", "entity_id": f"c{rng.randrange(entities)}",
+                 "ts": t0 + i * 5, "features": raw}  # fmt: skip
+        out.append(Incoming("events", 0, i, None, orjson.dumps(event)))
+    return out
+
+
+def bench_process(specs: list[FeatureSpec], args: argparse.Namespace) -> None:
+    """µs per event of each part of EventProcessor.process, logistic pipeline."""
+    settings = Settings(features=tuple(specs))
+    model = create_model(settings.model, specs)
+    for x, y in make_events(specs, args.warmup, seed=1):
+        model.learn(x, y)
+    river = create_model(settings.model, specs)
+    river.estimator = model.estimator
+    river._linear = (river.n_learned, None)  # no snapshot: River event by event, the baseline
+    processor = EventProcessor(settings, aioredis.Redis(), lambda: model, Metrics())
+    batches = [
+        msgs[i : i + args.batch]
+        for msgs in [messages(specs, args.events, args.entities)]
+        for i in range(0, len(msgs), args.batch)
+    ]
+    n = args.events
+    now = int(time.time() * 1000) + 1000
+    times: dict[str, float] = {}
+
+    def timed(name: str, run: Callable[[], Any], setup: Callable[[], Any] = lambda: None) -> Any:
+        best = None
+        for _ in range(args.repeat):
+            setup()
+            start = time.perf_counter_ns()
+            out = run()
+            elapsed = (time.perf_counter_ns() - start) / n / 1000
+            best = elapsed if best is None else min(best, elapsed)
+        times[name] = best or 0.0
+        return out
+
+    def empty_redis() -> None:  # every run applies the events afresh
+        fake: Any = InMemoryRedis()
+        processor.features.redis = fake
+        processor.features._write = fake.register_script("")
+
+    valid = timed("validation", lambda: [processor._validate(b, now)[0] for b in batches])
+    inputs = [[_feature_input(ev) for _, ev in v] for v in valid]
+
+    async def enrich_all() -> list[Any]:
+        return [await processor.features.enrich(i) for i in inputs]
+
+    applied = timed(
+        "enrichment (CPU, in-memory Redis)", lambda: asyncio.run(enrich_all()), empty_redis
+    )
+    pairs = list(zip(valid, applied, strict=True))
+    for name, served in (("scoring, River per event", river), ("scoring, snapshot", model)):
+        processor.model = lambda m=served: m  # type: ignore[misc]
+        timed(name, lambda: [processor._score(v, a.results) for v, a in pairs])
+    scored = [s for v, a in pairs for s in processor._score(v, a.results)[0]]
+    records: list[tuple[str, Any, Any]] = [
+        ("records, frozen (before)", FrozenValidEvent, FrozenScoredEvent),
+        ("records, slots", ValidEvent, ScoredEvent),
+    ]
+    for name, event_type, scored_type in records:
+        timed(name, partial(_build_records, event_type, scored_type, scored))
+    print(f"\nEventProcessor.process parts, logistic pipeline, batches of {args.batch}, "
+          f"{n} events over {args.entities} entities (µs per event):")  # fmt: skip
+    for name, us in times.items():
+        print(f"  {name:<36} {us:>7.1f}")
+    before, after = times["scoring, River per event"], times["scoring, snapshot"]
+    print(f"  scoring speed-up {before / after:.1f}x")
+
+
+def _build_records(event_type: Any, scored_type: Any, scored: list[ScoredEvent]) -> list[Any]:
+    """A ValidEvent and a ScoredEvent per event, of the given classes."""
+    out = []
+    for s in scored:
+        ev = s.event
+        copy = event_type(ev.event_id, ev.entity_id, ev.ts_ms, ev.values, ev.label, ev.quality,
+                          ev.missing)  # fmt: skip
+        out.append(scored_type(copy, s.x, s.prediction, s.proba, s.score, s.model_version))
+    return out
 
 
 def main() -> int:
@@ -121,15 +283,22 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", help="run only pipelines whose task/pipeline contains this")
+    parser.add_argument("--entities", type=int, default=1_000, help="for the process parts")
     args = parser.parse_args()
+    gc.collect()  # collect as the worker does (stream.service.cli.tune_gc)
+    gc.freeze()
+    gc.set_threshold(Settings().worker.gc_threshold, *gc.get_threshold()[1:])
     specs = feature_specs(args.windowed)
     keys = len(make_events(specs, 1, seed=0)[0][0])
     print(f"{keys} keys per event ({args.windowed} windowed features), {args.events} events")
-    print(f"{'pipeline':<30} {'predict µs':>11} {'predict_many µs':>16} {'learn µs':>9}")
+    print("predict: River one event at a time; predict_many: the batch as the worker scores it")
+    header = f"{'pipeline':<30} {'predict µs':>11} {'predict_many µs':>16} {'by':>9} {'gain':>7}"
+    print(f"{header} {'learn µs':>9}")
     for task, pipeline in PIPELINES:
         if args.only and args.only not in f"{task}/{pipeline}":
             continue
         print(bench(task, pipeline, specs, args), flush=True)
+    bench_process(specs, args)
     return 0
 
 

@@ -1,96 +1,157 @@
 #!/usr/bin/env python3
-"""End-to-end benchmark: one driftwatch worker against a raw aiokafka passthrough.
+"""End-to-end benchmark: driftwatch workers against a raw aiokafka passthrough.
 
-Both run on the same local broker in the same run (start it with
-``python3 scripts/services.py start``). The model is LogReg on 10 numeric features, three
-of them with 1m/1h/24h windows (18 enriched features each).
+Every row runs on the same local broker and Redis in the same run, so read the ratios:
 
-- Faust floor: ``scripts/faust_echo.py``, the worker's Faust app republishing the raw
-  events, is the most a Faust-based worker can move here.
-- throughput: N events are produced first, then the consumer starts; events/s is N over
-  the time from the first output to the last.
-- latency: events produced at a fixed rate; latency is output consumed minus event produced,
-  reported as p50/p99.
+- **aiokafka passthrough**: consume, republish unchanged, commit after the acks; the most
+  a Python Kafka client moves here.
+- **Faust echo (floor)**: ``scripts/faust_echo.py``, a Faust agent republishing the raw
+  events with the worker's Faust settings: the most a worker on Faust's per-message path
+  could move (the worker reads events and labels off that path, ``stream/service/batches.py``).
+- **worker, sample config**: ``driftwatch.toml`` (its features, windows, model and the
+  monitoring subjects it chose), on card events like the demo's; monitoring on and off.
+- **worker, every subject**: a 10-feature LogReg, three features with 1m/1h/24h windows (18
+  enriched features each), monitoring every raw and enriched feature and the predictions.
 
-    python scripts/bench_pipeline.py [--events 20000] [--rate 500] [--batch-size 500]
+For each row: N events are produced first, then the worker starts. *scorer* is N over the
+time from the first prediction to the last; *monitors behind* is how long after the last
+prediction the monitors had consumed every value the scorer sent them (the worker's
+``driftwatch_monitor_values_total``); *sustained* is N over the time from the first
+prediction until both were done: the rate at which scorer and monitors keep up. Latency
+(event produced → prediction consumed, p50/p99) is then measured at half the sustained
+rate for a few seconds. ``--memory`` adds a run of 1,000,000 events over 100,000 entities
+and prints the worker's resident memory as it goes.
+
+The services are started if they are not running (``python3 scripts/services.py start``)
+and stopped again at the end.
+
+    python scripts/bench_pipeline.py [--events 30000] [--batch-size 500] [--memory]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import tomllib
+import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from stream.messages import SubjectBatch, decode_monitor_batch  # noqa: E402
+from stream.monitoring.subjects import monitored_subjects  # noqa: E402
 from stream.service.config import Settings  # noqa: E402
-from stream.service.topics import ensure_topics, wait_consumed  # noqa: E402
-from tests.integration.worker_process import WorkerProcess  # noqa: E402
+from stream.service.kafka_security import client_options  # noqa: E402
+from stream.service.topics import ensure_topics  # noqa: E402
+from stream.tools.synthetic import CardStream  # noqa: E402
+from tests.integration.worker_process import ASSIGNED_LINE, WorkerProcess  # noqa: E402
 
 N_FEATURES = 10
 WINDOWED = 3
+SERVICES = [sys.executable, str(REPO / "scripts" / "services.py")]
+
+#: ``(event, key)`` of event number ``i``; its ``ts`` is set when it is produced.
+Events = Callable[[int], dict[str, Any]]
+
+
+def _topics(uid: str) -> dict[str, Any]:
+    return {
+        "events": f"bench-events-{uid}",
+        "labels": f"bench-labels-{uid}",
+        "predictions": f"bench-predictions-{uid}",
+        "alerts": f"bench-alerts-{uid}",
+        "dlq": f"bench-dlq-{uid}",
+        "monitor": f"bench-monitor-{uid}",
+        "partitions": 4,
+    }
+
+
+def _common(uid: str, bootstrap: str, redis_url: str, batch_size: int) -> dict[str, Any]:
+    return {
+        "kafka": {"bootstrap": bootstrap},
+        "topics": _topics(uid),
+        "redis": {"url": redis_url, "prefix": f"bench-{uid}"},
+        "worker": {
+            "app_id": f"bench-{uid}",
+            "batch_size": batch_size,
+            "metrics_address": f"127.0.0.1:{_free_port()}",
+        },
+    }
 
 
 def bench_settings(
-    uid: str, bootstrap: str, redis_url: str, batch_size: int, **extra: object
+    uid: str, bootstrap: str, redis_url: str, batch_size: int, **extra: Any
 ) -> Settings:
+    """The 10-feature benchmark config (monitoring every subject unless ``extra`` says)."""
     features = [
         {"name": f"f{i}", "impute": 0.0, "windows": ["1m", "1h", "24h"] if i < WINDOWED else []}
         for i in range(N_FEATURES)
     ]
+    monitoring = {"subjects": [], **extra.pop("monitoring", {})}
     return Settings.model_validate(
         {
-            "kafka": {"bootstrap": bootstrap},
-            "topics": {
-                "events": f"bench-events-{uid}",
-                "labels": f"bench-labels-{uid}",
-                "predictions": f"bench-predictions-{uid}",
-                "alerts": f"bench-alerts-{uid}",
-                "dlq": f"bench-dlq-{uid}",
-                "monitor": f"bench-monitor-{uid}",
-                "partitions": 4,
-            },
-            "redis": {"url": redis_url, "prefix": f"bench-{uid}"},
-            "worker": {
-                "app_id": f"bench-{uid}",
-                "batch_size": batch_size,
-                "metrics_address": "127.0.0.1:0",
-            },
+            **_common(uid, bootstrap, redis_url, batch_size),
             "features": features,
             "model": {"name": "bench"},
+            "monitoring": monitoring,
             **extra,
         }
     )
 
 
-def event(i: int, ts: int) -> tuple[bytes, bytes]:
-    entity = f"card-{i % 1000}"
+def sample_settings(
+    uid: str, bootstrap: str, redis_url: str, batch_size: int, monitoring: bool
+) -> Settings:
+    """``driftwatch.toml`` as shipped, on this run's topics, Redis prefix and group."""
+    config = tomllib.loads((REPO / "driftwatch.toml").read_text())
+    common = _common(uid, bootstrap, redis_url, batch_size)
+    for section, values in common.items():
+        config[section] = {**config.get(section, {}), **values}
+    config["monitoring"] = {**config.get("monitoring", {}), "enabled": monitoring}
+    return Settings.model_validate(config)
+
+
+def bench_event(i: int) -> dict[str, Any]:
     feats = {f"f{j}": float((i * (j + 3)) % 97) / 7.0 for j in range(N_FEATURES)}
-    body = {"event_id": f"e-{i}", "entity_id": entity, "ts": ts, "features": feats}
-    return entity.encode(), orjson.dumps(body)
+    return {"event_id": f"e-{i}", "entity_id": f"card-{i % 1000}", "features": feats}
 
 
-async def produce(bootstrap: str, topic: str, n: int, rate: float = 0.0, offset: int = 0) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+def card_events(n_cards: int) -> Events:
+    cards = CardStream(seed=11, n_cards=n_cards, run_id="e")
+
+    def event(i: int) -> dict[str, Any]:
+        return cards.event(i)[0]
+
+    return event
+
+
+async def produce(s: Settings, events: Events, n: int, rate: float = 0.0, offset: int = 0) -> None:
+    producer = AIOKafkaProducer(linger_ms=5, acks="all", **client_options(s))
     await producer.start()
     try:
         t0 = time.monotonic()
-        for i in range(n):
-            key, value = event(offset + i, int(time.time() * 1000))
-            await producer.send(topic, value, key=key)
+        for i in range(offset, offset + n):
+            body = events(i)
+            body["ts"] = int(time.time() * 1000)
+            await producer.send(s.topics.events, orjson.dumps(body), key=body["entity_id"].encode())
             if rate > 0:
-                ahead = (i + 1) / rate - (time.monotonic() - t0)
+                ahead = (i - offset + 1) / rate - (time.monotonic() - t0)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
         await producer.flush()
@@ -98,17 +159,21 @@ async def produce(bootstrap: str, topic: str, n: int, rate: float = 0.0, offset:
         await producer.stop()
 
 
-async def drain(
-    bootstrap: str, topic: str, n: int, wait_s: float, first_id: int = 0
-) -> tuple[float, list[float]]:
-    """Read n records; returns (seconds from first to last, latencies in ms of the records
-    whose event number is at least ``first_id``)."""
+@dataclass
+class Drained:
+    first: float  # monotonic time of the first output
+    last: float  # and of the last
+    latencies_ms: list[float]
+
+
+async def drain(s: Settings, n: int, wait_s: float, first_id: int = 0) -> Drained:
+    """Read ``n`` predictions; the latencies of those whose event number is ≥ ``first_id``."""
     consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
+        s.topics.predictions,
         group_id=f"bench-reader-{uuid.uuid4().hex[:6]}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **client_options(s),
     )
     await consumer.start()
     latencies: list[float] = []
@@ -123,35 +188,36 @@ async def drain(
                 for rec in records:
                     body = orjson.loads(rec.value or b"{}")
                     seen += 1
-                    if int(body["event_id"][2:]) >= first_id:
+                    if int(body["event_id"].rsplit("-", 1)[1]) >= first_id:
                         latencies.append(now_ms - body["ts"])
             if seen and not first:
                 first = time.monotonic()
-            last = time.monotonic()
+            if batches:
+                last = time.monotonic()
     finally:
         await consumer.stop()
     if seen < n:
-        raise RuntimeError(f"only {seen}/{n} outputs from {topic} within {wait_s}s")
-    return max(last - first, 1e-9), latencies
+        raise RuntimeError(f"only {seen}/{n} outputs from {s.topics.predictions} in {wait_s}s")
+    return Drained(first, last, latencies)
 
 
-async def passthrough(bootstrap: str, src: str, dst: str, stop: asyncio.Event) -> None:
+async def passthrough(s: Settings, stop: asyncio.Event) -> None:
     """The baseline: consume, produce the value unchanged, commit after the sends are acked."""
     consumer = AIOKafkaConsumer(
-        src,
-        bootstrap_servers=bootstrap,
+        s.topics.events,
         group_id=f"bench-pass-{uuid.uuid4().hex[:6]}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **client_options(s),
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    producer = AIOKafkaProducer(linger_ms=5, acks="all", **client_options(s))
     await consumer.start()
     await producer.start()
     try:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=100, max_records=500)
             futures = [
-                await producer.send(dst, rec.value, key=rec.key)
+                await producer.send(s.topics.predictions, rec.value, key=rec.key)
                 for records in batches.values()
                 for rec in records
             ]
@@ -163,62 +229,199 @@ async def passthrough(bootstrap: str, src: str, dst: str, stop: asyncio.Event) -
         await consumer.stop()
 
 
-async def paced_latencies(s: Settings, n: int, rate: float) -> list[float]:
-    """After a backlog of ``n``: produce 5 s of events at ``rate``; their latencies in ms."""
+@dataclass
+class Row:
+    name: str
+    scorer: float  # events/s, first to last prediction
+    behind_s: float | None  # monitors done this long after the last prediction
+    sustained: float
+    latencies_ms: list[float]
+    rate: float  # the paced rate of the latency phase
+
+
+async def paced_latencies(s: Settings, events: Events, n: int, rate: float) -> list[float]:
+    """After a backlog of ``n``: produce ~5 s of events at ``rate``; their latencies in ms."""
     m = max(200, int(rate * 5))
-    reader = asyncio.create_task(drain(s.kafka.bootstrap, s.topics.predictions, n + m, 600, n))
-    await produce(s.kafka.bootstrap, s.topics.events, m, rate, offset=n)
-    return (await reader)[1]
+    reader = asyncio.create_task(drain(s, n + m, 600, n))
+    await produce(s, events, m, rate, offset=n)
+    return (await reader).latencies_ms
 
 
-async def run_passthrough(s: Settings, n: int, rate: float) -> tuple[float, list[float]]:
+async def run_passthrough(s: Settings, events: Events, n: int) -> Row:
     await ensure_topics(s)
-    await produce(s.kafka.bootstrap, s.topics.events, n)
+    await produce(s, events, n)
     stop = asyncio.Event()
-    task = asyncio.create_task(
-        passthrough(s.kafka.bootstrap, s.topics.events, s.topics.predictions, stop)
-    )
-    secs, _ = await drain(s.kafka.bootstrap, s.topics.predictions, n, 600)
-    lat = await paced_latencies(s, n, rate)
+    task = asyncio.create_task(passthrough(s, stop))
+    d = await drain(s, n, 600)
+    eps = n / max(d.last - d.first, 1e-9)
+    lat = await paced_latencies(s, events, n, eps / 2)
     stop.set()
     await task
-    return n / secs, lat
+    return Row("aiokafka passthrough", eps, None, eps, lat, eps / 2)
 
 
 def run_worker(
-    s: Settings, n: int, rate: float, workdir: Path, command: Sequence[str] | None = None
-) -> tuple[float, list[float]]:
+    name: str,
+    s: Settings,
+    events: Events,
+    n: int,
+    workdir: Path,
+    command: Sequence[str] | None = None,
+) -> Row:
     asyncio.run(ensure_topics(s))
-    asyncio.run(produce(s.kafka.bootstrap, s.topics.events, n))
-    worker = WorkerProcess(s, workdir, {"DRIFTWATCH_SNAPSHOT_KEY": "bench"}, command)
+    asyncio.run(produce(s, events, n))
+    # Faust's own consumer logs this when it gets the partitions (the echo has no other)
+    ready = "Setting newly assigned partitions" if command else ASSIGNED_LINE
+    worker = WorkerProcess(s, workdir, {"DRIFTWATCH_SNAPSHOT_KEY": "bench"}, command, ready)
     worker.start()
     try:
-        secs, _ = asyncio.run(drain(s.kafka.bootstrap, s.topics.predictions, n, 600))
+        d = asyncio.run(drain(s, n, 600))
+        behind: float | None = None
+        done = d.last
         if command is None and s.monitoring.enabled:
-            # the monitors consume their own topic behind the scorer; they calibrate their
-            # detectors once, when the reference is complete
-            t0 = time.monotonic()
-            group, topic = s.worker.app_id, s.topics.monitor
-            asyncio.run(wait_consumed(s.kafka.bootstrap, group, topic, 600))
-            print(
-                f"monitors: the monitor topic was consumed {time.monotonic() - t0:.1f} s after "
-                f"the last prediction of the backlog (offsets are committed every few seconds)"
-            )
-        lat = asyncio.run(paced_latencies(s, n, rate))
+            expected = asyncio.run(values_sent_to_monitors(s))
+            done = _wait_for_metric(s, "driftwatch_monitor_values_total", expected, 600)
+            behind = max(0.0, done - d.last)
+        scorer = n / max(d.last - d.first, 1e-9)
+        sustained = n / max(done - d.first, 1e-9)
+        lat = asyncio.run(paced_latencies(s, events, n, sustained / 2))
     finally:
         worker.stop()
-    return n / secs, lat
+    return Row(name, scorer, behind, sustained, lat, sustained / 2)
+
+
+async def values_sent_to_monitors(s: Settings) -> int:
+    """The subject values on the monitor topic up to its end now (all the scorer sent)."""
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **client_options(s))
+    await consumer.start()
+    try:
+        tps = [TopicPartition(s.topics.monitor, p) for p in range(s.topics.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        values = 0
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            for records in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
+                for rec in records:
+                    batch = decode_monitor_batch(rec.value or b"")
+                    values += len(batch.values) if isinstance(batch, SubjectBatch) else 0
+        return values
+    finally:
+        await consumer.stop()
+
+
+def memory_run(s: Settings, n: int, n_entities: int, workdir: Path) -> None:
+    """Feed ``n`` events over ``n_entities`` entities; print the worker's RSS as it goes."""
+    asyncio.run(ensure_topics(s))
+    worker = WorkerProcess(s, workdir, {"DRIFTWATCH_SNAPSHOT_KEY": "bench"})
+    events = card_events(n_entities)
+    chunk = max(n // 10, 1)
+    worker.start()
+    try:
+        print(f"\nmemory: {n:,} events over {n_entities:,} entities (sample config, monitoring on)")
+        print(f"{'events':>10}{'RSS MiB':>10}{'peak MiB':>10}{'seconds':>10}")
+        t0 = time.monotonic()
+        for k in range(0, n, chunk):
+            m = min(chunk, n - k)
+            asyncio.run(produce(s, events, m, offset=k))
+            _wait_for_metric(s, "driftwatch_events_received_total", k + m, 1800)
+            rss, peak = _memory_mib(worker.pid)
+            print(f"{k + m:>10,}{rss:>10.0f}{peak:>10.0f}{time.monotonic() - t0:>10.0f}")
+    finally:
+        worker.stop()
+
+
+def _memory_mib(pid: int | None) -> tuple[float, float]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value
+    kib = lambda k: float(fields[k].split()[0]) / 1024  # noqa: E731
+    return kib("VmRSS"), kib("VmHWM")
+
+
+def _wait_for_metric(s: Settings, name: str, at_least: float, wait_s: float) -> float:
+    """Poll the worker's /metrics until ``name`` reaches ``at_least``; the time it did."""
+    url = f"http://{s.worker.metrics_address}/metrics"
+    deadline = time.monotonic() + wait_s
+    value = 0.0
+    while time.monotonic() < deadline:
+        value = _metric(url, name)
+        if value >= at_least:
+            return time.monotonic()
+        time.sleep(0.1)
+    raise TimeoutError(f"{name} is {value}, not {at_least}, after {wait_s} s")
+
+
+def _metric(url: str, name: str) -> float:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - 127.0.0.1
+            text = response.read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _reachable(host_port: str) -> bool:
+    host, _, port = host_port.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _services(bootstrap: str, redis_url: str) -> Iterator[None]:
+    """Start the local services if they are not running; stop what was started."""
+    redis_host = redis_url.split("//", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    if _reachable(bootstrap) and _reachable(redis_host):
+        yield
+        return
+    print("starting the local services (python3 scripts/services.py start) ...", flush=True)
+    subprocess.run([*SERVICES, "start"], check=True)  # noqa: S603 - our own script
+    try:
+        yield
+    finally:
+        subprocess.run([*SERVICES, "stop"], check=False)  # noqa: S603 - our own script
 
 
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
 
 
+def print_table(n: int, rows: list[Row]) -> None:
+    base, floor = rows[0].sustained, rows[1].sustained
+    print(f"\nend-to-end, {n:,} events of backlog; latency at half each row's sustained rate")
+    header = (
+        f"{'':34}{'scorer/s':>10}{'monitors':>10}{'sustained':>11}{'latency at':>12}"
+        f"{'p50 ms':>8}{'p99 ms':>8}{'vs pass':>9}{'vs floor':>10}"
+    )
+    print(header)
+    print(f"{'':34}{'':>10}{'behind s':>10}{'events/s':>11}{'events/s':>12}")
+    for r in rows:
+        behind = "-" if r.behind_s is None else f"{r.behind_s:.1f}"
+        print(
+            f"{r.name:34}{r.scorer:>10.0f}{behind:>10}{r.sustained:>11.0f}{r.rate:>12.0f}"
+            f"{pct(r.latencies_ms, 50):>8.1f}{pct(r.latencies_ms, 99):>8.1f}"
+            f"{r.sustained / base:>9.3f}{r.sustained / floor:>10.3f}"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--rate", type=float, default=500.0, help="events/s for the latency phase")
+    parser.add_argument("--events", type=int, default=30_000, help="backlog per row")
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument(
+        "--memory", action="store_true", help="also 1,000,000 events over 100,000 entities"
+    )
+    parser.add_argument("--memory-events", type=int, default=1_000_000, help=argparse.SUPPRESS)
     parser.add_argument(
         "--bootstrap", default=os.environ.get("DRIFTWATCH_TEST_KAFKA", "127.0.0.1:9092")
     )
@@ -226,33 +429,40 @@ def main() -> int:
         "--redis", default=os.environ.get("DRIFTWATCH_TEST_REDIS", "redis://127.0.0.1:6379/0")
     )
     args = parser.parse_args()
-    uid = uuid.uuid4().hex[:8]
-    base = bench_settings(f"p{uid}", args.bootstrap, args.redis, args.batch_size)
-    pass_eps, pass_lat = asyncio.run(run_passthrough(base, args.events, args.rate))
-    rows = [("aiokafka passthrough", pass_eps, pass_lat)]
-    with tempfile.TemporaryDirectory() as tmp:
-        s = bench_settings(f"f{uid}", args.bootstrap, args.redis, args.batch_size)
-        echo = [sys.executable, str(REPO / "scripts" / "faust_echo.py")]
-        rows.append(("faust echo (floor)", *run_worker(s, args.events, args.rate, Path(tmp), echo)))
-    for label, enabled in (("worker, monitoring on", True), ("worker, monitoring off", False)):
-        with tempfile.TemporaryDirectory() as tmp:
-            s = bench_settings(
-                f"w{int(enabled)}{uid}",
-                args.bootstrap,
-                args.redis,
-                args.batch_size,
-                monitoring={"enabled": enabled},
-            )
-            eps, lat = run_worker(s, args.events, args.rate, Path(tmp))
-        rows.append((label, eps, lat))
-    print(f"end-to-end, {args.events} events backlog, latency at {args.rate:.0f} events/s")
-    floor_eps = rows[1][1]
-    header = f"{'events/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'vs passthrough':>16}{'vs floor':>10}"
-    print(f"{'':24}{header}")
-    for name, eps, lat in rows:
-        figures = f"{eps:>10.0f}{pct(lat, 50):>10.1f}{pct(lat, 99):>10.1f}"
-        print(f"{name:24}{figures}{eps / pass_eps:>16.3f}{eps / floor_eps:>10.3f}")
+    if args.events < 1000:
+        parser.error("--events must be at least 1000")
+    with _services(args.bootstrap, args.redis):
+        run(args)
     return 0
+
+
+def run(args: argparse.Namespace) -> None:
+    uid = uuid.uuid4().hex[:8]
+    n, size = args.events, args.batch_size
+    cards = card_events(1000)
+    on = lambda tag: sample_settings(f"{tag}{uid}", args.bootstrap, args.redis, size, True)  # noqa: E731
+    rows = [asyncio.run(run_passthrough(on("p"), cards, n))]
+    echo = [sys.executable, str(REPO / "scripts" / "faust_echo.py")]
+    with tempfile.TemporaryDirectory() as tmp:
+        rows.append(run_worker("faust echo (floor)", on("f"), cards, n, Path(tmp), echo))
+    for name, monitoring in (
+        ("worker, sample config, monitors on", True),
+        ("worker, sample config, monitors off", False),
+    ):
+        s = sample_settings(
+            f"w{int(monitoring)}{uid}", args.bootstrap, args.redis, size, monitoring
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(run_worker(name, s, cards, n, Path(tmp)))
+    s = bench_settings(f"a{uid}", args.bootstrap, args.redis, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        every = f"worker, every subject ({len(monitored_subjects(s))})"
+        rows.append(run_worker(every, s, bench_event, n, Path(tmp)))
+    print_table(n, rows)
+    if args.memory:
+        s = sample_settings(f"m{uid}", args.bootstrap, args.redis, size, True)
+        with tempfile.TemporaryDirectory() as tmp:
+            memory_run(s, args.memory_events, 100_000, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,16 @@ Apache Kafka jars on Maven Central (fetched once with Maven into a cache outside
 repository); Redis and Prometheus come from Debian's packages, installed when missing.
 
     python3 scripts/services.py install [kafka|redis|prometheus|all]
-    python3 scripts/services.py start [kafka|redis|prometheus|all]
-    python3 scripts/services.py stop [kafka|redis|prometheus|all]
+    python3 scripts/services.py start [kafka|redis|prometheus|kafka-secure|redis-tls|all]
+    python3 scripts/services.py stop [kafka|redis|prometheus|kafka-secure|redis-tls|all|every]
     python3 scripts/services.py status [--json]
+
+``kafka-secure`` and ``redis-tls`` are the secured twins of Kafka and Redis, for the security
+tests: a broker whose only client listener is SASL_SSL (SCRAM-SHA-512 users, the
+StandardAuthorizer: no ACL, no access) and a Redis that speaks TLS only, with ACL users. Their
+certificates (a test CA, a server and a client certificate, PEM, made with openssl) and
+generated passwords are kept in ``$DRIFTWATCH_RUN_DIR/secure`` (``secrets.json``, mode 0600).
+``stop every`` stops whatever is running, secured services included.
 
 Start is idempotent (a running service is left alone) and waits until the service accepts
 connections. Stop sends SIGTERM to the service's process group, then SIGKILL after a grace
@@ -21,6 +28,9 @@ Environment:
     DRIFTWATCH_KAFKA_PORT      broker port (default 9092)
     DRIFTWATCH_KAFKA_CONTROLLER_PORT  controller port (default 9093)
     DRIFTWATCH_REDIS_PORT      Redis port (default 6379)
+    DRIFTWATCH_KAFKA_SECURE_PORT  SASL_SSL port of kafka-secure (default 9094; controller 9095:
+                               DRIFTWATCH_KAFKA_SECURE_CONTROLLER_PORT)
+    DRIFTWATCH_REDIS_TLS_PORT  TLS port of redis-tls (default 6390)
     DRIFTWATCH_PROMETHEUS_PORT Prometheus port (default 9090)
     DRIFTWATCH_PROMETHEUS_CONFIG  its scrape config (default deploy/prometheus/prometheus.local.yml)
 """
@@ -32,6 +42,7 @@ import base64
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -39,6 +50,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,7 +238,7 @@ class Service:
                 raise ServiceError(
                     f"cannot start {self.name}: port {HOST}:{port} is already in use by another "
                     f"process (not one started by this script). Stop it, or choose another port "
-                    f"with DRIFTWATCH_{self.name.upper()}_PORT."
+                    f"with DRIFTWATCH_{self.name.upper().replace('-', '_')}_PORT."
                 )
         self.install()
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -365,19 +377,26 @@ class Kafka(Service):
             *args,
         ]
 
+    def properties(self) -> str:
+        return (
+            KAFKA_PROPERTIES.replace("@BROKER_PORT@", str(self.ports[0]))
+            .replace("@CONTROLLER_PORT@", str(self.ports[1]))
+            .replace("@DATA_DIR@", str(self.dir / "data"))
+        )
+
+    def format_args(self) -> list[str]:
+        """Extra arguments of ``kafka-storage format``."""
+        return []
+
     def prepare(self) -> None:
         data = self.dir / "data"
         (self.dir / "tmp").mkdir(parents=True, exist_ok=True)
-        props = (
-            KAFKA_PROPERTIES.replace("@BROKER_PORT@", str(self.ports[0]))
-            .replace("@CONTROLLER_PORT@", str(self.ports[1]))
-            .replace("@DATA_DIR@", str(data))
-        )
+        props = self.properties()
         cfg = self.dir / "server.properties"
         if (data / "meta.properties").exists() and cfg.exists() and cfg.read_text() != props:
             log("kafka ports or settings changed since the data dir was formatted: starting afresh")
             shutil.rmtree(data)
-        cfg.write_text(props)
+        write_private(cfg, props)
         (self.dir / "log4j.properties").write_text(KAFKA_LOG4J)
         (self.dir / "log4j2.properties").write_text(KAFKA_LOG4J2)
         if (data / "meta.properties").exists():
@@ -396,6 +415,7 @@ class Kafka(Service):
                     cluster_id,
                     "-c",
                     str(cfg),
+                    *self.format_args(),
                 )
             )
         except subprocess.CalledProcessError as exc:
@@ -453,6 +473,184 @@ class Redis(Service):
         ]
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` readable by its owner only (it may hold passwords)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    path.chmod(0o600)
+
+
+SECURE = RUN / "secure"
+KAFKA_USERS = ("admin", "worker", "stranger")
+REDIS_USERS = ("admin", "stranger")
+
+
+def secure_material() -> dict[str, object]:
+    """The test CA, server and client certificates (PEM) and the users' passwords.
+
+    Made once per run directory: the CA signs a server certificate for 127.0.0.1/localhost
+    (the brokers' and Redis's) and a client certificate (for mutual TLS); the passwords are
+    random. Returned as ``secrets.json`` holds them: file paths and passwords.
+    """
+    store = SECURE / "secrets.json"
+    if store.exists():
+        loaded: dict[str, object] = json.loads(store.read_text())
+        return loaded
+    SECURE.mkdir(parents=True, exist_ok=True)
+    if shutil.which("openssl") is None:
+        apt_install("openssl")
+    ca_key, ca = SECURE / "ca.key", SECURE / "ca.pem"
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+         "-subj", "/CN=driftwatch test CA", "-keyout", str(ca_key), "-out", str(ca)])  # fmt: skip
+    for name, usage in (("server", "serverAuth,clientAuth"), ("client", "clientAuth")):
+        key, csr, cert = SECURE / f"{name}.key", SECURE / f"{name}.csr", SECURE / f"{name}.pem"
+        ext = SECURE / f"{name}.ext"
+        ext.write_text(
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+            f"extendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"
+        )
+        run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=driftwatch-{name}",
+             "-keyout", str(key), "-out", str(csr)])  # fmt: skip
+        run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-days", "3650", "-extfile", str(ext),
+             "-out", str(cert)])  # fmt: skip
+        key.chmod(0o600)
+    # Kafka's PEM keystore: the (PKCS#8, unencrypted) key followed by its certificate
+    keystore = SECURE / "server-keystore.pem"
+    write_private(
+        keystore, (SECURE / "server.key").read_text() + (SECURE / "server.pem").read_text()
+    )
+    material: dict[str, object] = {
+        "ca": str(ca),
+        "server_cert": str(SECURE / "server.pem"),
+        "server_key": str(SECURE / "server.key"),
+        "server_keystore": str(keystore),
+        "client_cert": str(SECURE / "client.pem"),
+        "client_key": str(SECURE / "client.key"),
+        "kafka_passwords": {user: secrets.token_hex(16) for user in KAFKA_USERS},
+        "redis_passwords": {user: secrets.token_hex(16) for user in REDIS_USERS},
+    }
+    write_private(store, json.dumps(material, indent=2))
+    return material
+
+
+def users(material: dict[str, object], kind: str) -> dict[str, str]:
+    """The passwords by user of ``secrets.json``'s ``kafka_passwords`` or ``redis_passwords``."""
+    found = material[kind]
+    if not isinstance(found, dict):
+        raise ServiceError(f"{SECURE / 'secrets.json'}: {kind} is not an object; delete the file")
+    return {str(k): str(v) for k, v in found.items()}
+
+
+KAFKA_SECURE_PROPERTIES = """
+# the secured twin: clients only over SASL_SSL (SCRAM-SHA-512, TLS with client certificates),
+# the broker talks to itself over the same listener as the super user 'admin'
+listeners=SASL_SSL://127.0.0.1:@BROKER_PORT@,CONTROLLER://127.0.0.1:@CONTROLLER_PORT@
+advertised.listeners=SASL_SSL://127.0.0.1:@BROKER_PORT@
+inter.broker.listener.name=SASL_SSL
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\
+  org.apache.kafka.common.security.scram.ScramLoginModule required \
+  username="admin" password="@ADMIN_PASSWORD@";
+ssl.keystore.type=PEM
+ssl.keystore.location=@KEYSTORE@
+ssl.truststore.type=PEM
+ssl.truststore.location=@CA@
+listener.name.sasl_ssl.ssl.client.auth=required
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+# ANONYMOUS: the controller listener (PLAINTEXT, 127.0.0.1 only) that the broker part of
+# this combined node uses to reach its own controller
+super.users=User:admin;User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
+"""
+
+
+class KafkaSecure(Kafka):
+    """A KRaft broker with a SASL_SSL listener, SCRAM users and the StandardAuthorizer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "kafka-secure"
+        self.ports = (
+            int(os.environ.get("DRIFTWATCH_KAFKA_SECURE_PORT", "9094")),
+            int(os.environ.get("DRIFTWATCH_KAFKA_SECURE_CONTROLLER_PORT", "9095")),
+        )
+
+    def properties(self) -> str:
+        material = secure_material()
+        passwords = users(material, "kafka_passwords")
+        plain = super().properties()
+        # the plaintext listener lines are replaced by the secured ones below
+        kept = [
+            line
+            for line in plain.splitlines()
+            if not line.startswith(("listeners=", "advertised.listeners=", "inter.broker.",
+                                    "listener.security.protocol.map="))
+        ]  # fmt: skip
+        secured = (
+            KAFKA_SECURE_PROPERTIES.replace("@BROKER_PORT@", str(self.ports[0]))
+            .replace("@CONTROLLER_PORT@", str(self.ports[1]))
+            .replace("@ADMIN_PASSWORD@", passwords["admin"])
+            .replace("@KEYSTORE@", str(material["server_keystore"]))
+            .replace("@CA@", str(material["ca"]))
+        )
+        return "\n".join(kept) + "\n" + secured
+
+    def format_args(self) -> list[str]:
+        # SCRAM credentials live in the metadata log: created at format time (KIP-900)
+        passwords = users(secure_material(), "kafka_passwords")
+        args: list[str] = []
+        for user, password in passwords.items():
+            args += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
+        return args
+
+    def status(self) -> dict[str, object]:
+        return {**super().status(), "secrets": str(SECURE / "secrets.json")}
+
+
+class RedisTls(Redis):
+    """Redis over TLS only (client certificates required), ``default`` user disabled: an
+    ``admin`` user with every right, and ``stranger`` who may only connect."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "redis-tls"
+        self.ports = (int(os.environ.get("DRIFTWATCH_REDIS_TLS_PORT", "6390")),)
+
+    def prepare(self) -> None:
+        material = secure_material()
+        passwords = users(material, "redis_passwords")
+        conf = f"""bind {HOST}
+port 0
+tls-port {self.ports[0]}
+tls-cert-file {material["server_cert"]}
+tls-key-file {material["server_key"]}
+tls-ca-cert-file {material["ca"]}
+tls-auth-clients yes
+dir {self.dir}
+save ""
+appendonly no
+daemonize no
+protected-mode yes
+maxmemory-policy noeviction
+user default off
+user admin on >{passwords["admin"]} ~* &* +@all
+user stranger on >{passwords["stranger"]} resetkeys -@all +@connection
+"""
+        write_private(self.dir / "redis.conf", conf)
+
+    def command(self) -> list[str]:
+        # the passwords are in the 0600 config file, not on the command line (ps shows that)
+        return ["redis-server", str(self.dir / "redis.conf")]
+
+    def status(self) -> dict[str, object]:
+        return {**super().status(), "secrets": str(SECURE / "secrets.json")}
+
+
 class Prometheus(Service):
     def __init__(self) -> None:
         super().__init__("prometheus", (int(os.environ.get("DRIFTWATCH_PROMETHEUS_PORT", "9090")),))
@@ -475,19 +673,25 @@ class Prometheus(Service):
         ]
 
 
-SERVICES = {"kafka": Kafka, "redis": Redis, "prometheus": Prometheus}
+SERVICES: dict[str, Callable[[], Service]] = {
+    "kafka": Kafka,
+    "redis": Redis,
+    "prometheus": Prometheus,
+    "kafka-secure": KafkaSecure,
+    "redis-tls": RedisTls,
+}
 DEFAULT = ("kafka", "redis")
 
 
 def select(name: str) -> list[Service]:
-    names = DEFAULT if name == "all" else (name,)
+    names = DEFAULT if name == "all" else tuple(SERVICES) if name == "every" else (name,)
     return [SERVICES[n]() for n in names]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["install", "start", "stop", "status"])
-    parser.add_argument("service", nargs="?", default="all", choices=["all", *SERVICES])
+    parser.add_argument("service", nargs="?", default="all", choices=["all", "every", *SERVICES])
     parser.add_argument("--json", action="store_true", help="print machine-readable results")
     args = parser.parse_args(argv)
     results: dict[str, object] = {}

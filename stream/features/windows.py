@@ -62,7 +62,7 @@ FIRST_EVENT = -1.0
 """``seconds_since_last`` of an entity's first event (no state)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event (see stream.records)
 class FeatureInput:
     """One event as the windows see it: numeric raw values after imputation.
 
@@ -75,7 +75,7 @@ class FeatureInput:
     values: Mapping[str, float | None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event (see stream.records)
 class EventResult:
     """The enriched features of one event and how the windows treated it."""
 

@@ -98,29 +98,27 @@ class EventProcessor:
         self, valid: Sequence[tuple[Incoming, ValidEvent]], results: Sequence[EventResult]
     ) -> tuple[list[ScoredEvent], list[PendingPrediction], list[Rejected]]:
         model = self.model()
+        xs: list[dict[str, float | str]] = [
+            {**ev.values, **result.enriched} for (_, ev), result in zip(valid, results, strict=True)
+        ]
+        # the whole batch at once: a linear pipeline scores it as arrays (model.linear_snapshot)
+        outs = model.predict_many(xs)
         scored: list[ScoredEvent] = []
         pending: list[PendingPrediction] = []
         unscorable: list[Rejected] = []
         processed = now_ms()
-        for (msg, ev), result in zip(valid, results, strict=True):
-            x: dict[str, float | str] = {**ev.values, **result.enriched}
-            out = model.predict(x)
+        version = model.version
+        for (msg, ev), x, out in zip(valid, xs, outs, strict=True):
             if not _finite(out.score, out.proba):
-                unscorable.append((msg, _non_finite(out.score, model.version)))
+                unscorable.append((msg, _non_finite(out.score, version)))
                 continue
-            scored.append(ScoredEvent(ev, x, out.prediction, out.proba, out.score, model.version))
+            scored.append(ScoredEvent(ev, x, out.prediction, out.proba, out.score, version))
             pending.append(
                 PendingPrediction(
-                    ev.event_id,
-                    ev.entity_id,
-                    ev.ts_ms,
-                    x,
-                    model.version,
-                    out.prediction,
-                    out.score,
+                    ev.event_id, ev.entity_id, ev.ts_ms, x, version, out.prediction, out.score,
                     processed,
                 )
-            )
+            )  # fmt: skip
         return scored, pending, unscorable
 
     async def _store(
@@ -184,7 +182,7 @@ class EventProcessor:
 def _finite(score: float, proba: dict[str, float] | None) -> bool:
     if not math.isfinite(score):
         return False
-    return proba is None or all(math.isfinite(p) for p in proba.values())
+    return proba is None or all(map(math.isfinite, proba.values()))
 
 
 def _non_finite(score: float, version: int) -> RejectedInput:

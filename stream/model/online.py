@@ -17,12 +17,13 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from river import base, compose, linear_model, optim, preprocessing, tree
 
 from stream.exceptions import RejectedInput
+from stream.model.linear_snapshot import LinearSnapshot, take_snapshot
 from stream.service.config import FeatureSpec, ModelSettings
 
 Task = Literal["binary", "multiclass", "regression"]
@@ -30,7 +31,7 @@ Label = int | str | float
 Features = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event, and frozen costs ~5x to build
 class Scored:
     """The model's answer for one event.
 
@@ -195,6 +196,10 @@ class OnlineModel:
     estimator: compose.Pipeline
     version: int = 0
     n_learned: int = 0
+    # (n_learned, snapshot) of the state the snapshot was taken from: see linear_snapshot()
+    _linear: tuple[int, LinearSnapshot | None] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def predict(self, x: Features) -> Scored:
         """Score one event's features (raw and enriched); the model is not changed.
@@ -214,7 +219,11 @@ class OnlineModel:
         return Scored(prediction=value, proba=None, score=value)
 
     def predict_many(self, xs: Sequence[Features]) -> list[Scored]:
-        """Score a batch of events, in order.
+        """Score a batch of events, in order: what :meth:`predict` gives each, to rounding.
+
+        A linear pipeline scores the batch as arrays with its :meth:`linear_snapshot`
+        (equal to River within 1e-12); other pipelines, and the events the snapshot hands
+        back, are scored by River one by one.
 
         Examples
         --------
@@ -223,8 +232,31 @@ class OnlineModel:
         >>> [s.prediction for s in m.predict_many([{"a": 1.0}, {"a": 2.0}])]
         [0.0, 0.0]
         """
-        predict = self.predict  # bound once: this is the scoring hot path
-        return [predict(x) for x in xs]
+        snapshot = self.linear_snapshot() if xs else None
+        if snapshot is None:
+            predict = self.predict  # bound once: this is the scoring hot path
+            return [predict(x) for x in xs]
+        scores = snapshot.score(xs)
+        out = _scored_many(snapshot, scores.values)
+        for i in scores.river_rows:
+            out[i] = self.predict(xs[i])
+        return out
+
+    def linear_snapshot(self) -> LinearSnapshot | None:
+        """The numpy snapshot of the current state of a linear pipeline (``None`` for others).
+
+        Taken once per state: again only after :meth:`learn` (a served version never
+        learns, so once per version). See :mod:`stream.model.linear_snapshot`.
+
+        >>> from stream.service.config import ModelSettings
+        >>> m = create_model(ModelSettings(), [])
+        >>> m.linear_snapshot() is m.linear_snapshot(), m.linear_snapshot().kind
+        (True, 'logistic')
+        """
+        cached = self._linear
+        if cached is None or cached[0] != self.n_learned:
+            cached = self._linear = (self.n_learned, take_snapshot(self.estimator))
+        return cached[1]
 
     def is_finite(self, probe: Sequence[Features]) -> bool:
         """Whether the model's parameters and its outputs on ``probe`` are all finite.
@@ -267,6 +299,7 @@ class OnlineModel:
         (200, [1, 0])
         """
         label = coerce_label(y, self.task)
+        self._linear = None
         self.estimator.learn_one(x, label)
         self.n_learned += 1
 
@@ -294,6 +327,22 @@ def _binary_scored(proba: Mapping[Any, float]) -> Scored:
     # tree's {0, 1}; before any learning a tree returns {} and we answer "no idea": 0.5.
     p1 = float(proba.get(1, 0.0)) if proba else 0.5
     return Scored(prediction=int(p1 > 0.5), proba={"0": 1.0 - p1, "1": p1}, score=p1)
+
+
+def _scored_many(snapshot: LinearSnapshot, values: Any) -> list[Scored]:
+    """:func:`_binary_scored`, :func:`_class_scored` or a regression's Scored per row."""
+    if snapshot.kind == "logistic":
+        return [Scored(int(p > 0.5), {"0": 1.0 - p, "1": p}, p) for p in values.tolist()]
+    if snapshot.kind == "linear":
+        return [Scored(v, None, v) for v in values.tolist()]
+    labels = snapshot.labels
+    if not labels:
+        return [Scored(None, {}, 0.0) for _ in range(len(values))]
+    best = values.argmax(axis=1).tolist()  # the first of equal maxima, as max() takes
+    return [
+        Scored(labels[b], dict(zip(labels, row, strict=True)), row[b])
+        for b, row in zip(best, values.tolist(), strict=True)
+    ]
 
 
 def _class_scored(proba: Mapping[Any, float]) -> Scored:

@@ -28,6 +28,7 @@ from stream.exceptions import DriftwatchError
 from stream.messages import SubjectKind
 from stream.monitoring.subjects import value_of
 from stream.service.config import Settings
+from stream.service.kafka_security import client_options
 from stream.timestamps import to_epoch_ms
 
 
@@ -87,7 +88,7 @@ async def read_topic(settings: Settings, start: str, end: str) -> list[dict[str,
         raise DriftwatchError(f"reference range ends ({end}) before it starts ({start})")
     topic = settings.topics.predictions
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap,
+        **client_options(settings),
         group_id=f"driftwatch-reference-{uuid.uuid4().hex[:8]}",
         enable_auto_commit=False,
     )

@@ -1,7 +1,10 @@
 """The Faust application: topics, agents, the background tasks and the rebalance listener.
 
-Agents are thin: decode the batch's records → the agent's step
-(:mod:`stream.service.steps`) → publish what it returns (:mod:`stream.service.publish`).
+Events and labels, which arrive at the event rate, are consumed in batches by the ingest
+consumer (:mod:`stream.service.batches`), a task of the worker; the internal topics (monitor
+batches, training examples) by Faust agents. Both are thin: the batch's records → the
+topic's step (:mod:`stream.service.steps`) → publish what it returns
+(:mod:`stream.service.publish`) → commit.
 
 Nothing may leave an agent body (Faust would ack the batch, see
 :mod:`stream.service.resilience`): a step retries outages and dead-letters poison itself;
@@ -15,10 +18,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import faust
 import redis.asyncio as aioredis
+from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import EventT
 
 from stream.ingest.scoring import EventProcessor, LabelProcessor
@@ -28,24 +32,20 @@ from stream.model.snapshots import SnapshotStore
 from stream.model.trainer import Trainer
 from stream.monitoring.hub import MonitorHub
 from stream.monitoring.performance import PerformanceMonitor
-from stream.records import Incoming, Outgoing
+from stream.records import Incoming
+from stream.service.batches import LEARN, BatchConsumer, Step
 from stream.service.config import Settings
-from stream.service.lag import INTERVAL_S, LagSampler
+from stream.service.kafka_security import broker_credentials, client_options
+from stream.service.lag import INTERVAL_S, LagSampler, faust_source
 from stream.service.metrics import Metrics
 from stream.service.publish import Publisher
 from stream.service.redis_client import redis_client
-from stream.service.resilience import Dependency, Health, abandon, dependency_of, describe, guarded
+from stream.service.resilience import Health, abandon, describe, guarded, until_done
 from stream.service.steps import JoinStep, LearnStep, ScoreStep, TrainingTopic, WatchStep
 from stream.service.topics import train_topic_name
 from stream.timestamps import now_ms
 
 log = logging.getLogger(__name__)
-
-
-class Step(Protocol):
-    """An agent's work on one batch: the consumed records in, the messages to publish out."""
-
-    async def process(self, records: Sequence[Incoming]) -> list[Outgoing]: ...
 
 
 Batch = Callable[[Sequence[EventT[Any]]], Awaitable[None]]
@@ -65,6 +65,7 @@ class Worker:
     performance: PerformanceMonitor
     health: Health
     publisher: Publisher
+    lag: LagSampler
 
 
 def faust_app(settings: Settings) -> faust.App:
@@ -72,6 +73,7 @@ def faust_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.worker.app_id,
         broker=settings.kafka.url,
+        broker_credentials=broker_credentials(settings),
         store="memory://",
         web_enabled=False,
         topic_partitions=settings.topics.partitions,
@@ -100,8 +102,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Worker:
     performance = PerformanceMonitor(settings.model.task, settings.monitoring, settings.model.name)
     health = Health(metrics)
     publisher = Publisher(app, settings, metrics, health)
+    lag = LagSampler(metrics, lambda: AIOKafkaAdminClient(**client_options(settings)))
     worker = Worker(
-        app, settings, redis, metrics, holder, trainer, hub, performance, health, publisher
+        app, settings, redis, metrics, holder, trainer, hub, performance, health, publisher, lag
     )
     _agents(worker)
     _background(worker)
@@ -115,16 +118,54 @@ def _agents(w: Worker) -> None:
     scorer = EventProcessor(settings, w.redis, lambda: w.holder.model, m)
     joiner = LabelProcessor(settings, w.redis, m)
     n = topics.partitions
-    steps: dict[str, tuple[str, int, Step]] = {
-        "score": (topics.events, n, ScoreStep(settings, m, h, scorer, w.holder, train)),
-        "monitor": (topics.monitor, n, WatchStep(settings, m, h, w.hub, w.publisher)),
-        "join": (topics.labels, n, JoinStep(settings, m, h, joiner, train)),
-        "train": (train.name, 1,
-                  LearnStep(settings, m, h, w.trainer, w.performance, w.holder, w.publisher)),
-    }  # fmt: skip
-    for name, (topic_name, partitions, step) in steps.items():
-        topic = app.topic(topic_name, key_type=bytes, value_type=bytes, partitions=partitions)
-        app.agent(topic, name=f"driftwatch.{name}")(_consume(w, name, step))
+    ingest = BatchConsumer(
+        settings,
+        {
+            topics.events: ScoreStep(settings, m, h, scorer, w.holder, train),
+            topics.labels: JoinStep(settings, m, h, joiner, train),
+        },
+        w.publisher,
+        h,
+        w.lag,
+    )
+    learn = BatchConsumer(
+        settings,
+        {train.name: LearnStep(settings, m, h, w.trainer, w.performance, w.holder, w.publisher)},
+        w.publisher,
+        h,
+        w.lag,
+        name=LEARN,
+        # the partition may have been learned from elsewhere meanwhile: resume from the
+        # saved checkpoint
+        on_assigned=lambda assigned: w.trainer.forget(),
+    )
+    watch = WatchStep(settings, m, h, w.hub, w.publisher)
+    monitor = app.topic(topics.monitor, key_type=bytes, value_type=bytes, partitions=n)
+    app.agent(monitor, name="driftwatch.monitor")(_consume(w, "monitor", watch))
+    # declared so that Faust creates them with its own at start-up
+    for topic_name, partitions in ((topics.events, n), (topics.labels, n), (train.name, 1)):
+        app.topic(topic_name, key_type=bytes, value_type=bytes, partitions=partitions)
+    for consumer in (ingest, learn):
+        app.task(_forever(consumer, h))
+
+
+def _forever(consumer: BatchConsumer, health: Health) -> Callable[[], Awaitable[None]]:
+    """A worker task that runs ``consumer``, and a new one if it ever fails."""
+
+    async def consume() -> None:
+        attempt = 0
+        while True:
+            try:
+                await consumer.run()
+            except Exception as exc:  # the consumer itself failed: a new one after a pause
+                health.metrics.task_errors.labels(consumer.name).inc()
+                log.exception("%s consumer stopped (%s); starting a new one",
+                              consumer.name, describe(exc))  # fmt: skip
+            await asyncio.sleep(health.backoff_s(attempt))
+            attempt += 1
+
+    consume.__name__ = consume.__qualname__ = f"consume_{consumer.name}"
+    return consume
 
 
 def _consume(w: Worker, name: str, step: Step) -> Callable[[faust.StreamT[bytes]], Awaitable[None]]:
@@ -143,7 +184,8 @@ def _consume(w: Worker, name: str, step: Step) -> Callable[[faust.StreamT[bytes]
 def _background(w: Worker) -> None:
     """The model refresh task, the expiry sweep, the lag sampler and the rebalance listener."""
     app, settings = w.app, w.settings
-    lag = LagSampler(app, settings.worker.app_id, settings.kafka.bootstrap, w.metrics)
+    lag = w.lag
+    lag.watch(settings.worker.app_id, faust_source(app))
     predictions = PredictionStore(w.redis, settings.redis.prefix, settings.labels.horizon_s)
 
     async def refresh_model() -> None:
@@ -181,49 +223,22 @@ def _background(w: Worker) -> None:
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types async receivers loosely
     async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
-        lag.assigned(assigned)
+        lag.assigned(assigned, settings.worker.app_id)
         # partitions may have been worked on elsewhere meanwhile: re-read the saved state
-        w.trainer.forget()
         w.hub.keep_only({tp.partition for tp in assigned if tp.topic == settings.topics.monitor})
 
 
 async def run_step(name: str, step: Batch, events: Sequence[EventT[Any]], health: Health) -> None:
     """Run ``step`` on a batch until it succeeds; nothing escapes to ``take_events``.
 
-    A step retries outages and isolates poison itself, so what reaches this loop is a
-    failure outside those guards: the batch is tried again after a pause (delayed, never
-    acked unprocessed). Cancelled (the worker stops) with the batch unfinished, its offsets
-    are kept from the commit, so it is redelivered.
+    Cancelled (the worker stops) with the batch unfinished, its offsets are kept from the
+    commit, so it is redelivered.
     """
     try:
-        await _until_done(name, step, events, health)
+        await until_done(name, lambda: step(events), len(events), health)
     except asyncio.CancelledError:  # also while waiting between two tries
         abandon(events)
         raise
-
-
-async def _until_done(
-    name: str, step: Batch, events: Sequence[EventT[Any]], health: Health
-) -> None:
-    attempt = 0
-    failing: set[Dependency] = set()
-    while True:
-        try:
-            await step(events)
-            health.recovered(failing)
-            return
-        except Exception as exc:
-            dependency = dependency_of(exc)
-            if dependency is not None:
-                failing.add(dependency)
-                health.failed(dependency, name, exc)
-            else:
-                health.metrics.task_errors.labels(name).inc()
-                if attempt % 100 == 0:  # one traceback per hundred tries, not per try
-                    log.exception("%s: batch of %d failed (%s); trying it again",
-                                  name, len(events), describe(exc))  # fmt: skip
-        await asyncio.sleep(health.backoff_s(attempt))
-        attempt += 1
 
 
 def _incoming(event: EventT[Any]) -> Incoming:

@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -37,11 +38,64 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+TLS_PROTOCOLS = ("SSL", "SASL_SSL")
+
+
+def _existing_file(field: str, path: str | None) -> str | None:
+    if path is not None and not Path(path).is_file():
+        raise ValueError(f"{field} file {path!r} does not exist (or is not a file)")
+    return path
+
+
 class KafkaSettings(_Frozen):
+    """How to reach the brokers: address, TLS and SASL (the password is a secret, from the
+    environment: ``DRIFTWATCH_KAFKA_SASL_PASSWORD``). Turned into client arguments by
+    :mod:`stream.service.kafka_security`."""
+
     bootstrap: str = "127.0.0.1:9092"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
+    # validate_default: the checks below also see a field left out (a SASL protocol
+    # without its mechanism must stop start-up naming that field)
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, validate_default=True
+    )
+    sasl_username: str | None = Field(default=None, validate_default=True)
+    #: PEM file of the CAs that sign the brokers' certificates (default: the system's CAs)
+    ssl_cafile: str | None = None
+    #: PEM client certificate (and key, unless ssl_keyfile is set) for mutual TLS
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    #: Check that a broker's certificate names the host connected to (RFC 6125)
+    ssl_check_hostname: bool = True
+
+    @field_validator("sasl_mechanism", "sasl_username")
+    @classmethod
+    def _sasl_fits_protocol(cls, v: str | None, info: ValidationInfo) -> str | None:
+        protocol = info.data.get("security_protocol")
+        if protocol is None:  # itself invalid, reported on its own
+            return v
+        if v is None and protocol in SASL_PROTOCOLS:
+            raise ValueError(f"security_protocol {protocol} needs kafka.{info.field_name}")
+        if v is not None and protocol not in SASL_PROTOCOLS:
+            raise ValueError(
+                f"applies only with security_protocol SASL_PLAINTEXT or SASL_SSL, not {protocol}"
+            )
+        return v
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _tls_file(cls, v: str | None, info: ValidationInfo) -> str | None:
+        protocol = info.data.get("security_protocol")
+        if v is not None and protocol is not None and protocol not in TLS_PROTOCOLS:
+            raise ValueError(f"applies only with security_protocol SSL or SASL_SSL, not {protocol}")
+        return _existing_file(f"kafka.{info.field_name}", v)
+
+    @model_validator(mode="after")
+    def _key_needs_certificate(self) -> KafkaSettings:
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("kafka.ssl_keyfile is set without kafka.ssl_certfile")
+        return self
 
     @property
     def url(self) -> str:
@@ -65,8 +119,17 @@ class TopicSettings(_Frozen):
 
 
 class RedisSettings(_Frozen):
+    """How to reach Redis (the password is a secret: ``DRIFTWATCH_REDIS_PASSWORD``)."""
+
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = Field(default="dw", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    #: ACL user (Redis 6+); None: the URL's user, else ``default``
+    username: str | None = None
+    #: TLS (``rediss://`` only): CA file, client certificate and key, hostname checking
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
 
     @field_validator("url")
     @classmethod
@@ -74,6 +137,20 @@ class RedisSettings(_Frozen):
         if not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"{masked_url(v)!r} is not a Redis URL (redis://host:port/db)")
         return v
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _tls_file(cls, v: str | None, info: ValidationInfo) -> str | None:
+        url = info.data.get("url")
+        if v is not None and url is not None and not url.startswith("rediss://"):
+            raise ValueError("applies only to a rediss:// URL (Redis over TLS)")
+        return _existing_file(f"redis.{info.field_name}", v)
+
+    @model_validator(mode="after")
+    def _key_needs_certificate(self) -> RedisSettings:
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("redis.ssl_keyfile is set without redis.ssl_certfile")
+        return self
 
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         # repr() ends up in logs and tracebacks: never show the URL's password
@@ -309,8 +386,27 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = MonitoringSettings()
     # secrets: environment only (see _reject_secrets_in_file)
     redis_password: SecretStr | None = None
-    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password: SecretStr | None = Field(default=None, validate_default=True)
     snapshot_key: SecretStr | None = None
+
+    @field_validator("kafka_sasl_password")
+    @classmethod
+    def _sasl_password_fits(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        kafka = info.data.get("kafka")
+        if kafka is None:  # itself invalid, reported on its own
+            return v
+        protocol = kafka.security_protocol
+        if v is None and protocol in SASL_PROTOCOLS:
+            raise ValueError(
+                f"kafka.security_protocol {protocol} needs the SASL password in the "
+                "environment: DRIFTWATCH_KAFKA_SASL_PASSWORD"
+            )
+        if v is not None and protocol not in SASL_PROTOCOLS:
+            raise ValueError(
+                "applies only with kafka.security_protocol SASL_PLAINTEXT or SASL_SSL, "
+                f"not {protocol}"
+            )
+        return v
 
     @classmethod
     def settings_customise_sources(
@@ -387,6 +483,7 @@ def _describe(exc: ValidationError, file: Path | None) -> str:
         value = err.get("input")
         if field == "redis.url" and isinstance(value, str):
             value = masked_url(value)  # the error goes to stderr and logs
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        # never echo a secret's value
+        shown = "" if isinstance(value, dict) or field in SECRET_FIELDS else f" (got {value!r})"
         lines.append(f"{where}invalid config field '{field}'{shown}: {err['msg']}")
     return "\n".join(lines)

@@ -1,21 +1,26 @@
 """Consumer lag per partition and rebalance counts, exported as Prometheus metrics.
 
 Lag is the partition's end offset (highwater) minus the offset the group has committed for
-it on the broker: the messages a restart would have to (re)process. The committed offsets
-come from the broker (an admin ``OffsetFetch``, one round trip per sample), the truth a
-restarted worker would start from; until the group has committed a partition, the
-consumer's read position stands in for it. A revoked partition's series is dropped at
-once: its new owner reports it, and a frozen last value here would double-count.
+it on the broker: the messages a restart would have to (re)process. A worker has two
+consumers, each in its own group: Faust's (the internal topics) and the ingest consumer
+(events and labels, :mod:`stream.service.batches`); every partition either one owns is
+sampled. The committed offsets come from the broker (an admin ``OffsetFetch`` per group,
+one round trip each per sample), the truth a restarted worker would start from; until the
+group has committed a partition, the consumer's read position stands in for it. A revoked
+partition's series is dropped at once: its new owner reports it, and a frozen last value
+here would double-count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
@@ -48,16 +53,55 @@ def partition_lag(highwater: int | None, committed: int | None) -> int | None:
     return max(0, highwater - committed)
 
 
-class LagSampler:
-    """Samples the lag of every partition assigned to a worker; counts its rebalances."""
+@dataclass
+class Source:
+    """What the sampler reads of one consumer: its assignment, end offsets and positions."""
 
-    def __init__(self, app: faust.App, group: str, bootstrap: str, metrics: Metrics) -> None:
-        self.app = app
-        self.group = group
-        self.bootstrap = bootstrap
+    assignment: Callable[[], Iterable[Any]]
+    ends: Callable[[list[Any]], Awaitable[Mapping[Any, int]]]
+    position: Callable[[Any], Awaitable[int | None]]
+
+
+def faust_source(app: faust.App) -> Source:
+    """The Faust app's consumer (read when sampled: the app creates it lazily)."""
+
+    async def ends(tps: list[Any]) -> Mapping[Any, int]:
+        return await app.consumer.highwaters(*tps)
+
+    return Source(lambda: app.consumer.assignment(), ends, lambda tp: app.consumer.position(tp))
+
+
+def aiokafka_source(consumer: AIOKafkaConsumer) -> Source:
+    """A plain aiokafka consumer (end offsets by one ListOffsets request per sample)."""
+    return Source(consumer.assignment, consumer.end_offsets, consumer.position)
+
+
+class LagSampler:
+    """Samples the lag of every partition assigned to a worker; counts its rebalances.
+
+    Parameters
+    ----------
+    admin
+        Makes the admin client that reads committed offsets (created at the first sample).
+    """
+
+    def __init__(self, metrics: Metrics, admin: Callable[[], AIOKafkaAdminClient]) -> None:
         self.metrics = metrics
+        self.make_admin = admin
+        self._sources: dict[str, Source] = {}
+        self._assigned: dict[str, set[TP]] = {}
         self._exported: set[TP] = set()
         self._admin: AIOKafkaAdminClient | None = None
+
+    def watch(self, group: str, source: Source) -> None:
+        """Sample the partitions ``source`` (a consumer of ``group``) is assigned."""
+        self._sources[group] = source
+
+    def unwatch(self, group: str) -> None:
+        """``group``'s consumer stopped: its partitions are no longer this worker's."""
+        self._sources.pop(group, None)
+        self.revoked(self._assigned.pop(group, set()))
+        self._count_assigned()
 
     async def sample(self, timeout_s: float = INTERVAL_S) -> None:
         """Export one sample (a timer's body); a rebalance or an outage skips it."""
@@ -72,11 +116,16 @@ class LagSampler:
         """Another worker owns these now: forget their lag."""
         _forget(self.metrics, revoked, self._exported)
 
-    def assigned(self, assigned: Iterable[TP]) -> None:
-        """Every rebalance (and the first join) ends with an assignment, possibly empty."""
+    def assigned(self, assigned: Iterable[TP], group: str) -> None:
+        """Every rebalance of a group (and its first join) ends with an assignment."""
         self.metrics.rebalances.inc()
+        self._assigned[group] = {TP(tp.topic, tp.partition) for tp in assigned}
+        self._count_assigned()
+
+    def _count_assigned(self) -> None:
         self.metrics.assigned_partitions.clear()
-        for topic, n in _count_by_topic(assigned).items():
+        every = [tp for tps in self._assigned.values() for tp in tps]
+        for topic, n in _count_by_topic(every).items():
             self.metrics.assigned_partitions.labels(topic).set(n)
 
     async def close(self) -> None:
@@ -85,34 +134,36 @@ class LagSampler:
             self._admin = None
 
     async def _lags(self) -> dict[TP, int]:
-        consumer: Any = self.app.consumer
-        assigned = sorted(consumer.assignment())
-        if not assigned:
-            return {}
-        highwaters: Mapping[TP, int] = await consumer.highwaters(*assigned)
-        committed = await self._committed(assigned)
         lags: dict[TP, int] = {}
-        for tp in assigned:
-            done = committed.get(tp)
-            if done is None:
-                done = await consumer.position(tp)
-            lag = partition_lag(highwaters.get(tp), done)
-            if lag is not None:
-                lags[tp] = lag
+        for group, source in list(self._sources.items()):
+            lags.update(await self._group_lags(group, source))
         return lags
 
-    async def _committed(self, tps: list[TP]) -> dict[TP, int]:
+    async def _group_lags(self, group: str, source: Source) -> dict[TP, int]:
+        assigned = sorted(source.assignment())
+        if not assigned:
+            return {}
+        highwaters = await source.ends(assigned)
+        committed = await self._committed(group, assigned)
+        lags: dict[TP, int] = {}
+        for tp in assigned:
+            done = committed.get((tp.topic, tp.partition))
+            if done is None:
+                done = await source.position(tp)
+            lag = partition_lag(highwaters.get(tp), done)
+            if lag is not None:
+                lags[TP(tp.topic, tp.partition)] = lag
+        return lags
+
+    async def _committed(self, group: str, tps: list[Any]) -> dict[tuple[str, int], int]:
         if self._admin is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            admin = self.make_admin()
             await admin.start()
             self._admin = admin
         wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps]
-        offsets = await self._admin.list_consumer_group_offsets(self.group, partitions=wanted)
-        by_tp = {(tp.topic, tp.partition): tp for tp in tps}
+        offsets = await self._admin.list_consumer_group_offsets(group, partitions=wanted)
         return {
-            by_tp[(p.topic, p.partition)]: meta.offset
-            for p, meta in offsets.items()
-            if meta.offset >= 0 and (p.topic, p.partition) in by_tp
+            (p.topic, p.partition): meta.offset for p, meta in offsets.items() if meta.offset >= 0
         }
 
 
@@ -124,7 +175,8 @@ def _export(metrics: Metrics, lags: Mapping[TP, int], exported: set[TP]) -> None
 
 
 def _forget(metrics: Metrics, tps: Iterable[TP], exported: set[TP]) -> None:
-    for tp in list(tps):
+    for each in list(tps):
+        tp = TP(each.topic, each.partition)
         if tp in exported:
             metrics.consumer_lag.remove(tp.topic, str(tp.partition))
             exported.discard(tp)

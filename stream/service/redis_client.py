@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis.asyncio as aioredis
 
-from stream.service.config import Settings
+from stream.service.config import RedisSettings, Settings
 
 SOCKET_CONNECT_TIMEOUT_S = 5.0
 SOCKET_TIMEOUT_S = 30.0
@@ -24,4 +26,41 @@ def redis_client(settings: Settings) -> aioredis.Redis:
         password=password,
         socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
         socket_timeout=SOCKET_TIMEOUT_S,
+        **connection_options(settings.redis),
+    )
+
+
+def connection_options(redis: RedisSettings) -> dict[str, Any]:
+    """The ACL user and, for ``rediss://``, the TLS arguments of redis-py's connections.
+
+    Unset values are left out, so that what the URL says (``redis://user:pw@host``,
+    ``?ssl_cert_reqs=...``) still applies.
+
+    >>> connection_options(RedisSettings(url="rediss://h:6380/0", username="dw"))
+    {'username': 'dw', 'ssl_check_hostname': True}
+    """
+    options: dict[str, Any] = {}
+    if redis.username is not None:
+        options["username"] = redis.username
+    if redis.url.startswith("rediss://"):
+        options["ssl_check_hostname"] = redis.ssl_check_hostname
+        tls = {
+            "ssl_ca_certs": redis.ssl_cafile,
+            "ssl_certfile": redis.ssl_certfile,
+            "ssl_keyfile": redis.ssl_keyfile,
+        }
+        options.update({k: v for k, v in tls.items() if v is not None})
+    return options
+
+
+def acl_rules(prefix: str) -> str:
+    """The Redis ACL rules of a worker's user: its key prefix only, no channels, the data,
+    scripting and connection commands without the dangerous ones (``ACL SETUSER``).
+
+    >>> acl_rules("dw")
+    'resetkeys ~dw:* resetchannels -@all +@read +@write +@scripting +@connection -@dangerous'
+    """
+    return (
+        f"resetkeys ~{prefix}:* resetchannels "
+        "-@all +@read +@write +@scripting +@connection -@dangerous"
     )

@@ -286,6 +286,36 @@ def abandon(events: Iterable[Any]) -> None:
         event.message.acked = True
 
 
+async def until_done(
+    name: str, call: Callable[[], Awaitable[None]], n: int, health: Health
+) -> None:
+    """Run a batch's ``call`` until it succeeds; nothing escapes but cancellation.
+
+    A step retries outages and isolates poison itself, so what reaches this loop is a
+    failure outside those guards: the batch is tried again after a pause (delayed, never
+    acked unprocessed). ``n`` (the batch's size) is for the log line.
+    """
+    attempt = 0
+    failing: set[Dependency] = set()
+    while True:
+        try:
+            await call()
+            health.recovered(failing)
+            return
+        except Exception as exc:
+            dependency = dependency_of(exc)
+            if dependency is not None:
+                failing.add(dependency)
+                health.failed(dependency, name, exc)
+            else:
+                health.metrics.task_errors.labels(name).inc()
+                if attempt % 100 == 0:  # one traceback per hundred tries, not per try
+                    log.exception("%s: batch of %d failed (%s); trying it again",
+                                  name, n, describe(exc))  # fmt: skip
+        await asyncio.sleep(health.backoff_s(attempt))
+        attempt += 1
+
+
 async def guarded(name: str, call: Callable[[], Awaitable[Any]], health: Health) -> None:
     """Run a timer's or background task's body: log and count failures, never raise.
 

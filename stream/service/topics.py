@@ -12,13 +12,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.structs import TopicPartition
 
-from stream.service.config import Settings
+from stream.service.config import KafkaSettings, Settings
+from stream.service.kafka_security import client_options
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def topic_partitions(settings: Settings) -> dict[str, int]:
 
 async def ensure_topics(settings: Settings, replication: int = 1) -> list[str]:
     """Create the missing topics; returns the names that were created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -50,12 +52,30 @@ async def ensure_topics(settings: Settings, replication: int = 1) -> list[str]:
         if missing:
             new = [NewTopic(n, wanted[n], replication) for n in missing]
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
-                await admin.create_topics(new)
-            await _wait_for_leaders(admin, missing)
+                response = await admin.create_topics(new)
+                missing = _created(response.topic_errors)
+            if missing:
+                await _wait_for_leaders(admin, missing)
             log.info("created topics %s with %d partitions", missing, settings.topics.partitions)
         return missing
     finally:
         await admin.close()
+
+
+def _created(topic_errors: list[tuple[Any, ...]]) -> list[str]:
+    """The topics a CreateTopics response created (or found created by another worker).
+
+    Not authorized (29, 31): left to the access check, which names every missing right;
+    any other error is raised.
+    """
+    created = []
+    for name, code, *rest in topic_errors:
+        if code in (0, 36):  # 36: TOPIC_ALREADY_EXISTS
+            created.append(name)
+        elif code not in (29, 31):  # TOPIC_/CLUSTER_AUTHORIZATION_FAILED
+            message = rest[0] if rest and rest[0] else ""
+            raise for_code(code)(f"creating topic {name}: {message}")
+    return created
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
@@ -74,10 +94,16 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str]) -> No
         await asyncio.sleep(0.2)
 
 
-async def wait_consumed(bootstrap: str, group: str, topic: str, wait_s: float) -> None:
-    """Wait until ``group`` has committed every partition of ``topic`` up to its end."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+async def wait_consumed(kafka: Settings | str, group: str, topic: str, wait_s: float) -> None:
+    """Wait until ``group`` has committed every partition of ``topic`` up to its end.
+
+    ``kafka`` is the settings, or the bootstrap address of a PLAINTEXT cluster.
+    """
+    # model_construct: a bare address must not pick up DRIFTWATCH_* from the environment
+    plain = KafkaSettings(bootstrap=str(kafka))
+    settings = kafka if isinstance(kafka, Settings) else Settings.model_construct(kafka=plain)
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
     await admin.start()
     await consumer.start()
     try:

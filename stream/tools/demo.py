@@ -21,6 +21,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream.service.config import Settings
+from stream.service.kafka_security import client_options
 from stream.service.topics import ensure_topics, wait_consumed
 from stream.timestamps import now_ms
 from stream.tools.synthetic import CardStream, Drift, bad_event
@@ -61,12 +62,12 @@ async def _demo(settings: Settings, opts: DemoOptions) -> int:
         t.predictions,
         t.dlq,
         t.alerts,
-        bootstrap_servers=settings.kafka.bootstrap,
+        **client_options(settings),
         group_id=f"driftwatch-demo-{run_id}",
         auto_offset_reset="latest",
     )
     await consumer.start()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**client_options(settings), acks="all", linger_ms=5)
     await producer.start()
     got = Collected(target=opts.events)
     try:
@@ -79,7 +80,7 @@ async def _demo(settings: Settings, opts: DemoOptions) -> int:
             print("waiting for the monitors to catch up ...", file=sys.stderr)
             with contextlib.suppress(TimeoutError):
                 await wait_consumed(
-                    settings.kafka.bootstrap,
+                    settings,
                     settings.worker.app_id,
                     settings.topics.monitor,
                     opts.timeout,

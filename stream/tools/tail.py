@@ -12,6 +12,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from stream.service.config import Settings
+from stream.service.kafka_security import client_options
 
 
 def _time(ms: Any) -> str:
@@ -60,7 +61,7 @@ async def _tail(settings: Settings, what: str, from_beginning: bool, limit: int 
     topic: str = getattr(settings.topics, what)  # the CLI allows predictions|alerts|dlq
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=settings.kafka.bootstrap,
+        **client_options(settings),
         group_id=f"driftwatch-tail-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,

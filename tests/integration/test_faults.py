@@ -32,6 +32,7 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 
 from stream.model.snapshots import SnapshotStore
+from stream.service.batches import ingest_group
 from stream.service.config import FeatureSpec, RedisSettings, Settings, WorkerSettings
 from stream.tools.synthetic import CardStream
 from tests.integration.faults import (
@@ -723,7 +724,7 @@ def test_worker_refuses_to_start_with_bad_redis_settings(
             proc.wait(10)
     elapsed = time.monotonic() - t0
     text = stderr.read_text(errors="replace")
-    committed = asyncio.run(committed_offsets(s.kafka.bootstrap, s.worker.app_id, s.topics.events))
+    committed = asyncio.run(committed_offsets(s.kafka.bootstrap, ingest_group(s), s.topics.events))
     predictions = asyncio.run(
         consume_until(s.kafka.bootstrap, [s.topics.predictions], lambda r: len(r) > 0, 5)
     )

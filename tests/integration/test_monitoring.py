@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from stream.service.batches import consumer_group
 from stream.service.config import Settings, load_settings
 from stream.service.topics import train_topic_name
 from stream.tools.synthetic import CardStream, Drift
@@ -134,9 +135,15 @@ def test_concept_change_raises_a_performance_alert(settings: Settings, worker_fa
         asyncio.run(produce(s.kafka.bootstrap, s.topics.events, events[i : i + 500]))
         asyncio.run(consume(s.kafka.bootstrap, s.topics.predictions, i + 500, 60))
         asyncio.run(produce(s.kafka.bootstrap, s.topics.labels, labels[i : i + 500]))
-    asyncio.run(wait_consumed(s.kafka.bootstrap, s.worker.app_id, s.topics.labels, 120))
+    asyncio.run(
+        wait_consumed(s.kafka.bootstrap, consumer_group(s, s.topics.labels), s.topics.labels, 120)
+    )
     # and learned: the alerts come from the trainer, which may run behind the join
-    asyncio.run(wait_consumed(s.kafka.bootstrap, s.worker.app_id, train_topic_name(s), 120))
+    asyncio.run(
+        wait_consumed(
+            s.kafka.bootstrap, consumer_group(s, train_topic_name(s)), train_topic_name(s), 120
+        )
+    )
     alerts = alerts_of(asyncio.run(consume(s.kafka.bootstrap, s.topics.alerts, 1, 120, settle=5)))
 
     perf = [a for a in alerts if a["kind"] == "performance" and a["status"] == "firing"]

@@ -11,10 +11,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from stream.service.batches import ASSIGNED
 from stream.service.config import SECRET_FIELDS, Settings
 
 READY_LINE = "[^Worker]: Ready"
-ASSIGNED_LINE = "Setting newly assigned partitions"
+ASSIGNED_LINE = ASSIGNED  # the ingest consumer got its partitions (events, labels)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -46,8 +47,11 @@ class WorkerProcess:
         workdir: Path,
         extra_env: dict[str, str] | None = None,
         command: Sequence[str] | None = None,
+        ready: str = ASSIGNED_LINE,
     ):
+        """``ready``: the log line that says the process is consuming."""
         self.settings = settings
+        self.ready = ready
         self.workdir = workdir
         self.extra_env = extra_env or {}
         self.command = list(command or [sys.executable, "-m", "stream.service.cli", "worker"])
@@ -66,7 +70,7 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.wait_for_log(ASSIGNED_LINE, timeout)
+        self.wait_for_log(self.ready, timeout)
 
     def wait_for_log(self, text: str, timeout: float, occurrences: int = 1) -> None:
         deadline = time.monotonic() + timeout

@@ -337,3 +337,28 @@ def test_state_size_is_bounded_on_a_long_stream() -> None:
         states.update(update.states)
         sizes.append(len(encode_state(states["a"])))
     assert max(sizes) < 2 * 24 * 80  # 2 windows x 12 buckets, ~80 bytes each
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=event_lists(), ws=window_settings, sizes=st.lists(st.integers(1, 7)))
+def test_states_through_the_codec_give_the_same_results(
+    events: list[FeatureInput], ws: WindowSettings, sizes: list[int]
+) -> None:
+    """Batches whose states go through Redis's bytes answer exactly as states kept in
+    memory, and as offline."""
+    direct, direct_states = run_in_batches(events, sizes, ws)
+    states: dict[str, State] = {}
+    seen: dict[str, float | None] = {}
+    results: list[EventResult] = []
+    start = 0
+    for size in [*sizes, len(events)]:
+        batch = events[start : start + size]
+        start += len(batch)
+        stored = {e: decode_state(encode_state(s)) for e, s in states.items()}
+        update = update_batch(stored, seen, batch, SPECS, ws)
+        states.update(update.states)
+        seen.update(update.applied_since)
+        results.extend(update.results)
+    assert results == direct
+    assert windows_of(states) == windows_of(direct_states)
+    assert_close(direct, recompute_offline(events, SPECS, ws))

@@ -8,7 +8,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, get_args
 
-import faust
 from faust.types import TP
 from prometheus_client import generate_latest
 
@@ -65,11 +64,10 @@ def test_names_follow_prometheus_conventions() -> None:
 
 
 async def test_rebalance_signals_count_and_drop_revoked_lag() -> None:
-    app = faust.App("test-lag", broker="memory://", web_enabled=False)
     metrics = Metrics()
-    sampler = lag.LagSampler(app, "test-lag", "127.0.0.1:9092", metrics)
+    sampler = lag.LagSampler(metrics, _no_admin)
     tps = {TP("events", 0), TP("events", 1), TP("labels", 0)}
-    sampler.assigned(tps)
+    sampler.assigned(tps, "dw-ingest")
     assert _sample(metrics, "driftwatch_rebalances_total") == 1
     assert _sample(metrics, "driftwatch_assigned_partitions", topic="events") == 2
 
@@ -80,13 +78,24 @@ async def test_rebalance_signals_count_and_drop_revoked_lag() -> None:
     assert _sample(metrics, "driftwatch_consumer_lag_messages", partition="0") is None
     assert exported == {TP("events", 1)}
 
-    sampler.assigned({TP("labels", 0)})
+    sampler.assigned({TP("labels", 0)}, "dw-ingest")
     assert _sample(metrics, "driftwatch_rebalances_total") == 2
     assert _sample(metrics, "driftwatch_assigned_partitions", topic="events") is None
+    # the other consumer's assignment adds to it (two groups, two rebalances)
+    sampler.assigned({TP("dw-monitor", 0), TP("dw-monitor", 1)}, "dw")
+    assert _sample(metrics, "driftwatch_rebalances_total") == 3
+    assert _sample(metrics, "driftwatch_assigned_partitions", topic="labels") == 1
+    assert _sample(metrics, "driftwatch_assigned_partitions", topic="dw-monitor") == 2
+    sampler.unwatch("dw")
+    assert _sample(metrics, "driftwatch_assigned_partitions", topic="dw-monitor") is None
+
+
+def _no_admin() -> Any:
+    raise AssertionError("no committed offsets are read in this test")
 
 
 class FakeConsumer:
-    """The part of Faust's consumer that ``LagSampler`` reads."""
+    """The part of a consumer that ``LagSampler`` reads."""
 
     def assignment(self) -> set[TP]:
         return {TP("events", 0), TP("events", 1)}
@@ -101,14 +110,20 @@ class FakeConsumer:
 class FakeSampler(lag.LagSampler):
     """Committed offsets as the broker would answer: nothing yet on partition 1."""
 
-    async def _committed(self, tps: list[TP]) -> dict[TP, int]:
-        return {TP("events", 0): 90}
+    async def _committed(self, group: str, tps: list[Any]) -> dict[tuple[str, int], int]:
+        return {("events", 0): 90} if group == "g" else {}
 
 
 async def test_lag_is_highwater_minus_committed_or_position() -> None:
     app = SimpleNamespace(consumer=FakeConsumer())
-    sampler = FakeSampler(app, "g", "127.0.0.1:9092", Metrics())  # type: ignore[arg-type]
+    sampler = FakeSampler(Metrics(), _no_admin)
+    sampler.watch("g", lag.faust_source(app))  # type: ignore[arg-type]
     assert await sampler._lags() == {TP("events", 0): 10, TP("events", 1): 5}
+    async def ends(tps: list[Any]) -> dict[Any, int]:
+        return {TP("labels", 0): 60}
+
+    sampler.watch("h", lag.Source(lambda: [TP("labels", 0)], ends, FakeConsumer().position))
+    assert (await sampler._lags())[TP("labels", 0)] == 15  # group h committed nothing yet
 
 
 def _sample(metrics: Metrics, name: str, **labels: str) -> float | None:
