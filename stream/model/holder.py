@@ -86,16 +86,22 @@ class ModelHolder:
             self._check_fits(model)
         except (SnapshotIntegrityError, ConfigError) as exc:
             return await self._refuse(version, exc)
-        self._model = model
+        self._serve(model)
         self._recovered()
         return True
+
+    def _serve(self, model: OnlineModel) -> None:
+        # the numpy snapshot that scores a linear pipeline's batches, taken once per version
+        # here rather than by the first batch (stream.model.linear_snapshot)
+        model.linear_snapshot()
+        self._model = model
 
     async def _refuse(self, version: int, exc: DriftwatchError) -> bool:
         self._refused = version
         fallback = await self._newest_fitting(exclude={version})
         changed = fallback is not None and fallback.version != self._model.version
         if changed and fallback is not None:
-            self._model = fallback
+            self._serve(fallback)
         serving = f"serving version {self._model.version} instead"
         log.error("model %s: refused current version %d: %s; %s",
                   self.initial.name, version, exc, serving)  # fmt: skip

@@ -21,6 +21,8 @@ The rows it cannot answer exactly are handed back for River to score one by one
 categorical value that is not a string, and a one-hot key that is also a key of the event
 (the numeric value wins in River's ``TransformerUnion``). A pipeline of any other shape,
 or with a non-finite parameter, gets no snapshot (:func:`take_snapshot` returns ``None``).
+Inputs are JSON values as the validator and the windows produce them: a numpy integer
+scalar, which River's ``SelectType(int, float)`` would drop, is not expected.
 """
 
 from __future__ import annotations

@@ -24,9 +24,10 @@ from aiokafka.protocol.admin import DescribeGroupsResponse_v3
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Schema, String
 
+from stream.service.batches import consumer_group
 from stream.service.config import Settings
 from stream.service.kafka_security import client_options
-from stream.service.topics import topic_partitions
+from stream.service.topics import topic_partitions, train_topic_name
 
 #: Kafka's AclOperation codes (org.apache.kafka.common.acl.AclOperation): bit n of an
 #: authorized-operations field is operation n.
@@ -45,9 +46,12 @@ class Acl:
     prefixed: bool = False
 
 
-def ingest_group(settings: Settings) -> str:
-    """The consumer group of the events and labels (Faust's own group is ``app_id``)."""
-    return f"{settings.worker.app_id}-ingest"
+def worker_groups(settings: Settings) -> list[str]:
+    """The consumer groups of a worker, as :func:`stream.service.batches.consumer_group`
+    assigns them (Faust's ``app_id``, ``{app_id}-ingest``, ``{app_id}-learn``)."""
+    t = settings.topics
+    topics = (t.events, t.labels, train_topic_name(settings), t.monitor)
+    return sorted({consumer_group(settings, topic) for topic in topics})
 
 
 def required_acls(settings: Settings) -> list[Acl]:
@@ -72,7 +76,7 @@ def required_acls(settings: Settings) -> list[Acl]:
     acls = [Acl("topic", name, op) for name, ops in wanted for op in ("Create", "Describe", *ops)]
     acls += [Acl("topic", f"{app_id}-", op, prefixed=True)
              for op in ("Create", "Describe", "Read", "Write")]  # fmt: skip
-    acls += [Acl("group", app_id, "Read"), Acl("group", ingest_group(settings), "Read")]
+    acls += [Acl("group", group, "Read") for group in worker_groups(settings)]
     return acls
 
 
@@ -104,7 +108,7 @@ async def check_access(settings: Settings) -> None:
     await admin.start()
     try:
         authorized = await _topic_operations(admin, list(topic_partitions(settings)))
-        for group in (settings.worker.app_id, ingest_group(settings)):
+        for group in worker_groups(settings):
             authorized[("group", group)] = await _group_operations(admin, group)
     finally:
         await admin.close()

@@ -231,6 +231,7 @@ def test_the_snapshot_follows_the_served_version() -> None:
         assert asyncio.run(holder.refresh())
         served = holder.model
         assert served.version == version
+        assert served._linear is not None  # taken when the version was loaded
         assert_same(served.predict_many(probes), [river(served, x) for x in probes])
         taken.append(served.linear_snapshot())
     assert taken[0] is not taken[1]
