@@ -119,6 +119,7 @@ async def test_lag_is_highwater_minus_committed_or_position() -> None:
     sampler = FakeSampler(Metrics(), _no_admin)
     sampler.watch("g", lag.faust_source(app))  # type: ignore[arg-type]
     assert await sampler._lags() == {TP("events", 0): 10, TP("events", 1): 5}
+
     async def ends(tps: list[Any]) -> dict[Any, int]:
         return {TP("labels", 0): 60}
 
