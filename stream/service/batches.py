@@ -27,6 +27,7 @@ had committed, so an upgrade neither replays nor skips the backlog.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -147,9 +148,7 @@ class BatchConsumer:
         await self.health.retry("ingest", consumer.start)
         try:
             while True:
-                batches = await consumer.getmany(
-                    timeout_ms=POLL_TIMEOUT_MS, max_records=w.batch_size
-                )
+                batches = await fetch_balanced(consumer, w.batch_size)
                 if batches:
                     await self.consume(consumer, batches)
                 elif self._publishing:  # nothing new: commit what is published
@@ -191,11 +190,16 @@ class BatchConsumer:
             owned = {tp: rs for tp, rs in batches.items() if rs and tp in assigned}
             if not owned:
                 return
-            by_topic: dict[str, list[Incoming]] = {topic: [] for topic in self.steps}
-            for tp, records in owned.items():
-                by_topic[tp.topic].extend(
-                    Incoming(r.topic, r.partition, r.offset, r.key, r.value) for r in records
-                )
+            by_topic: dict[str, list[Incoming]] = {}
+            for topic in self.steps:
+                # the partitions interleaved by record time (each keeps its own order): the
+                # monitors see the stream's values as they were produced, not one partition
+                # after another
+                lists = [rs for tp, rs in owned.items() if tp.topic == topic]
+                by_topic[topic] = [
+                    Incoming(r.topic, r.partition, r.offset, r.key, r.value)
+                    for r in heapq.merge(*lists, key=_timestamp)
+                ]
             n = sum(len(v) for v in by_topic.values())
             out: list[Outgoing] = []
             await until_done(self.name, self._step(by_topic, out), n, self.health)
@@ -264,6 +268,48 @@ class BatchConsumer:
                 consumer.seek(tp, meta.offset)
                 log.info("%s[%d]: starting at offset %d, where group %s had committed",
                          tp.topic, tp.partition, meta.offset, legacy)  # fmt: skip
+
+
+async def fetch_balanced(
+    consumer: AIOKafkaConsumer, size: int, timeout_ms: int = POLL_TIMEOUT_MS
+) -> dict[TopicPartition, list[Any]]:
+    """Up to ``size`` fetched records, shared fairly among the partitions that have some.
+
+    aiokafka's ``getmany(max_records=...)`` drains the partitions one after another: a
+    backlog would come as thousands of records of one partition, then of the next, and
+    partitions would drift apart in event time. Here the batch is filled in rounds, each
+    taking an equal share of what is left from every partition that still has records, so
+    a batch holds about ``size / n`` records of each of ``n`` busy partitions, and all of
+    one busy partition when the others are idle. Waits up to ``timeout_ms`` for the first
+    record.
+    """
+    got: dict[TopicPartition, list[Any]] = {
+        tp: list(rs)
+        for tp, rs in (await consumer.getmany(timeout_ms=timeout_ms, max_records=1)).items()
+    }
+    if not got:
+        return got
+    total = sum(len(rs) for rs in got.values())
+    busy = sorted(consumer.assignment())
+    while total < size and busy:
+        share = max(1, (size - total) // len(busy))
+        more: list[TopicPartition] = []
+        for tp in busy:
+            take = min(share, size - total)
+            if take <= 0:
+                break
+            records = (await consumer.getmany(tp, timeout_ms=0, max_records=take)).get(tp)
+            if records:
+                got.setdefault(tp, []).extend(records)
+                total += len(records)
+                if len(records) == take:  # it may have more
+                    more.append(tp)
+        busy = more
+    return got
+
+
+def _timestamp(record: Any) -> int:
+    return int(record.timestamp)
 
 
 class _Rebalance(ConsumerRebalanceListener):
