@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from stream.service.config import Settings, load_settings  # noqa: E402
+from stream.service.kafka_security import client_options  # noqa: E402
 from stream.service.topics import ensure_topics  # noqa: E402
 from stream.tools.synthetic import CardStream  # noqa: E402
 from tests.integration.faults import (  # noqa: E402
@@ -193,7 +194,11 @@ class Soak:
         self.run = run
         self.workers: list[WorkerProcess] = []
         self.producer = PacedProducer(
-            settings.kafka.bootstrap, settings.topics.events, events_forever(args.seed), args.rate
+            settings.kafka.bootstrap,
+            settings.topics.events,
+            events_forever(args.seed),
+            args.rate,
+            options=client_options(settings),
         )
 
     @property
@@ -286,7 +291,7 @@ class Soak:
         log(f"draining: {len(sent)} messages produced; waiting up to {self.args.drain:g} s")
         outputs = read_outputs(
             self.settings.kafka.bootstrap, t.events, t.predictions, t.dlq, sent,
-            self.args.drain, settle=2.0,
+            self.args.drain, settle=2.0, options=client_options(self.settings),
         )  # fmt: skip
         accounting = outputs.account(sent)
         if accounting.lost:

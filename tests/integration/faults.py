@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -401,8 +401,10 @@ class PacedProducer:
         chunk: int | None = None,
         max_request_size: int = 1_048_576,
         chunk_timeout: float = 180.0,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.options = options  # client_options(settings); None: plaintext to bootstrap
         self.topic = topic
         self.rate = rate
         self.chunk = chunk or max(1, round(rate / 10))
@@ -483,7 +485,7 @@ class PacedProducer:
 
     async def _run(self) -> None:
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+            **(self.options or {"bootstrap_servers": self.bootstrap}),
             acks="all",
             linger_ms=5,
             max_request_size=self.max_request_size,
@@ -636,6 +638,7 @@ def read_outputs(
     timeout: float,
     settle: float = 1.0,
     alive: Callable[[], bool] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Outputs:
     """Read predictions and dead letters until every sent message is accounted for (or
     ``timeout``), then ``settle`` seconds more for duplicates. With ``alive``, stop
@@ -651,7 +654,7 @@ def read_outputs(
         return not remaining or (alive is not None and not alive())
 
     records = asyncio.run(
-        consume_until(bootstrap, [predictions_topic, dlq_topic], done, timeout, settle)
+        consume_until(bootstrap, [predictions_topic, dlq_topic], done, timeout, settle, options)
     )
     outputs.feed(records)
     return outputs

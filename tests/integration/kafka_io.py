@@ -6,7 +6,8 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -102,12 +103,15 @@ async def consume_until(
     done: Callable[[list[ConsumerRecord[bytes, bytes]]], bool],
     timeout: float,
     settle: float = 0.0,
+    options: Mapping[str, Any] | None = None,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Read ``topics`` from the beginning (no consumer group) until ``done(records)`` or
-    ``timeout``; with ``settle`` > 0, keep reading that long afterwards (duplicates)."""
+    ``timeout``; with ``settle`` > 0, keep reading that long afterwards (duplicates).
+    ``options``: the connection arguments (``client_options(settings)``) instead of a
+    plaintext connection to ``bootstrap``."""
     consumer = AIOKafkaConsumer(
         *topics,
-        bootstrap_servers=bootstrap,
+        **(options or {"bootstrap_servers": bootstrap}),
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
