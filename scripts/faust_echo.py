@@ -3,8 +3,8 @@
 
 One agent reads the events topic in batches exactly as the scoring agent does
 (``take_events(worker.batch_size, worker.batch_max_latency)``) and republishes every
-message unchanged to the predictions topic with the worker's ``publish`` (wait for the
-broker's acks, then let Faust commit). No validation, Redis, model or monitoring: what this
+message unchanged to the predictions topic through Faust's producer (wait for the broker's
+acks, then let Faust commit). No validation, Redis, model or monitoring: what this
 moves per second is the most any Faust-based worker with this configuration can move.
 
 Configured like ``driftwatch worker`` (``--config`` file, ``DRIFTWATCH_*`` environment);
@@ -16,6 +16,7 @@ Configured like ``driftwatch worker`` (``--config`` file, ``DRIFTWATCH_*`` envir
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 from typing import cast
@@ -24,11 +25,9 @@ import faust
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stream.records import Outgoing  # noqa: E402
 from stream.service.app import faust_app  # noqa: E402
 from stream.service.cli import tune_gc  # noqa: E402
 from stream.service.config import load_settings  # noqa: E402
-from stream.service.publish import publish  # noqa: E402
 
 
 def main() -> int:
@@ -44,7 +43,11 @@ def main() -> int:
     @app.agent(events, name="driftwatch.echo")
     async def echo(stream: faust.StreamT[bytes]) -> None:
         async for evs in cast(faust.Stream[bytes], stream).take_events(batch, within):
-            await publish(app, [Outgoing(out, e.message.key, e.message.value or b"") for e in evs])
+            # as the worker published before its own producer: one send per message through
+            # Faust's producer, then wait for every acknowledgement
+            sent = [await app.producer.send(out, e.message.key, e.message.value, None, None, None)
+                    for e in evs]  # fmt: skip
+            await asyncio.gather(*sent)
 
     tune_gc(settings.worker.gc_threshold)
     worker = faust.Worker(app, loglevel="info", quiet=True, redirect_stdouts=False)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import faust
@@ -66,6 +66,7 @@ class Worker:
     health: Health
     publisher: Publisher
     lag: LagSampler
+    consumers: list[BatchConsumer] = field(default_factory=list)
 
 
 def faust_app(settings: Settings) -> faust.App:
@@ -101,7 +102,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Worker:
     hub = MonitorHub(settings, redis, metrics, key)
     performance = PerformanceMonitor(settings.model.task, settings.monitoring, settings.model.name)
     health = Health(metrics)
-    publisher = Publisher(app, settings, metrics, health)
+    publisher = Publisher(settings, metrics, health)
     lag = LagSampler(metrics, lambda: AIOKafkaAdminClient(**client_options(settings)))
     worker = Worker(
         app, settings, redis, metrics, holder, trainer, hub, performance, health, publisher, lag
@@ -146,6 +147,7 @@ def _agents(w: Worker) -> None:
     for topic_name, partitions in ((topics.events, n), (topics.labels, n), (train.name, 1)):
         app.topic(topic_name, key_type=bytes, value_type=bytes, partitions=partitions)
     for consumer in (ingest, learn):
+        w.consumers.append(consumer)
         app.task(_forever(consumer, h))
 
 
@@ -154,7 +156,7 @@ def _forever(consumer: BatchConsumer, health: Health) -> Callable[[], Awaitable[
 
     async def consume() -> None:
         attempt = 0
-        while True:
+        while not consumer.stopping:
             try:
                 await consumer.run()
             except Exception as exc:  # the consumer itself failed: a new one after a pause
@@ -212,6 +214,13 @@ def _background(w: Worker) -> None:
     @app.timer(INTERVAL_S)
     async def sample_consumer_lag() -> None:
         await guarded("consumer_lag", lag.sample, w.health)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode types async receivers loosely
+    async def on_shutdown(sender: Any, **kwargs: Any) -> None:
+        # the batch consumers commit what they published and leave their groups first, then
+        # the producer flushes and stops (Faust's consumer has stopped already)
+        await asyncio.gather(*(consumer.stop() for consumer in w.consumers))
+        await w.publisher.close()
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types async receivers loosely
     async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:

@@ -128,9 +128,29 @@ class BatchConsumer:
         # batches processed and being published, oldest first, with the offsets to commit
         # once the broker acknowledged their outputs
         self._publishing: deque[tuple[asyncio.Future[None], dict[TopicPartition, int]]] = deque()
+        self._stopping = asyncio.Event()
+        self._running = False
+        self._stopped = asyncio.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish the batch in flight, commit what is published, leave the group.
+
+        Called when the worker stops; a batch still failing after ``timeout_s`` (an outage)
+        is left uncommitted (delivered again), as when the worker is killed.
+        """
+        self._stopping.set()
+        if self._running:
+            try:
+                await asyncio.wait_for(self._stopped.wait(), timeout=timeout_s)
+            except TimeoutError:
+                log.warning("%s consumer did not stop within %g s", self.name, timeout_s)
 
     async def run(self) -> None:
-        """Consume until cancelled (the worker stops); leaves the group on the way out."""
+        """Consume until :meth:`stop` or cancelled; leaves the group on the way out."""
         w = self.settings.worker
         consumer = AIOKafkaConsumer(
             group_id=self.group,
@@ -145,17 +165,23 @@ class BatchConsumer:
         consumer.subscribe(list(self.steps), listener=_Rebalance(self, consumer))
         self.consumer = consumer
         self.lag.watch(self.group, aiokafka_source(consumer))
-        await self.health.retry("ingest", consumer.start)
+        self._running = True
+        self._stopped.clear()
         try:
-            while True:
+            await self.health.retry(self.name, consumer.start)
+            while not self._stopping.is_set():
                 batches = await fetch_balanced(consumer, w.batch_size)
-                if batches:
+                if batches and not self._stopping.is_set():
                     await self.consume(consumer, batches)
                 elif self._publishing:  # nothing new: commit what is published
                     async with self._in_flight:
                         await self.settle(consumer)
+            async with self._in_flight:
+                await self.settle(consumer)
         finally:
             await self._stop(consumer)
+            self._running = False
+            self._stopped.set()
 
     async def _stop(self, consumer: AIOKafkaConsumer) -> None:
         """Commit the batches whose outputs are acknowledged; abandon the others."""
