@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 REPO = Path(__file__).resolve().parent.parent
@@ -319,16 +320,28 @@ def memory_run(s: Settings, n: int, n_entities: int, workdir: Path) -> None:
     worker.start()
     try:
         print(f"\nmemory: {n:,} events over {n_entities:,} entities (sample config, monitoring on)")
-        print(f"{'events':>10}{'RSS MiB':>10}{'peak MiB':>10}{'seconds':>10}")
+        print(f"{'events':>10}{'RSS MiB':>10}{'peak MiB':>10}{'Redis MiB':>11}{'seconds':>10}")
         t0 = time.monotonic()
         for k in range(0, n, chunk):
             m = min(chunk, n - k)
             asyncio.run(produce(s, events, m, offset=k))
             _wait_for_metric(s, "driftwatch_events_received_total", k + m, 1800)
             rss, peak = _memory_mib(worker.pid)
-            print(f"{k + m:>10,}{rss:>10.0f}{peak:>10.0f}{time.monotonic() - t0:>10.0f}")
+            used = _redis_mib(s)
+            print(
+                f"{k + m:>10,}{rss:>10.0f}{peak:>10.0f}{used:>11.0f}{time.monotonic() - t0:>10.0f}"
+            )
     finally:
         worker.stop()
+
+
+def _redis_mib(s: Settings) -> float:
+    """Redis's used memory (the whole server: the run's keys and whatever else it holds)."""
+    client = redis.Redis.from_url(s.redis.url)
+    try:
+        return float(client.info("memory")["used_memory"]) / 2**20
+    finally:
+        client.close()
 
 
 def _memory_mib(pid: int | None) -> tuple[float, float]:
