@@ -56,6 +56,9 @@ INGEST, LEARN = "ingest", "learn"
 #: Batches whose outputs may be waiting for the broker while the next one is processed.
 PUBLISHING = 1
 
+#: Longest time between two fetches before the group rebalances (Faust's default too).
+MAX_POLL_INTERVAL_MS = 1_000_000
+
 #: Longest wait of one fetch when nothing arrives; a fetch returns as soon as records do.
 POLL_TIMEOUT_MS = 500
 
@@ -158,6 +161,9 @@ class BatchConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=w.batch_size,
+            # as Faust's consumer: a batch waiting out an outage keeps the partitions this
+            # long before the group gives them to another worker
+            max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
             session_timeout_ms=int(w.session_timeout_s * 1000),
             heartbeat_interval_ms=int(max(1.0, w.session_timeout_s / 4) * 1000),
             **client_options(self.settings),
