@@ -151,18 +151,17 @@ class InMemoryRedis:
 
     def register_script(self, _source: str) -> Callable[..., Any]:
         async def write(keys: list[str], args: list[Any]) -> list[int]:
-            k = a = entity = 0
+            k = 0
             conflicts = []
-            while k < len(keys):  # the layout of stream.features.store._WRITE_IF_UNCHANGED
-                entity += 1
-                n = args[a + 3]
-                if stored_generation(self.data.get(keys[k])) == args[a]:
-                    self.data[keys[k]] = args[a + 1]
-                    for j in range(1, n + 1):
-                        self.data[keys[k + j]] = args[a + 2 + 2 * j]
+            # the layout of stream.features.store._WRITE_IF_UNCHANGED
+            for entity, (expected, state, markers) in enumerate(orjson.loads(args[2]), 1):
+                if stored_generation(self.data.get(keys[k])) == expected:
+                    self.data[keys[k]] = state.encode()
+                    for j, mark in enumerate(markers, 1):
+                        self.data[keys[k + j]] = mark.encode()
                 else:
                     conflicts.append(entity)
-                k, a = k + 1 + n, a + 4 + 2 * n
+                k += 1 + len(markers)
             return conflicts
 
         return write

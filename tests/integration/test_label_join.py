@@ -13,9 +13,12 @@ from stream.messages import Label
 
 pytestmark = pytest.mark.integration
 
+SCORED_AT = 1_763_800_000_123
+
 
 def pred(event_id: str) -> PendingPrediction:
-    return PendingPrediction(event_id, "c1", 1000, {"amount": 1.0}, 2, 0, 0.25, 1001)
+    # scored at a 13-digit epoch ms: the sorted-set score must keep every digit
+    return PendingPrediction(event_id, "c1", 1000, {"amount": 1.0}, 2, 0, 0.25, SCORED_AT)
 
 
 async def store(ps: PredictionStore, preds: list[PendingPrediction]) -> list:
@@ -38,6 +41,9 @@ def test_label_after_prediction_and_label_before_prediction(redis_url: str, uid:
         assert await client.exists(ps.key("e2"), ps.label_key("e2")) == 0
         assert await client.exists(ps.key("e3")) == 1 and await client.zcard(ps.pending_key) == 1
         assert await client.ttl(ps.key("e3")) > 0
+        # stored byte for byte as encoded, and pending since the time it was scored
+        assert await client.get(ps.key("e3")) == pred("e3").encode()
+        assert await client.zscore(ps.pending_key, "e3") == SCORED_AT
         # a second label for e1 finds nothing any more: parked, never joined twice
         assert await ps.take([Label(event_id="e1", label=1)]) == {}
         await client.aclose()

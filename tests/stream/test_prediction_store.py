@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 import pytest
 
 import stream.labels.store as store_module
@@ -71,16 +72,51 @@ def test_take_parks_with_the_callers_clock() -> None:
         "dw:pred:e2",
         "dw:label:e2",
     ]
-    assert args[:2] == [3600, 1_234] and args[3::2] == ["e1", "e2"]
+    # one JSON argument for the labels: each stored as its JSON, parked under its event id
+    assert args[:2] == [3600, 1_234] and orjson.loads(args[2]) == [
+        [label.model_dump_json(), label.event_id] for label in labels
+    ]
 
 
-def test_store_or_claim_gets_the_parked_set() -> None:
-    redis = FakeRedis()
+class FakePipeline:
+    """Records the commands queued on it."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[Any, ...]] = []
+
+    def eval(self, *args: Any) -> FakePipeline:
+        self.queued.append(args)
+        return self
+
+
+def test_store_or_claim_is_one_eval_with_the_parked_set() -> None:
+    redis, pipe = FakeRedis(), FakePipeline()
     store = PredictionStore(redis, "dw", horizon_s=10.5)  # type: ignore[arg-type]
-    assert asyncio.run(store.stage(object(), [pending("e1")]))  # type: ignore[arg-type]
-    keys, args = redis.scripts[store_module._STORE_OR_CLAIM].calls[0]
-    assert keys == ["dw:pending", "dw:parked", "dw:pred:e1", "dw:label:e1"]
-    assert args[0] == 11 and args[2:] == [2_000, "e1"]
+    preds = [pending("e1"), pending("e2")]
+    assert asyncio.run(store.stage(pipe, preds))  # type: ignore[arg-type]
+    assert not asyncio.run(store.stage(pipe, []))  # type: ignore[arg-type]
+    # EVAL, not a registered script: a pipeline would first send SCRIPT EXISTS for it
+    [(script, n, *rest)] = pipe.queued
+    assert script == store_module._STORE_OR_CLAIM and n == 6
+    keys, (ttl, entries) = rest[:n], rest[n:]
+    assert keys == ["dw:pending", "dw:parked", "dw:pred:e1", "dw:label:e1", "dw:pred:e2",
+                    "dw:label:e2"]  # fmt: skip
+    # the script stores each value as the JSON string holds it: the bytes of encode()
+    assert ttl == 11 and orjson.loads(entries) == [
+        [p.encode().decode(), 2_000, p.event_id] for p in preds
+    ]
+
+
+def test_a_pending_prediction_is_stored_as_before_and_decodes_back() -> None:
+    x: dict[str, float | str] = {"amount": 12.5, "card": "gold", "é": -0.0}
+    p = PendingPrediction("e-1", "c-1", 1_763_800_000_000, x, 7, "1", 0.75, 1_763_800_000_042)
+    # the stored format is unchanged: a worker of the previous version reads it
+    assert p.encode() == orjson.dumps(
+        {"event_id": "e-1", "entity_id": "c-1", "ts_ms": 1_763_800_000_000, "x": x,
+         "model_version": 7, "prediction": "1", "score": 0.75,
+         "processed_at_ms": 1_763_800_000_042}
+    )  # fmt: skip
+    assert PendingPrediction.decode(p.encode()) == p
 
 
 @pytest.mark.parametrize("parked", [0, 3, 7, 25])
