@@ -12,6 +12,17 @@ the statistic of any window exceeds its threshold (``started=True`` on that resu
 (``drift=True``) until every window's statistic has been at or below ``release * threshold`` for
 ``patience`` consecutive checks (``ended=True`` on that result).  The lower release level is the
 hysteresis that keeps a statistic hovering around the threshold from flapping.
+
+Degenerate references
+---------------------
+A constant reference (the scores of an untrained model, a feature stuck at one value) has a
+degenerate null: every simulated window equals it, the calibration returns a threshold of 0
+and any single differing value would fire.  Each calibrated threshold is therefore never
+below the method's *floor* (:attr:`Detector.floors`): the analytic critical value of one
+check at the level the calibration fits the maximum over a stretch to
+(:func:`detectors.calibration.stretch_level`).  The maximum over a stretch's checks is at
+least any single check, so on a continuous reference the calibrated threshold is above the
+floor and the floor changes nothing; on a (nearly) constant one it takes over.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from detectors.exceptions import InvalidInputError, NotFittedError
-from detectors.validation import positive_int
+from detectors.validation import finite_1d, positive_int
 
 
 @dataclass(frozen=True)
@@ -175,6 +186,7 @@ class Detector(abc.ABC):
         self._drift = False
         self._calm_checks = 0
         self._last: tuple[float, int, Callable[[], float] | None] | None = None
+        self._null: NDArray[Any] | None = None
 
     def reset(self) -> Self:
         """Forget the stream consumed since ``fit`` but keep the reference and thresholds."""
@@ -191,18 +203,41 @@ class Detector(abc.ABC):
         self._require_fitted()
         return {size: float(t) for size, t in zip(self.windows, self._thresholds, strict=True)}
 
+    @property
+    def floors(self) -> dict[int, float]:
+        """Lowest threshold of each window size (see "Degenerate references" above)."""
+        self._require_fitted()
+        return {size: float(f) for size, f in zip(self.windows, self._floors(), strict=True)}
+
+    def _floors(self) -> NDArray[np.float64]:
+        """The floor of each window's calibrated threshold (none by default)."""
+        return np.zeros(len(self.windows))
+
+    def _encode_null(self, null: Any) -> NDArray[Any]:
+        """The ``null`` stretch as the calibration draws from it (raw numbers by default)."""
+        return finite_1d("null", null)
+
     def _require_fitted(self) -> None:
         if not self._fitted:
             raise NotFittedError(f"{type(self).__name__}: call fit(reference) before update()")
 
     # -- public API -------------------------------------------------------------------------
 
-    def fit(self, reference: Any) -> Self:
-        """Set the reference, calibrate the thresholds and empty the windows."""
+    def fit(self, reference: Any, null: Any = None) -> Self:
+        """Set the reference, calibrate the thresholds and empty the windows.
+
+        ``null`` (optional): an observed stationary stretch of the stream, in time order,
+        whose correlation in time the calibration must keep (the scores of an online model
+        whose weights keep moving): the simulated streams are then moving blocks of it
+        (:func:`detectors.calibration.block_bootstrap`) instead of independent draws from
+        the reference.
+        """
         self._reset()
         self._fit_reference(reference)
         if self.threshold is None:
-            self._thresholds = self._calibrate()
+            self._null = None if null is None else self._encode_null(null)
+            self._thresholds = np.maximum(self._calibrate(), self._floors())
+            self._null = None  # only the calibration reads it: keep pickles small
         else:
             self._thresholds = np.full(len(self.windows), float(self.threshold))
         self._fitted = True

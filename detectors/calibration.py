@@ -73,10 +73,42 @@ def smoothed_bootstrap(
     return sorted_reference[low] + frac * (sorted_reference[high] - sorted_reference[low])
 
 
+def block_bootstrap(
+    stream: NDArray[Any], size: int, block: int, rng: np.random.Generator
+) -> NDArray[Any]:
+    """``size`` values made of random contiguous blocks of ``stream`` (circular).
+
+    The moving block bootstrap (Kunsch 1989, "The jackknife and the bootstrap for general
+    stationary observations"): within a block the values keep their order, so a stream whose
+    values are correlated in time (the scores of an online model whose weights wander) is
+    simulated with that correlation, which the smoothed bootstrap's independent draws lose.
+
+    >>> import numpy as np
+    >>> block_bootstrap(np.arange(10), 7, 3, np.random.default_rng(0)).tolist()
+    [8, 9, 0, 6, 7, 8, 5]
+    """
+    starts = rng.integers(0, stream.size, size=-(-size // block))
+    index = (starts[:, np.newaxis] + np.arange(block)) % stream.size
+    return stream[index.ravel()[:size]]
+
+
 def stretch_length(windows: Sequence[int], check_every: int) -> int:
     """Length ``L`` of the simulated stretch after warm-up (a multiple of ``check_every``)."""
     length = max(4 * max(windows), 2000, 20 * check_every)
     return -(-length // check_every) * check_every
+
+
+def stretch_level(windows: Sequence[int], check_every: int, ert: float) -> float:
+    """Probability that the maximum over one simulated stretch exceeds a window's threshold.
+
+    The level :func:`calibrate` fits each window's threshold to (``SAFETY`` and the
+    Bonferroni split over the windows included); also the level of the analytic floors.
+
+    >>> round(stretch_level((200, 1000), 10, 1e5), 5)
+    0.00995
+    """
+    stretch = stretch_length(windows, check_every)
+    return float(-np.expm1(-stretch / (SAFETY * ert * len(windows))))
 
 
 def check_ends(windows: Sequence[int], check_every: int, stretch: int) -> NDArray[np.int64]:

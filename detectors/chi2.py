@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
+from detectors import calibration
 from detectors.exceptions import InvalidInputError
 from detectors.validation import counts_1d, labels_1d
 from detectors.window import CountWindowDetector
@@ -155,6 +156,11 @@ class Chi2Detector(CountWindowDetector):
     def _encode(self, name: str, values: Any) -> NDArray[np.int64]:
         return self._codes(labels_1d(name, values))
 
+    def _floor(self, window: int, level: float) -> float:
+        # Pearson's statistic is ~ chi2(k - 1) for the k reference categories; a constant
+        # reference (one category) against its 'unseen' bucket has one degree of freedom
+        return float(stats.chi2.isf(level, max(1, len(self._categories) - 1)))
+
     def _n_codes(self, state: Chi2Reference) -> int:
         return int(state.counts.size)
 
@@ -163,9 +169,17 @@ class Chi2Detector(CountWindowDetector):
     ) -> tuple[Chi2Reference, NDArray[np.int64]]:
         counts = self._state.counts
         n = int(counts.sum())
+        if self._null is not None:  # moving blocks of an observed stretch (see Detector.fit)
+            block = min(self.windows)
+            drawn = calibration.block_bootstrap(self._null, n, block, rng)
+            pseudo = Chi2Reference(np.bincount(drawn, minlength=counts.size).astype(np.float64))
+            return pseudo, calibration.block_bootstrap(self._null, size, block, rng)
         shares = counts / n
         pseudo = Chi2Reference(rng.multinomial(n, shares).astype(np.float64))
         return pseudo, rng.choice(counts.size, size=size, p=shares)
+
+    def _encode_null(self, null: Any) -> NDArray[np.int64]:
+        return self._codes(labels_1d("null", null))
 
     def _count_statistic(
         self, state: Chi2Reference, counts: NDArray[np.int64]

@@ -13,7 +13,6 @@ from numpy.typing import NDArray
 from scipy import stats
 from scipy.stats import _stats_py
 
-from detectors.calibration import smoothed_bootstrap
 from detectors.validation import finite_1d
 from detectors.window import SortedWindow, SortedWindowDetector
 
@@ -93,6 +92,20 @@ def ks_p_value(statistic: float, n: int, m: int) -> tuple[float, float]:
     big, small = max(n, m), min(n, m)
     en = float(big) * small / (big + small)
     return statistic, float(np.clip(stats.kstwo.sf(statistic, np.round(en)), 0.0, 1.0))
+
+
+def ks_critical_value(n: int, m: int, level: float) -> float:
+    """KS statistic of samples of ``n`` and ``m`` values exceeded with probability ``level``.
+
+    Smirnov's asymptotic law, as :func:`ks_p_value` uses it for large samples:
+    ``scipy.stats.kstwo.isf(level, round(n m / (n + m)))``.  Distribution-free for continuous
+    data (ties only make the statistic smaller), so it is the floor of
+    :class:`KSDetector`'s thresholds.
+
+    >>> round(ks_critical_value(2000, 1000, 0.01), 4)
+    0.0628
+    """
+    return float(stats.kstwo.isf(level, max(1, round(n * m / (n + m)))))
 
 
 def _p_value_only(statistic: float, n: int, m: int) -> float:
@@ -221,12 +234,15 @@ class KSDetector(SortedWindowDetector):
     def _encode(self, name: str, values: Any) -> NDArray[np.float64]:
         return self._state.slots(finite_1d(name, values))
 
+    def _floor(self, window: int, level: float) -> float:
+        return ks_critical_value(self._state.sorted.size, window, level)
+
     def _simulate(
         self, rng: np.random.Generator, size: int
     ) -> tuple[KSReference, NDArray[np.float64]]:
         reference = self._state.sorted
-        pseudo = KSReference.from_values(smoothed_bootstrap(reference, reference.size, rng))
-        return pseudo, pseudo.slots(smoothed_bootstrap(reference, size, rng))
+        pseudo = KSReference.from_values(self._draw(rng, reference, reference.size))
+        return pseudo, pseudo.slots(self._draw(rng, reference, size))
 
     def _sorted_statistic(
         self, state: KSReference, rows: NDArray[np.float64], tags: NDArray[np.int64] | None

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import stats
 
-from detectors.calibration import smoothed_bootstrap
 from detectors.exceptions import InvalidInputError
 from detectors.validation import finite_1d, positive_int
 from detectors.window import CountWindowDetector
@@ -158,6 +158,12 @@ class PSIDetector(CountWindowDetector):
     def _encode(self, name: str, values: Any) -> NDArray[np.int64]:
         return self._state.codes(finite_1d(name, values))
 
+    def _floor(self, window: int, level: float) -> float:
+        # PSI (Jeffreys' divergence) ~ (1/n + 1/m) chi2(bins - 1) for small differences
+        dof = max(1, self._state.n_bins - 1)
+        scale = 1.0 / self._reference.size + 1.0 / window
+        return float(scale * stats.chi2.isf(level, dof))
+
     def _n_codes(self, state: PSIReference) -> int:
         return state.n_bins
 
@@ -166,9 +172,9 @@ class PSIDetector(CountWindowDetector):
     ) -> tuple[PSIReference, NDArray[np.int64]]:
         reference = self._reference
         pseudo = PSIReference.from_values(
-            smoothed_bootstrap(reference, reference.size, rng), self.bins, self.eps
+            self._draw(rng, reference, reference.size), self.bins, self.eps
         )
-        return pseudo, pseudo.codes(smoothed_bootstrap(reference, size, rng))
+        return pseudo, pseudo.codes(self._draw(rng, reference, size))
 
     def _count_statistic(
         self, state: PSIReference, counts: NDArray[np.int64]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from detectors.calibration import smoothed_bootstrap
+from detectors.ks import ks_critical_value
 from detectors.validation import finite_1d
 from detectors.window import SortedWindow, SortedWindowDetector, Stats
 
@@ -246,10 +246,24 @@ class WassersteinDetector(SortedWindowDetector):
         self, rng: np.random.Generator, size: int
     ) -> tuple[WassersteinReference, NDArray[np.float64]]:
         reference = self._state.sorted
-        pseudo = WassersteinReference.from_values(
-            smoothed_bootstrap(reference, reference.size, rng)
-        )
-        return pseudo, smoothed_bootstrap(reference, size, rng) - pseudo.center
+        pseudo = WassersteinReference.from_values(self._draw(rng, reference, reference.size))
+        return pseudo, self._draw(rng, reference, size) - pseudo.center
+
+    def _encode_null(self, null: Any) -> NDArray[np.float64]:
+        # centred like the reference it is drawn instead of
+        centred: NDArray[np.float64] = finite_1d("null", null) - self._state.center
+        return centred
+
+    def _floor(self, window: int, level: float) -> float:
+        # W1 is in the data's units: a reference with (almost) no spread gives it no scale,
+        # and one value far away would exceed any threshold calibrated on it.  When all but
+        # a KS-insignificant share of the reference sits on one value, the method sits out
+        # (threshold +inf); KS, PSI and chi-square have distribution-free floors.
+        reference = self._state.sorted
+        atom = int(np.unique(reference, return_counts=True)[1].max())
+        share_off = 1.0 - atom / reference.size
+        critical = ks_critical_value(reference.size, window, level)
+        return float("inf") if share_off <= critical else 0.0
 
     def _sorted_statistic(
         self,

@@ -196,6 +196,21 @@ class SimulatedDetector(Detector):
             self.random_state,
         )
 
+    def _draw(self, rng: np.random.Generator, reference: NDArray[Any], size: int) -> NDArray[Any]:
+        """``size`` stationary values: smoothed bootstrap of the sorted ``reference``, or
+        moving blocks of the ``null`` stretch given to ``fit`` (blocks of the short window)."""
+        if self._null is None:
+            return calibration.smoothed_bootstrap(reference, size, rng)
+        return calibration.block_bootstrap(self._null, size, min(self.windows), rng)
+
+    def _floors(self) -> NDArray[np.float64]:
+        level = calibration.stretch_level(self.windows, self.check_every, self.ert)
+        return np.array([self._floor(size, level) for size in self.windows])
+
+    def _floor(self, window: int, level: float) -> float:
+        """The analytic critical value of one check of ``window`` values at ``level``."""
+        return 0.0
+
     @abc.abstractmethod
     def _simulate(self, rng: np.random.Generator, size: int) -> tuple[Any, NDArray[Any]]:
         """A stationary (pseudo-reference state, encoded stream) pair, as in calibration."""

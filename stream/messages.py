@@ -262,7 +262,11 @@ SubjectKind = Literal["numeric", "categorical"]
 class SubjectBatch:
     """One subject's values from one scored batch, in event order (monitor topic, tag ``D``).
 
-    >>> b = SubjectBatch("amount", "numeric", [1.5, 2.0], [1000, 1001], 3)
+    ``partitions`` names the events-topic partition of each value, so that the monitor can
+    merge the partitions by event time (:mod:`stream.monitoring.event_order`); ``None`` when
+    the scorer does not say (the values are then judged in the order they arrive).
+
+    >>> b = SubjectBatch("amount", "numeric", [1.5, 2.0], [1000, 1001], 3, [0, 2])
     >>> decode_monitor_batch(encode_monitor_batch(b)) == b
     True
     """
@@ -272,6 +276,7 @@ class SubjectBatch:
     values: list[float] | list[str]
     ts: list[int]
     model_version: int
+    partitions: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -303,10 +308,11 @@ def encode_monitor_batch(batch: MonitorBatch) -> bytes:
     """A monitor-topic value: one tag byte and compact JSON (short keys: one per subject and
     scoring batch, so its size matters)."""
     if isinstance(batch, SubjectBatch):
-        return b"D" + orjson.dumps(
-            {"s": batch.subject, "k": batch.kind, "v": batch.values, "t": batch.ts,
-             "m": batch.model_version}
-        )  # fmt: skip
+        body: dict[str, Any] = {"s": batch.subject, "k": batch.kind, "v": batch.values,
+                                "t": batch.ts, "m": batch.model_version}  # fmt: skip
+        if batch.partitions is not None:
+            body["p"] = batch.partitions
+        return b"D" + orjson.dumps(body)
     return b"Q" + orjson.dumps(
         {"feature": batch.feature, "n": batch.n, "counts": batch.counts, "ts": batch.ts}
     )
@@ -316,7 +322,7 @@ def decode_monitor_batch(raw: bytes) -> MonitorBatch:
     """Read a monitor-topic value; raises ``ValueError`` (or a JSON/key error) if it is not."""
     tag, body = raw[:1], orjson.loads(raw[1:])
     if tag == b"D":
-        return SubjectBatch(body["s"], body["k"], body["v"], body["t"], body["m"])
+        return SubjectBatch(body["s"], body["k"], body["v"], body["t"], body["m"], body.get("p"))
     if tag == b"Q":
         return QualityBatch(body["feature"], int(body["n"]), dict(body["counts"]),
                             (int(body["ts"][0]), int(body["ts"][1])))  # fmt: skip

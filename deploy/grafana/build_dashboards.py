@@ -316,7 +316,7 @@ def model() -> dict[str, Any]:
                 (f"driftwatch_model_version{m}", "served {{model}} ({{instance}})"),
                 (f"max by (model) (driftwatch_model_published_version{m})", "published {{model}}"),
             ],
-            description="Workers pick up a newly published version within seconds.",
+            description="Workers are told of a new version at once (poll as a fallback).",
             width=8,
         ),
         panel(
@@ -324,6 +324,46 @@ def model() -> dict[str, Any]:
             [(f"sum by (model) (driftwatch_model_learned_examples_total{m})", "{{model}}")],
             kind="stat",
             width=8,
+        ),
+        row("Freshness of the served model"),
+        panel(
+            "Served model lag (examples)",
+            [(f"driftwatch_model_lag_examples{m}", "{{model}} ({{instance}})")],
+            description="Examples the trainer has learned that the version each worker serves "
+            "has not. With the default model.publish_every = 1 a linear model stays within one "
+            "training batch.",
+            width=8,
+        ),
+        panel(
+            "Served version age",
+            [(f"driftwatch_model_served_age_seconds{m}", "{{model}} ({{instance}})")],
+            unit="s",
+            description="Seconds since the served version was published: its lag in time "
+            "while the lag in examples is above 0.",
+            width=8,
+        ),
+        panel(
+            "Publication cost",
+            [
+                *quantiles("driftwatch_model_publish_seconds", matcher=m),
+                (f"max by (model) (driftwatch_model_snapshot_bytes{m})", "{{model}} bytes"),
+            ],
+            unit="s",
+            description="Time to encode, sign and store a version (p50, p99) and the size of "
+            "the last one (bytes, right axis). Costly snapshots: raise model.publish_every.",
+            width=8,
+            fieldConfig={
+                "defaults": {"unit": "s"},
+                "overrides": [
+                    {
+                        "matcher": {"id": "byRegexp", "options": ".*bytes"},
+                        "properties": [
+                            {"id": "unit", "value": "bytes"},
+                            {"id": "custom.axisPlacement", "value": "right"},
+                        ],
+                    }
+                ],
+            },
         ),
         row("Predictions"),
         panel(

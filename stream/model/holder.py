@@ -1,15 +1,20 @@
-"""The model a scorer serves: the current published version, polled from a snapshot store.
+"""The model a scorer serves: the current published version of a snapshot store.
 
-A current version that does not verify or does not fit the configuration is refused; the
-holder then serves the newest stored version that does and raises a ``model_health`` alert.
+The holder follows ``current``: :meth:`ModelHolder.wait_for_change` returns as soon as the
+store announces a publication or a promotion (its changes stream), and the worker polls as
+a fallback. A current version that does not verify or does not fit the configuration is
+refused; the holder then serves the newest stored version that does and raises a
+``model_health`` alert.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from stream.exceptions import ConfigError, DriftwatchError, SnapshotIntegrityError
+from stream.model.freshness import Lag, served_lag
 from stream.model.online import OnlineModel
 from stream.model.snapshots import SnapshotStore
 from stream.monitoring.alerts import model_health_alert
@@ -19,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class ModelHolder:
-    """The model a scorer serves: the current published version, refreshed by polling.
+    """The model a scorer serves: the current published version, refreshed when told.
 
     Parameters
     ----------
@@ -46,6 +51,8 @@ class ModelHolder:
 
     def _reset(self) -> None:
         self._model = self.initial
+        self._published_at: int | None = None  # epoch ms of the served version
+        self._change_id: bytes | None = None  # the last entry of the changes stream seen
         self._refused: int | None = None
         self._refused_since: int | None = None  # wall clock of the open model_health episode
         self._alerts: list[dict[str, Any]] = []
@@ -78,30 +85,63 @@ class ModelHolder:
 
         >>> changed = await holder.refresh()  # doctest: +SKIP
         """
+        if self._change_id is None:  # before reading current: no later move is missed
+            self._change_id = await self.store.last_change()
         version = await self.store.current_version()
         if version is None or version in (self._model.version, self._refused):
             return False
         try:
-            model = await self.store.load(version)
+            model, info = await self.store.load_version(version)
             self._check_fits(model)
         except (SnapshotIntegrityError, ConfigError) as exc:
             return await self._refuse(version, exc)
-        self._serve(model)
+        self._serve(model, info.created_at)
         self._recovered()
         return True
 
-    def _serve(self, model: OnlineModel) -> None:
+    async def wait_for_change(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the store to announce a publication or promotion.
+
+        True if it did (call :meth:`refresh`); False after the timeout. A change announced
+        while nobody was waiting (between two calls, or while Redis was unreachable) is
+        returned at once: the changes stream keeps it.
+
+        >>> if await holder.wait_for_change(1.0):  # doctest: +SKIP
+        ...     await holder.refresh()
+        """
+        if self._change_id is None:
+            await self.refresh()
+            return False
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:  # one wait is at most MAX_BLOCK_S
+            newest = await self.store.wait_for_change(self._change_id, left)
+            if newest is not None:
+                self._change_id = newest
+                return True
+        return False
+
+    async def lag(self, now_ms: int) -> Lag:
+        """How far the served version is behind the trainer's checkpoint (one Redis read).
+
+        >>> (await holder.lag(now_ms())).examples  # doctest: +SKIP
+        0
+        """
+        learned = await self.store.trainer_learned()
+        return served_lag(learned, self._model.n_learned, self._published_at, now_ms)
+
+    def _serve(self, model: OnlineModel, published_at: int) -> None:
         # the numpy snapshot that scores a linear pipeline's batches, taken once per version
         # here rather than by the first batch (stream.model.linear_snapshot)
         model.linear_snapshot()
         self._model = model
+        self._published_at = published_at
 
     async def _refuse(self, version: int, exc: DriftwatchError) -> bool:
         self._refused = version
         fallback = await self._newest_fitting(exclude={version})
-        changed = fallback is not None and fallback.version != self._model.version
+        changed = fallback is not None and fallback[0].version != self._model.version
         if changed and fallback is not None:
-            self._serve(fallback)
+            self._serve(*fallback)
         serving = f"serving version {self._model.version} instead"
         log.error("model %s: refused current version %d: %s; %s",
                   self.initial.name, version, exc, serving)  # fmt: skip
@@ -116,7 +156,7 @@ class ModelHolder:
         )  # fmt: skip
         return changed
 
-    async def _newest_fitting(self, exclude: set[int]) -> OnlineModel | None:
+    async def _newest_fitting(self, exclude: set[int]) -> tuple[OnlineModel, int] | None:
         while True:
             found = await self.store.load_newest_valid(exclude)
             if found is None:
@@ -126,7 +166,7 @@ class ModelHolder:
             except ConfigError:
                 exclude.add(found[0].version)
                 continue
-            return found[0]
+            return found[0], found[1].created_at
 
     def _recovered(self) -> None:
         if self._refused_since is None:

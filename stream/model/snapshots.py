@@ -1,9 +1,10 @@
 """Signed, versioned snapshots of an :class:`~stream.model.online.OnlineModel` in Redis.
 
 One trainer per model learns and publishes numbered versions; every scorer serves the
-*current* version through a :class:`~stream.model.holder.ModelHolder` that polls one Redis
-key. Each version is a signed record (:mod:`stream.model.snapshot_format`), verified before
-anything in it is used and unpickled only after its signature checks out.
+*current* version through a :class:`~stream.model.holder.ModelHolder`, told of each move of
+``current`` by an entry on a Redis stream (and polling ``current`` as a fallback). Each
+version is a signed record (:mod:`stream.model.snapshot_format`), verified before anything
+in it is used and unpickled only after its signature checks out.
 
 Keys, for ``{p}`` = the Redis prefix and ``{n}`` = the model name::
 
@@ -13,6 +14,13 @@ Keys, for ``{p}`` = the Redis prefix and ``{n}`` = the model name::
     {p}:model:{n}:current      the version scorers serve
     {p}:model:{n}:pinned       set by promote/rollback: publish no longer moves ``current``
     {p}:model:{n}:checkpoint   hash like a version: the trainer's state, not published
+    {p}:model:{n}:changes      stream: an entry per publication and per promote/rollback,
+                               fields ``version`` (published) and ``current``
+
+Scorers block on ``changes`` (``XREAD BLOCK``) instead of only polling: a stream, not
+pub/sub, because an entry written while a scorer was disconnected is still there when it
+reads again, and because it is a key under the prefix, which the worker's least-privilege
+Redis user may read and write (it has no pub/sub channels, README: Least privilege).
 
 A promoted or rolled-back version stays current while the trainer keeps publishing (else a
 rollback would be undone within ``publish_interval``); ``promote()`` without a version makes
@@ -26,6 +34,7 @@ import logging
 from collections.abc import Collection, Mapping
 from typing import Any, cast
 
+import orjson
 from redis.asyncio import Redis
 
 from stream.exceptions import SnapshotIntegrityError, SnapshotNotFoundError
@@ -43,8 +52,9 @@ from stream.timestamps import now_ms
 
 log = logging.getLogger(__name__)
 
-# Store, index, move `current` unless pinned or newer, then prune all but the newest
-# `keep` versions and the current one, atomically.
+# Store, index, move `current` unless pinned or newer, announce the publication on the
+# changes stream, then prune all but the newest `keep` versions and the current one,
+# atomically.
 _PUBLISH = """
 redis.call('HSET', KEYS[1], 'meta', ARGV[2], 'model', ARGV[3], 'sig', ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[1])
@@ -54,6 +64,7 @@ if newer and redis.call('EXISTS', KEYS[4]) == 0 then
   redis.call('SET', KEYS[3], ARGV[1])
   current = ARGV[1]
 end
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'version', ARGV[1], 'current', current)
 for _, v in ipairs(redis.call('ZRANGE', KEYS[2], 0, -(tonumber(ARGV[5]) + 1))) do
   if v ~= current then
     redis.call('DEL', ARGV[6] .. v)
@@ -67,8 +78,15 @@ _PROMOTE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('SET', KEYS[2], ARGV[1])
 if ARGV[2] == 'pin' then redis.call('SET', KEYS[3], ARGV[1]) else redis.call('DEL', KEYS[3]) end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'current', ARGV[1])
 return 1
 """
+#: Entries kept on the changes stream (approximately): a scorer needs only the newest.
+CHANGES_KEPT = 100
+#: Longest single wait on the changes stream, under the client's 30 s socket timeout.
+MAX_BLOCK_S = 10.0
+#: The id before every stream entry.
+NO_CHANGE = b"0-0"
 
 
 class SnapshotStore:
@@ -117,6 +135,7 @@ class SnapshotStore:
         self.current_key = f"{base}:current"
         self.pinned_key = f"{base}:pinned"
         self.checkpoint_key = f"{base}:checkpoint"
+        self.changes_key = f"{base}:changes"
         self._publish = self.redis.register_script(_PUBLISH)
         self._promote = self.redis.register_script(_PROMOTE)
 
@@ -154,12 +173,23 @@ class SnapshotStore:
         """Store ``model`` as a new version (the highest so far plus one) and return it.
 
         The new version becomes current unless an operator pinned one (promote/rollback);
-        versions beyond the newest ``keep_versions`` are deleted, never the current one.
-        ``model`` itself is not changed; the stored copy carries the new version number.
+        the publication is announced on the changes stream; versions beyond the newest
+        ``keep_versions`` are deleted, never the current one. ``model`` itself is not
+        changed; the stored copy carries the new version number.
 
         Examples
         --------
         >>> version = await store.publish(model, {"offset": 812})  # doctest: +SKIP
+        """
+        version, _ = await self.publish_sized(model, meta)
+        return version
+
+    async def publish_sized(
+        self, model: OnlineModel, meta: Mapping[str, Any] | None = None
+    ) -> tuple[int, int]:
+        """:meth:`publish`, returning the version and the size of its record in bytes.
+
+        >>> version, size = await store.publish_sized(model, {"offset": 812})  # doctest: +SKIP
         """
         if not self.key:
             raise SnapshotIntegrityError(f"cannot publish model {self.model_name!r}: {NO_KEY}")
@@ -167,12 +197,63 @@ class SnapshotStore:
         record = encode_record(
             model, meta, self.key, kind="version", version=version, created_at=now_ms()
         )
-        keys = [self.version_key(version), self.index_key, self.current_key, self.pinned_key]
+        keys = [
+            self.version_key(version),
+            self.index_key,
+            self.current_key,
+            self.pinned_key,
+            self.changes_key,
+        ]
         fields = [record["meta"], record["model"], record["sig"]]
-        await self._publish(
-            keys=keys, args=[version, *fields, self.keep_versions, self.version_key_prefix]
+        args: list[bytes | str | int] = [
+            version, *fields, self.keep_versions, self.version_key_prefix, CHANGES_KEPT
+        ]  # fmt: skip
+        await self._publish(keys=keys, args=args)
+        return version, sum(len(v) for v in fields)
+
+    async def last_change(self) -> bytes:
+        """The id of the newest entry of the changes stream (:data:`NO_CHANGE` if none).
+
+        Read it *before* reading ``current``: a move after that read is then seen by
+        :meth:`wait_for_change` from this id.
+
+        >>> await store.last_change()  # doctest: +SKIP
+        b'1763800000200-0'
+        """
+        newest = cast(list[Any], await self.redis.xrevrange(self.changes_key, count=1))
+        return bytes(newest[0][0]) if newest else NO_CHANGE
+
+    async def wait_for_change(self, after: bytes, timeout_s: float) -> bytes | None:
+        """Wait up to ``timeout_s`` (at most :data:`MAX_BLOCK_S`) for an entry after
+        ``after`` on the changes stream; the id of the newest one, or None if none came.
+
+        >>> await store.wait_for_change(b"0-0", 1.0)  # doctest: +SKIP
+        b'1763800000200-0'
+        """
+        block_ms = max(1, int(min(timeout_s, MAX_BLOCK_S) * 1000))
+        reply = cast(
+            list[Any],
+            await self.redis.xread({self.changes_key: after}, count=CHANGES_KEPT, block=block_ms),
         )
-        return version
+        entries = [entry for _, stream_entries in reply or [] for entry in stream_entries]
+        return bytes(entries[-1][0]) if entries else None
+
+    async def trainer_learned(self) -> int | None:
+        """Examples in the trainer's checkpoint, or None if there is none yet.
+
+        Read from the checkpoint's metadata without verifying its signature (the whole
+        record would have to be fetched): a number for the lag gauge, never a model.
+
+        >>> await store.trainer_learned()  # doctest: +SKIP
+        3500
+        """
+        raw = await self.redis.hget(self.checkpoint_key, "meta")
+        if raw is None:
+            return None
+        try:
+            return int(orjson.loads(raw)["n_learned"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
 
     async def current_version(self) -> int | None:
         """The version scorers should serve (one GET), or None before the first publish.
@@ -225,11 +306,18 @@ class SnapshotStore:
         --------
         >>> model = await store.load()  # doctest: +SKIP
         """
+        model, _ = await self.load_version(version)
+        return model
+
+    async def load_version(self, version: int | None = None) -> tuple[OnlineModel, SnapshotInfo]:
+        """:meth:`load`, with the version's metadata (when it was published, its offset).
+
+        >>> model, info = await store.load_version(7)  # doctest: +SKIP
+        """
         version, fields = await self._fields(version)
-        model, _ = decode_record(
+        return decode_record(
             fields, self.key, name=self.model_name, kind="version", version=version
         )
-        return model
 
     async def _fields(self, version: int | None) -> tuple[int, Mapping[bytes, bytes]]:
         if version is None:
@@ -291,8 +379,8 @@ class SnapshotStore:
         version, fields = await self._fields(version)
         read_info(fields, self.key, name=self.model_name, kind="version", version=version)
         moved = await self._promote(
-            keys=[self.version_key(version), self.current_key, self.pinned_key],
-            args=[version, "pin" if pin else "follow"],
+            keys=[self.version_key(version), self.current_key, self.pinned_key, self.changes_key],
+            args=[version, "pin" if pin else "follow", CHANGES_KEPT],
         )
         if not moved:  # pruned between the check and the switch
             raise SnapshotNotFoundError(f"version {version} of {self.model_name!r} was deleted")

@@ -4,8 +4,11 @@ Training examples of a model travel on a single-partition topic, so exactly one 
 partition's owner) learns, sequentially. After every batch the trainer writes a signed
 checkpoint with the offset of the last example it learned; a restarted or newly assigned
 trainer resumes from it and skips examples it has already learned, so a redelivered example
-is not learned twice. Every ``publish_every`` examples (or ``publish_interval``, whichever
-comes first) it publishes a new model version that all scorers pick up.
+is not learned twice. It then publishes a new model version when
+:class:`~stream.model.freshness.PublicationRule` says so (by default after every batch that
+changed the model; ``publish_every`` examples or ``publish_interval`` after the last
+publication otherwise), which every scorer is told about and serves. Only checkpointed
+state is published; the cost of each publication (seconds, snapshot bytes) is a metric.
 
 Model guard
 -----------
@@ -27,6 +30,7 @@ alert, and overwrites the checkpoint at its next save (no crash loop).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import pickle
@@ -38,6 +42,7 @@ from typing import Any
 
 from stream.exceptions import RejectedInput, SnapshotIntegrityError
 from stream.messages import TrainingExample
+from stream.model.freshness import PublicationRule
 from stream.model.online import OnlineModel, create_model
 from stream.model.snapshots import SnapshotStore
 from stream.monitoring.alerts import model_health_alert
@@ -97,13 +102,18 @@ class Trainer:
         self.metrics = metrics
         self.model: OnlineModel | None = None
         self.last_offset = -1
-        self._since_publish = 0
-        self._published_at = time.monotonic()
-        self._interval_s = settings.model.publish_interval_s
+        self.rule = PublicationRule(settings.model.publish_every, settings.model.publish_interval_s)
         self._probe: deque[dict[str, Any]] = deque(maxlen=PROBE_SIZE)
         self._alerts: list[dict[str, Any]] = []
         self._damaged_since: int | None = None  # an open model_health episode (checkpoint)
         self._unsaved = 0
+        self._publishing = asyncio.Lock()  # a batch's save and the timed publication
+        self._forget_publications()
+
+    def _forget_publications(self) -> None:
+        # n_learned of the model at the last publication (None: unknown) and when (monotonic)
+        self._published_n: int | None = None
+        self._published_at: float | None = None
 
     def take_alerts(self) -> list[dict[str, Any]]:
         """The ``model_health`` alerts raised since the last call."""
@@ -117,17 +127,22 @@ class Trainer:
         except SnapshotIntegrityError as exc:
             checkpoint = None
             self._checkpoint_refused(exc)
+        self._forget_publications()
         if checkpoint is not None:
             model, info = checkpoint
             self.last_offset = int(info.meta.get("offset", -1))
+            published = info.meta.get("published")
+            self._published_n = published if isinstance(published, int) else None
             log.info("trainer resumes from checkpoint at offset %d", self.last_offset)
         elif (newest := await self.store.load_newest_valid()) is not None:
             model, info = newest
             self.last_offset = int(info.meta.get("offset", -1))
+            self._published_n = model.n_learned
             log.info("trainer starts from published version %d (offset %d)",
                      model.version, self.last_offset)  # fmt: skip
         else:
             model = self.fresh_model()
+            self._published_n = 0
             log.info("trainer starts a fresh %s model", self.settings.model.pipeline)
         self.model = model
         return model
@@ -164,6 +179,7 @@ class Trainer:
         self.model = None
         self.last_offset = -1
         self._unsaved = 0
+        self._forget_publications()
 
     def fresh_model(self) -> OnlineModel:
         return create_model(self.settings.model, self.settings.features)
@@ -245,13 +261,32 @@ class Trainer:
         if model is None:
             return None
         if self._unsaved:
-            await self.store.save_checkpoint(model, {"offset": self.last_offset})
-            self._since_publish += self._unsaved
+            meta = {"offset": self.last_offset, "published": self._published_n}
+            await self.store.save_checkpoint(model, meta)
             self._unsaved = 0
             self._checkpoint_repaired(model)
-        if self._since_publish and self._due():  # a retried save publishes what is due
+        return await self.publish_due()  # a retried save publishes what is due
+
+    @property
+    def unpublished(self) -> int:
+        """Checkpointed examples not in a published version (all of them if unknown)."""
+        if self.model is None:
+            return 0
+        return self.model.n_learned - (self._published_n or 0)
+
+    async def publish_due(self) -> int | None:
+        """Publish the checkpointed model if the rule says it is due; the version, or None.
+
+        Called after each batch's checkpoint, and by the worker's model task between
+        batches, so that ``publish_interval`` bounds the lag when no batch comes.
+        """
+        async with self._publishing:
+            if self.model is None or self._unsaved:  # only checkpointed state is published
+                return None
+            since = None if self._published_at is None else time.monotonic() - self._published_at
+            if not self.rule.due(self.unpublished, since):
+                return None
             return await self.publish()
-        return None
 
     def _checkpoint_repaired(self, model: OnlineModel) -> None:
         if self._damaged_since is None:
@@ -271,17 +306,22 @@ class Trainer:
         self.learn_batch(batch)
         return await self.save()
 
-    def _due(self) -> bool:
-        return self._since_publish >= self.settings.model.publish_every or (
-            time.monotonic() - self._published_at >= self._interval_s
-        )
-
     async def publish(self) -> int:
-        if self.model is None:
+        """Publish the model as a new version now; its cost is recorded in the metrics."""
+        model = self.model
+        if model is None:
             raise RuntimeError("publish before restore")
-        version = await self.store.publish(self.model, {"offset": self.last_offset})
-        self._since_publish = 0
-        self._published_at = time.monotonic()
-        self.metrics.published_version.labels(self.model.name).set(version)
-        log.info("published %s version %d", self.model.name, version)
+        n_learned, t0 = model.n_learned, time.perf_counter()
+        version, size = await self.store.publish_sized(model, {"offset": self.last_offset})
+        seconds = time.perf_counter() - t0
+        # a batch learned while the store was busy may be in the record too: then more was
+        # published than recorded here, and the next publication comes a little early
+        if self.model is model:  # not forgotten meanwhile (a rebalance)
+            self._published_n, self._published_at = n_learned, time.monotonic()
+        m = self.metrics
+        m.published_version.labels(model.name).set(version)
+        m.publish_seconds.labels(model.name).observe(seconds)
+        m.snapshot_bytes.labels(model.name).set(size)
+        log.debug("published %s version %d (%d examples, %d bytes, %.1f ms)",
+                  model.name, version, n_learned, size, seconds * 1000)  # fmt: skip
         return version

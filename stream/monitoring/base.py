@@ -15,7 +15,16 @@ from typing import Any, Literal, Protocol
 
 from stream.messages import MonitorBatch
 
-Gauge = Literal["drift_statistic", "drift_threshold", "drift_active", "quality_rate"]
+Gauge = Literal[
+    "drift_statistic",
+    "drift_threshold",
+    "drift_active",
+    "quality_rate",
+    "monitor_phase",
+    "monitor_late_values",
+    "monitor_buffered_values",
+    "monitor_watermark_delay",
+]
 """The :class:`~stream.service.metrics.Metrics` attribute a reading sets."""
 
 
@@ -24,7 +33,7 @@ class Reading:
     """One gauge value a monitor exports: ``metrics.<gauge>.labels(*labels).set(value)``."""
 
     gauge: Gauge
-    labels: tuple[str, str]
+    labels: tuple[str, ...]
     value: float
 
 

@@ -6,13 +6,22 @@ batches reach the one worker that monitors each subject: :mod:`stream.monitoring
 
 Lifecycle of a subject
 ----------------------
-1. *Warming up*: values are dropped until their event time reaches the first event time seen
+0. *Event-time order*: a batch that names its values' source partitions goes through
+   :class:`~stream.monitoring.event_order.EventTimeOrder` first, so the rest of the monitor
+   sees the values of every partition merged by event time up to the watermark (late values
+   are counted and left out); a batch that does not is taken in arrival order.
+1. *Warming up*: each value is dropped if its event time is before the first event time seen
    plus ``warmup_ms`` (the subject's warm-up:
-   :func:`stream.monitoring.subjects.monitored_subjects`).
-2. *Collecting the reference*: the next ``reference_size`` values (and their event-time range).
+   :func:`stream.monitoring.subjects.monitored_subjects`), judged per value.
+2. *Collecting the reference*: the first ``reference_size`` values after the warm-up (and
+   their event-time range).  The prediction subjects wait for the online model to settle
+   (:mod:`stream.monitoring.settling`): version 0 never enters, and a block becomes the
+   reference when it agrees with the block before it (*settling* meanwhile).
 3. *Fitted*: one detector per configured method compares the sliding window against the
    reference every ``check_every`` values.  A detector's episode start gives one ``firing``
    alert and its end one ``resolved`` alert (hysteresis and patience: :mod:`detectors.base`).
+   A (nearly) constant reference is judged against the detectors' analytic floors, never a
+   threshold of 0 (:mod:`detectors.base`, "Degenerate references").
 
 The reference is kept for the monitor's lifetime; pinning another one (a refit, a new model
 deployment) is :meth:`SubjectMonitor.reset_reference`.
@@ -27,6 +36,7 @@ between subjects, as in :class:`detectors.Monitor`.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections import deque
 from collections.abc import Sequence
@@ -45,16 +55,23 @@ from detectors import (
 )
 from stream.exceptions import ConfigError
 from stream.messages import MonitorBatch, SubjectBatch, SubjectKind
-from stream.monitoring.alerts import EMPTY_SPAN, AlertKind, AlertStatus, Span, fmt, make_alert
+from stream.monitoring.alerts import EMPTY_SPAN, AlertKind, AlertStatus, Span, make_alert
 from stream.monitoring.base import Reading, Reference
-from stream.monitoring.evidence import category_shares, numeric_summary
+from stream.monitoring.event_order import EventTimeOrder
+from stream.monitoring.evidence import contrast, drift_message, summary
+from stream.monitoring.settling import blocks_agree
 from stream.service.config import MonitoringSettings
+
+log = logging.getLogger(__name__)
 
 _DETECTORS: dict[SubjectKind, dict[str, type[Detector]]] = {
     "numeric": {"ks": KSDetector, "psi": PSIDetector, "wasserstein": WassersteinDetector},
     "categorical": {"chi2": Chi2Detector},
 }
 _LABELS = {"ks": "KS", "psi": "PSI", "wasserstein": "Wasserstein", "chi2": "chi2"}
+Phase = Literal["warming_up", "collecting", "settling", "fitted"]
+#: ``driftwatch_monitor_phase`` of each phase
+PHASES: dict[Phase, float] = {"warming_up": 0, "collecting": 1, "settling": 2, "fitted": 3}
 
 
 class SubjectMonitor:
@@ -77,6 +94,9 @@ class SubjectMonitor:
         Model name for the alerts.
     warmup_ms
         Event time to drop after the first value seen.
+    partitions
+        Number of events-topic partitions: each holds the watermark from the start
+        (:class:`~stream.monitoring.event_order.EventTimeOrder`, ``expected``).
 
     Notes
     -----
@@ -112,6 +132,7 @@ class SubjectMonitor:
         family_size: int,
         model: str,
         warmup_ms: int = 0,
+        partitions: int = 0,
     ) -> None:
         self.subject = subject
         self.kind = kind
@@ -120,8 +141,30 @@ class SubjectMonitor:
         self.family_size = family_size
         self.model = model
         self.warmup_ms = warmup_ms
+        self.partitions = partitions
         self._validate()
         self._reset()
+        # the order outlives a reference: a new one is collected from the ordered stream
+        self._order = self._new_order()
+
+    def _new_order(self) -> EventTimeOrder:
+        m = self.settings
+        return EventTimeOrder(m.watermark_idle_ms, m.max_delay_ms, m.max_buffered,
+                              self.partitions)  # fmt: skip
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a monitor pickled before event-time order (state format 2): no order, no blocks,
+        # and settings pickled without the fields added since (their defaults apply)
+        self.__dict__.update(state)
+        known = vars(self.settings)
+        if set(MonitoringSettings.model_fields) - set(known):
+            fields = {k: v for k, v in known.items() if k in MonitoringSettings.model_fields}
+            self.settings = MonitoringSettings(**fields)
+        if "_order" not in state:
+            self.partitions = 0
+            self._order = self._new_order()
+            self._candidate: list[Any] | None = None
+            self._blocks = 0
 
     def _validate(self) -> None:
         known = _DETECTORS.get(self.kind)
@@ -151,34 +194,53 @@ class SubjectMonitor:
         self._ts: deque[int] = deque(maxlen=self.settings.window)
         self._n_seen = 0
         self._model_version: int | None = None
-        self.dropped = 0  # values dropped during the warm-up
+        self._candidate = None  # the previous block (prediction subjects)
+        self._blocks = 0  # blocks that did not agree with the one before
+        self.dropped = 0  # values dropped during the warm-up (and version 0's predictions)
 
     # -- public API -------------------------------------------------------------------------
 
     @property
-    def phase(self) -> Literal["warming_up", "collecting", "fitted"]:
+    def phase(self) -> Phase:
         if self._fitted:
             return "fitted"
+        if self._candidate is not None:
+            return "settling"
         return "collecting" if self._warmed else "warming_up"
+
+    @property
+    def order(self) -> EventTimeOrder:
+        """The event-time order of the values (watermark, late values, buffered values)."""
+        return self._order
 
     @property
     def reference(self) -> Span:
         """Size and event-time range of the reference (``n == 0`` before it is fitted)."""
         return self._reference
 
-    def update(self, batch: SubjectBatch) -> list[dict[str, Any]]:
-        """Consume one batch (values oldest first); return the alerts it raised.
+    def update(self, batch: SubjectBatch, now_ms: int = 0) -> list[dict[str, Any]]:
+        """Consume one batch; return the alerts it raised.
 
+        ``now_ms`` is the wall-clock time, for the idle partitions of the event-time order.
         May take seconds when this batch completes the reference (calibration).
         """
         self._model_version = batch.model_version
-        values, ts = batch.values, batch.ts
-        start = self._skip_warmup(ts)
-        if not self._fitted:
-            start = self._collect(values, ts, start)
+        values: Sequence[Any] = batch.values
+        ts: Sequence[int] = batch.ts
+        if self._predictions and batch.model_version == 0 and not self._fitted:
+            self.dropped += len(values)  # the untrained model's scores: no reference
+            return []
+        if batch.partitions is not None:
+            values, ts = self._order.push(batch.partitions, values, ts, now_ms)
+        values, ts = self._skip_warmup(values, ts)
+        start = 0 if self._fitted else self._collect(values, ts)
         if not self._fitted or start >= len(values):
             return []
         return self._consume(values, ts, start)
+
+    @property
+    def _predictions(self) -> bool:
+        return self.subject.startswith("prediction.")
 
     def apply(self, batch: MonitorBatch) -> list[dict[str, Any]]:
         """:class:`~stream.monitoring.base.Monitor`: consume a :class:`SubjectBatch`."""
@@ -187,8 +249,15 @@ class SubjectMonitor:
         return self.update(batch)
 
     def readings(self) -> list[Reading]:
-        """The latest statistic, the threshold and whether an episode is open, per detector."""
-        out = []
+        """Per detector the latest statistic, the threshold and whether an episode is open;
+        per subject the phase and the event-time order's late and buffered values and delay."""
+        order, subject = self._order, (self.subject,)
+        out = [
+            Reading("monitor_phase", subject, PHASES[self.phase]),
+            Reading("monitor_late_values", subject, float(order.late)),
+            Reading("monitor_buffered_values", subject, float(order.buffered)),
+            Reading("monitor_watermark_delay", subject, order.delay_ms / 1000.0),
+        ]
         for detector, (stat, threshold, active) in self._last.items():
             labels = (self.subject, detector)
             if stat is not None:
@@ -225,36 +294,71 @@ class SubjectMonitor:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def _skip_warmup(self, ts: Sequence[int]) -> int:
-        if self._warmed or not ts:
-            return 0
+    def _skip_warmup(
+        self, values: Sequence[Any], ts: Sequence[int]
+    ) -> tuple[Sequence[Any], Sequence[int]]:
+        """Drop each value whose event time is before the warm-up's end (per value: values
+        of a lagging partition may come after later ones)."""
+        if not ts:
+            return values, ts
         if self._first_ts is None:
-            self._first_ts = ts[0]
-        for index, t in enumerate(ts):
-            if t >= self._first_ts + self.warmup_ms:
-                self._warmed = True
-                self.dropped += index
-                return index
-        self.dropped += len(ts)
-        return len(ts)
+            self._first_ts = min(ts)
+        end = self._first_ts + self.warmup_ms
+        if self.warmup_ms <= 0 or min(ts) >= end:
+            self._warmed = True
+            return values, ts
+        keep = [i for i, t in enumerate(ts) if t >= end]
+        self.dropped += len(ts) - len(keep)
+        self._warmed = self._warmed or bool(keep)
+        return [values[i] for i in keep], [ts[i] for i in keep]
 
-    def _collect(self, values: Sequence[Any], ts: Sequence[int], start: int) -> int:
-        stop = min(len(values), start + self.settings.reference_size - len(self._ref_values))
-        self._ref_values.extend(values[start:stop])
-        self._ref_ts.extend(ts[start:stop])
-        if len(self._ref_values) >= self.settings.reference_size:
-            self._fit(self._ref_values, self._ref_ts)
-        return stop
+    def _collect(self, values: Sequence[Any], ts: Sequence[int]) -> int:
+        """Collect reference values from the start of ``values``; returns where it stopped
+        (the batch's remaining values go to the detectors once the reference is fitted)."""
+        start, size = 0, self.settings.reference_size
+        while start < len(values) and not self._fitted:
+            stop = min(len(values), start + size - len(self._ref_values))
+            self._ref_values.extend(values[start:stop])
+            self._ref_ts.extend(ts[start:stop])
+            start = stop
+            if len(self._ref_values) >= size and self._settled():
+                self._fit(self._ref_values, self._ref_ts)
+        return start
+
+    def _settled(self) -> bool:
+        """Whether the complete block may be the reference (prediction subjects: once it
+        agrees with the block before it; otherwise the next block is collected)."""
+        if not self._predictions:
+            return True
+        block, previous = self._ref_values, self._candidate
+        if previous is not None and blocks_agree(
+            self.kind, previous, block, self.settings.settle_level
+        ):
+            log.info("%s: the model settled after %d blocks of %d values: reference taken",
+                     self.subject, self._blocks + 1, len(block))  # fmt: skip
+            return True
+        if previous is None:
+            log.info("%s: waiting for the model to settle (two blocks of %d values alike)",
+                     self.subject, len(block))  # fmt: skip
+            self._blocks = 0
+        self._blocks += 1
+        self._candidate, self._ref_values, self._ref_ts = block, [], []
+        return False
 
     def _fit(self, values: list[Any], ts: list[int]) -> None:
         self._reference = Span(len(values), min(ts), max(ts))
-        self._ref_summary = self._summary(values)
-        self._fitted = {name: self._detector(name).fit(values) for name in self.detectors}
+        self._ref_summary = summary(self.kind, values)
+        # the prediction subjects calibrate on the model's own output over the settling
+        # blocks: the served model keeps learning, its scores wander with its weights, and
+        # independent draws from the reference would miss that (detectors.Detector.fit)
+        null = None if self._candidate is None else [*self._candidate, *values]
+        self._fitted = {name: self._detector(name).fit(values, null) for name in self.detectors}
         self._last = {
             name: (None, float(det.thresholds[det.window]), False)
             for name, det in self._fitted.items()
         }
         self._ref_values, self._ref_ts = [], []  # the detectors keep what they need
+        self._candidate = None
 
     def _detector(self, name: str) -> Detector:
         m = self.settings
@@ -330,7 +434,7 @@ class SubjectMonitor:
         # event-time range is its min and max, not its first and last value
         recent_ts = list(self._ts)[len(self._ts) - n :]
         window = Span(n, min(recent_ts) if n else None, max(recent_ts) if n else None)
-        summary = self._summary(recent)
+        window_summary = summary(self.kind, recent)
         return make_alert(
             self._alert_kind(),
             status,
@@ -344,46 +448,25 @@ class SubjectMonitor:
             model=self.model,
             model_version=self._model_version,
             ts=self._ts[-1] if n else start,
-            message=self._message(name, status, statistic, threshold, n, summary),
-            evidence={"reference": self._ref_summary, "window": summary, "episode_start_ts": start},
+            message=drift_message(
+                f"{self.subject}: {_LABELS[name]}",
+                status,
+                statistic,
+                threshold,
+                n,
+                self._reference.n,
+                contrast(window_summary, self._ref_summary),
+            ),  # fmt: skip
+            evidence={
+                "reference": self._ref_summary,
+                "window": window_summary,
+                "episode_start_ts": start,
+            },  # fmt: skip
             episode_start_ts=start,
         )
 
     def _alert_kind(self) -> AlertKind:
         return "prediction_drift" if self.subject.startswith("prediction.") else "data_drift"
-
-    # -- evidence -----------------------------------------------------------------------------
-
-    def _summary(self, values: Sequence[Any]) -> dict[str, Any]:
-        if self.kind == "numeric":
-            return numeric_summary(values)
-        return {"shares": category_shares(values)}
-
-    def _message(
-        self,
-        name: str,
-        status: AlertStatus,
-        statistic: float | None,
-        threshold: float,
-        n: int,
-        summary: dict[str, Any],
-    ) -> str:
-        op = ">" if status == "firing" else "<="
-        head = (
-            f"{self.subject}: {_LABELS[name]} {fmt(statistic)} {op} {fmt(threshold)} over the last "
-            f"{n} values (reference {self._reference.n} values)"
-        )
-        tail = "" if status == "firing" else "; drift resolved"
-        return f"{head}; {self._contrast(summary)}{tail}"
-
-    def _contrast(self, summary: dict[str, Any]) -> str:
-        if self.kind == "numeric":
-            return f"mean {fmt(summary.get('mean'))} vs {fmt(self._ref_summary.get('mean'))}"
-        now, ref = summary["shares"], self._ref_summary["shares"]
-        if not now:
-            return "no values"
-        top = max(set(now) | set(ref), key=lambda c: abs(now.get(c, 0.0) - ref.get(c, 0.0)))
-        return f"{top!r} {now.get(top, 0.0):.0%} vs {ref.get(top, 0.0):.0%} of values"
 
 
 __all__ = ["SubjectMonitor"]

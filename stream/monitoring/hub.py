@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis.asyncio as aioredis
 
@@ -32,7 +33,7 @@ from stream.monitoring.quality import DLQ, REJECTED, QualityMonitor, quality_cou
 from stream.monitoring.reference import generation_key, load_pinned
 from stream.monitoring.state_store import MonitorStateStore, Owned
 from stream.monitoring.subjects import monitored_subjects, subject_batches
-from stream.records import BatchResult
+from stream.records import BatchResult, ScoredEvent
 from stream.service.config import Settings
 from stream.service.metrics import Metrics
 from stream.service.resilience import Poisoned, describe
@@ -54,10 +55,19 @@ def family_size(settings: Settings) -> int:
 
 
 def monitor_messages(
-    result: BatchResult, subjects: dict[str, SubjectKind]
+    result: BatchResult,
+    subjects: dict[str, SubjectKind],
+    partitions: Sequence[int] | None = None,
 ) -> list[tuple[bytes, bytes]]:
-    """(key, value) messages for the monitor topic from one scored batch."""
-    batches: list[MonitorBatch] = list(subject_batches(result.scored, subjects))
+    """(key, value) messages for the monitor topic from one scored batch.
+
+    ``partitions``: the events-topic partition of each scored event, sent with the values
+    so that the monitors merge the partitions by event time; by default each scored
+    event's own ``partition`` where the scorer records one (``None``: arrival order).
+    """
+    if partitions is None:
+        partitions = _source_partitions(result.scored)
+    batches: list[MonitorBatch] = list(subject_batches(result.scored, subjects, partitions))
     if result.scored:
         ts = [s.event.ts_ms for s in result.scored]
         span = (min(ts), max(ts))
@@ -68,6 +78,13 @@ def monitor_messages(
         now = now_ms()
         batches.append(QualityBatch(DLQ, n_all, {REJECTED: result.rejected}, (now, now)))
     return [(b.subject.encode(), encode_monitor_batch(b)) for b in batches]
+
+
+def _source_partitions(scored: Sequence[ScoredEvent]) -> list[int] | None:
+    """The events-topic partition of each scored event, if every one carries it."""
+    # getattr: ScoredEvent gains its source partition with the scorer change that sends it
+    found = [getattr(s, "partition", None) for s in scored]
+    return None if None in found else cast(list[int], found)
 
 
 @dataclass
@@ -114,18 +131,28 @@ class MonitorHub:
                     continue
                 if batch.subject in self.subjects or isinstance(batch, QualityBatch):
                     routed.append((partition, offset, batch.subject, batch))
+            now = now_ms()
             for partition, _, name, _ in routed:
                 if name not in self.owned:
-                    self.owned[name] = await self.store.load(name) or Owned(
-                        self._new(name), partition
-                    )
+                    self.owned[name] = await self._load(name, partition, now)
             if off_loop:
-                alerts = await asyncio.to_thread(self._apply_routed, routed, poisoned)
+                alerts = await asyncio.to_thread(self._apply_routed, routed, poisoned, now)
             else:
-                alerts = self._apply_routed(routed, poisoned)
+                alerts = self._apply_routed(routed, poisoned, now)
             return alerts, poisoned
 
-    def _apply_routed(self, routed: Sequence[Routed], poisoned: list[Poisoned]) -> list[Alert]:
+    async def _load(self, name: str, partition: int, now: int) -> Owned:
+        owned = await self.store.load(name)
+        if owned is None:
+            return Owned(self._new(name), partition)
+        if isinstance(owned.monitor, SubjectMonitor):
+            # silent while no one owned the monitor, not idle: every partition gets its time
+            owned.monitor.order.resume(now)
+        return owned
+
+    def _apply_routed(
+        self, routed: Sequence[Routed], poisoned: list[Poisoned], now: int
+    ) -> list[Alert]:
         alerts: list[Alert] = []
         for partition, offset, name, batch in routed:
             owned = self.owned[name]
@@ -135,7 +162,11 @@ class MonitorHub:
                 if owned.generation != self.generation:
                     owned.generation = self.generation
                     alerts.extend(owned.monitor.repin(self.pinned.get(name)))
-                alerts.extend(owned.monitor.apply(batch))
+                monitor = owned.monitor
+                if isinstance(monitor, SubjectMonitor) and isinstance(batch, SubjectBatch):
+                    alerts.extend(monitor.update(batch, now))
+                else:
+                    alerts.extend(monitor.apply(batch))
                 self._export(owned.monitor, batch)
             except Exception as exc:  # a batch the monitor cannot take: skip it, say so
                 log.exception("monitor %s: message at %d/%d skipped", name, partition, offset)
@@ -166,7 +197,8 @@ class MonitorHub:
             return QualityMonitor(m, model)
         kind, warmup_ms = self.subjects[name]
         detectors = m.numeric_detectors if kind == "numeric" else m.categorical_detectors
-        return SubjectMonitor(name, kind, detectors, m, self.family, model, warmup_ms)
+        partitions = self.settings.topics.partitions
+        return SubjectMonitor(name, kind, detectors, m, self.family, model, warmup_ms, partitions)
 
     async def save(self, force: bool = False) -> int:
         """Persist the changed monitors (every checkpoint_interval, or now with ``force``)."""

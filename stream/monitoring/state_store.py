@@ -9,11 +9,18 @@ the bytes, so a valid state copied to another subject's key is refused.
 Record (Redis hash at ``{prefix}:monitor:{name}``)
     ``format`` (:data:`FORMAT`), ``state`` (the pickled :class:`Owned`), ``sig`` (hex
     HMAC-SHA256 of domain, key, format and state).
+Format 3
+    Subject monitors carry their event-time order (per-partition high-water marks and
+    buffered values) and the prediction subjects' settling block.
+Format 2
+    The same record; its subject monitors predate event-time order. Still read: they are
+    upgraded while unpickling (``SubjectMonitor.__setstate__``: no partitions known, the
+    settings' new fields at their defaults) and written back as format 3 at the next save.
 Format 1 (before format versions)
     ``state`` and ``sig`` over the state alone, pickled when the classes lived in other
     modules. Still read: the modules are renamed while unpickling (:data:`MOVED_MODULES`)
-    and a subject's state must name the subject of its key; it is written back as format 2
-    at the next save.
+    and a subject's state must name the subject of its key; it is written back in the
+    current format at the next save.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ from stream.monitoring.base import Monitor
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2
+FORMAT = 3
+#: Formats read with the current record layout (older monitors are upgraded on unpickling).
+READABLE = (b"2", b"3")
 _DOMAIN = b"driftwatch-monitor-state\x00"
 
 #: Where format-1 states' classes live now (stream/ was reorganised by subsystem).
@@ -72,7 +81,7 @@ def encode_state(redis_key: str, owned: Owned, key: bytes) -> dict[str, bytes]:
 
     >>> fields = encode_state("dw:monitor:amount", Owned(None, 0), b"k")  # type: ignore[arg-type]
     >>> sorted(fields), fields["format"]
-    (['format', 'sig', 'state'], b'2')
+    (['format', 'sig', 'state'], b'3')
     """
     blob = pickle.dumps(owned, protocol=pickle.HIGHEST_PROTOCOL)
     fmt = str(FORMAT).encode()
@@ -95,12 +104,12 @@ def decode_state(
     blob, sig, fmt = fields.get(b"state", b""), fields.get(b"sig"), fields.get(b"format")
     if fmt is None:
         return _legacy(redis_key, name, blob, sig, key)
-    if fmt != str(FORMAT).encode() or not verify(_signed(redis_key, fmt, blob), sig, key):
+    if fmt not in READABLE or not verify(_signed(redis_key, fmt, blob), sig, key):
         log.error("monitor state %s (format %r) failed its check: not loaded, starting afresh",
                   redis_key, fmt)  # fmt: skip
         return None
     owned = cast(Owned, pickle.loads(blob))  # noqa: S301 - HMAC verified above
-    owned.dirty = False
+    owned.dirty = fmt != str(FORMAT).encode()  # an older format is rewritten at the next save
     return owned
 
 

@@ -34,14 +34,21 @@ PREDICTION_CLASS = "prediction.class"
 
 
 def subject_batches(
-    scored: Sequence[ScoredEvent], subjects: Mapping[str, SubjectKind]
+    scored: Sequence[ScoredEvent],
+    subjects: Mapping[str, SubjectKind],
+    partitions: Sequence[int] | None = None,
 ) -> list[SubjectBatch]:
     """One :class:`SubjectBatch` per subject with at least one value in ``scored``.
 
     Feature subjects read ``ScoredEvent.x`` (raw and enriched); ``prediction.score`` reads the
     score and ``prediction.class`` the predicted class as a string.  ``None``, non-finite
     numbers and wrongly typed values are skipped, and so is an imputed raw value (listed in
-    ``event.missing``): it is a data-quality problem, not a sample of the distribution.
+    ``event.missing``): it is a data-quality problem, not a sample of the distribution
+    (the rule of :func:`subject_value`).  ``partitions`` (one per scored event: its
+    events-topic partition) go with the values, for the monitor's event-time order.
+
+    One list comprehension per subject with the checks inline: this runs in the scorer for
+    every (event, subject), ~0.1 us each where a call per value cost ~1 us.
 
     Examples
     --------
@@ -57,24 +64,50 @@ def subject_batches(
     if not scored:
         return []
     version = scored[-1].model_version
+    ts = [s.event.ts_ms for s in scored]
     out: list[SubjectBatch] = []
     for subject, kind in subjects.items():
-        values: list[Any] = []
-        ts: list[int] = []
-        for s in scored:
-            value = _value_of(s, subject, kind)
-            if value is not None:
-                values.append(value)
-                ts.append(s.event.ts_ms)
-        if values:
-            out.append(SubjectBatch(subject, kind, values, ts, version))
+        raw = _raw_values(scored, subject)
+        if kind == "numeric":
+            since = subject == SINCE_LAST
+            keep = [
+                i
+                for i, v in enumerate(raw)
+                if v is not None
+                and ((t := type(v)) is float or t is int or _number(v))
+                and v - v == 0  # finite: inf - inf and nan - nan are nan
+                and not (since and v == FIRST_EVENT)
+            ]
+            values: list[Any] = [float(raw[i]) for i in keep]
+        else:
+            keep = [i for i, v in enumerate(raw) if v is not None]
+            values = [str(raw[i]) for i in keep]
+        if not keep:
+            continue
+        whole = len(keep) == len(raw)
+        batch_ts = list(ts) if whole else [ts[i] for i in keep]
+        parts = None
+        if partitions is not None:
+            parts = list(partitions) if whole else [partitions[i] for i in keep]
+        out.append(SubjectBatch(subject, kind, values, batch_ts, version, parts))
     return out
 
 
-def _value_of(s: ScoredEvent, subject: str, kind: SubjectKind) -> float | str | None:
-    if subject in s.event.missing:
-        return None
-    return value_of(subject, kind, score=s.score, prediction=s.prediction, features=s.x)
+def _raw_values(scored: Sequence[ScoredEvent], subject: str) -> list[Any]:
+    """Each event's raw value of ``subject`` (``None`` where it was imputed)."""
+    if subject == PREDICTION_SCORE:
+        return [s.score for s in scored]
+    if subject == PREDICTION_CLASS:
+        return [s.prediction for s in scored]
+    return [
+        None if (missing := s.event.missing) and subject in missing else s.x.get(subject)
+        for s in scored
+    ]
+
+
+def _number(value: object) -> bool:
+    """A number that is not exactly an int or a float (numpy scalars), never a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def value_of(

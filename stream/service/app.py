@@ -190,10 +190,29 @@ def _background(w: Worker) -> None:
     lag.watch(settings.worker.app_id, faust_source(app))
     predictions = PredictionStore(w.redis, settings.redis.prefix, settings.labels.horizon_s)
 
+    poll_s = settings.model.poll_interval_s
+
     async def refresh_model() -> None:
-        if await w.holder.refresh():
-            log.info("serving %s version %d", w.holder.model.name, w.holder.model.version)
-        await w.publisher.publish(w.publisher.alerts(w.holder.take_alerts()))
+        holder, m = w.holder, w.metrics
+        if await holder.refresh():
+            log.debug("serving %s version %d", holder.model.name, holder.model.version)
+        await w.publisher.publish(w.publisher.alerts(holder.take_alerts()))
+        name = holder.model.name
+        m.model_version.labels(name).set(holder.model.version)
+        lag = await holder.lag(now_ms())
+        m.lag_examples.labels(name).set(lag.examples)
+        if lag.age_s is not None:
+            m.served_age.labels(name).set(lag.age_s)
+        # the trainer (if this worker is it) publishes what waited publish_interval
+        if await w.trainer.publish_due() is not None:
+            await holder.refresh()
+
+    async def wait_for_model() -> None:
+        try:
+            await w.holder.wait_for_change(poll_s)  # returns early when a version is announced
+        except Exception:
+            await asyncio.sleep(poll_s)  # Redis away: poll at the poll interval meanwhile
+            raise
 
     async def sweep_expired() -> None:
         """Count predictions whose label never came and labels that never joined."""
@@ -205,7 +224,7 @@ def _background(w: Worker) -> None:
     async def poll_model() -> None:
         while True:
             await guarded("model_refresh", refresh_model, w.health)
-            await asyncio.sleep(settings.model.poll_interval_s)
+            await guarded("model_refresh", wait_for_model, w.health)
 
     @app.timer(30.0)
     async def sweep() -> None:

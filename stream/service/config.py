@@ -274,8 +274,13 @@ class ModelSettings(_Frozen):
         "logistic_regression", "softmax_regression", "hoeffding_tree", "linear_regression"
     ] = "logistic_regression"
     learning_rate: float = Field(default=0.05, gt=0, le=10)
-    publish_every: int = Field(default=500, ge=1)
+    # the bounds on the served model's lag (stream.model.freshness.PublicationRule): a version
+    # is published at the end of the batch that makes `publish_every` learned examples
+    # unpublished (1: after every batch that changed the model), or `publish_interval` after
+    # the last publication; raise them for models whose snapshot is costly (trees)
+    publish_every: int = Field(default=1, ge=1)
     publish_interval: Duration = "5s"
+    # scorers are told of a new version (a Redis stream); they also poll this often
     poll_interval: Duration = "1s"
     keep_versions: int = Field(default=20, ge=2)
 
@@ -336,6 +341,16 @@ class MonitoringSettings(_Frozen):
     numeric_detectors: tuple[NumericDetector, ...] = ("ks", "psi", "wasserstein")
     categorical_detectors: tuple[CategoricalDetector, ...] = ("chi2",)
     checkpoint_interval: Duration = "10s"
+    # event-time order across source partitions (stream/monitoring/event_order.py): a silent
+    # partition stops holding the watermark after `watermark_idle` (wall clock; longer than a
+    # rebalance after a crash), the watermark lags the newest partition by at most
+    # `max_delay` of event time, and a subject buffers at most `max_buffered` values
+    watermark_idle: Duration = "30s"
+    max_delay: Duration = "10m"
+    max_buffered: int = Field(default=20_000, ge=100)
+    # a prediction reference is taken once two consecutive blocks of reference_size values
+    # agree at this level (the online model has settled; stream/monitoring/settling.py)
+    settle_level: float = Field(default=0.01, gt=0, lt=1)
     performance_window: int = Field(default=500, ge=20)
     # labels between two performance checks (a check recomputes the window's metrics)
     performance_check_every: int = Field(default=10, ge=1)
@@ -359,6 +374,14 @@ class MonitoringSettings(_Frozen):
     @property
     def checkpoint_interval_s(self) -> float:
         return parse_duration(self.checkpoint_interval)
+
+    @property
+    def watermark_idle_ms(self) -> int:
+        return round(parse_duration(self.watermark_idle) * 1000)
+
+    @property
+    def max_delay_ms(self) -> int:
+        return round(parse_duration(self.max_delay) * 1000)
 
     @property
     def patience_checks(self) -> int:

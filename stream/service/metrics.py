@@ -115,6 +115,33 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        # freshness (stream/model/freshness.py): what a publication costs, how far behind the
+        # served version is
+        self.publish_seconds = Histogram(
+            f"{p}model_publish_seconds",
+            "Time to encode, sign and store one published version",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.snapshot_bytes = Gauge(
+            f"{p}model_snapshot_bytes",
+            "Size of the last published version's record",
+            ["model"],
+            registry=r,
+        )
+        self.lag_examples = Gauge(
+            f"{p}model_lag_examples",
+            "Examples the trainer has learned that the version this worker serves has not",
+            ["model"],
+            registry=r,
+        )
+        self.served_age = Gauge(
+            f"{p}model_served_age_seconds",
+            "Seconds since the version this worker serves was published",
+            ["model"],
+            registry=r,
+        )
 
         # monitoring (labels: subject = feature or prediction.score/.class, never an entity)
         self.drift_statistic = Gauge(
@@ -155,6 +182,32 @@ class Metrics:
         )
         self.monitor_values = Counter(
             f"{p}monitor_values", "Values consumed by the drift monitors", registry=r
+        )
+        # event-time order and reference state of each subject's monitor (saved with the
+        # monitor, so these are gauges: a new owner carries on from the saved counts)
+        self.monitor_phase = Gauge(
+            f"{p}monitor_phase",
+            "0 warming up, 1 collecting the reference, 2 model settling, 3 fitted",
+            ["subject"],
+            registry=r,
+        )
+        self.monitor_late_values = Gauge(
+            f"{p}monitor_late_values",
+            "Values that came behind the event-time watermark, left out of the detectors",
+            ["subject"],
+            registry=r,
+        )
+        self.monitor_buffered_values = Gauge(
+            f"{p}monitor_buffered_values",
+            "Values held until the event-time watermark passes them",
+            ["subject"],
+            registry=r,
+        )
+        self.monitor_watermark_delay = Gauge(
+            f"{p}monitor_watermark_delay_seconds",
+            "Event time between the newest source partition and the watermark",
+            ["subject"],
+            registry=r,
         )
 
         # resilience (stream/service/resilience.py): outages, retries, poison, lost-update guards

@@ -12,6 +12,7 @@ import pytest
 from stream.model.holder import ModelHolder
 from stream.model.linear_snapshot import take_snapshot
 from stream.model.online import OnlineModel, Scored, create_model
+from stream.model.snapshot_format import SnapshotInfo
 from stream.service.config import FeatureSpec, ModelSettings
 
 FEATURES = (
@@ -210,8 +211,12 @@ class _Store:
     async def current_version(self) -> int | None:
         return self.current
 
-    async def load(self, version: int) -> OnlineModel:
-        return self.versions[version]
+    async def last_change(self) -> bytes:
+        return b"0-0"
+
+    async def load_version(self, version: int) -> tuple[OnlineModel, SnapshotInfo]:
+        m = self.versions[version]
+        return m, SnapshotInfo(m.name, m.version, m.task, m.pipeline, m.n_learned, 0)
 
     async def load_newest_valid(self, exclude: set[int]) -> tuple[OnlineModel, Any] | None:
         return None

@@ -16,7 +16,14 @@ from stream.exceptions import SnapshotIntegrityError
 from stream.model import snapshot_format as snapshot_records
 from stream.model.holder import ModelHolder
 from stream.model.online import OnlineModel, create_model
-from stream.model.snapshot_format import decode_record, encode_record, read_info, sign, verify
+from stream.model.snapshot_format import (
+    SnapshotInfo,
+    decode_record,
+    encode_record,
+    read_info,
+    sign,
+    verify,
+)
 from stream.model.snapshots import SnapshotStore
 from stream.service.config import ModelSettings, Settings
 
@@ -260,6 +267,7 @@ def test_store_keys_follow_the_documented_layout() -> None:
     assert store.version_key(12) == "dw:model:fraud:v:12"
     assert store.current_key == "dw:model:fraud:current"
     assert store.checkpoint_key == "dw:model:fraud:checkpoint"
+    assert store.changes_key == "dw:model:fraud:changes"
 
 
 def test_store_without_a_configured_key_has_an_empty_key() -> None:
@@ -276,7 +284,7 @@ def test_store_refuses_a_decoding_client() -> None:
 
 
 class StubStore:
-    """Just what ModelHolder calls: current_version() and load()."""
+    """Just what ModelHolder calls: current_version(), load_version() and last_change()."""
 
     def __init__(self) -> None:
         self.current: int | None = None
@@ -286,19 +294,26 @@ class StubStore:
     async def current_version(self) -> int | None:
         return self.current
 
-    async def load(self, version: int) -> OnlineModel:
+    async def last_change(self) -> bytes:
+        return b"0-0"
+
+    async def load_version(self, version: int) -> tuple[OnlineModel, SnapshotInfo]:
         self.loads += 1
         found = self.models[version]
         if isinstance(found, Exception):
             raise found
-        return found
+        return found, info_of(found)
 
-    async def load_newest_valid(self, exclude: set[int]) -> tuple[OnlineModel, None] | None:
+    async def load_newest_valid(self, exclude: set[int]) -> tuple[OnlineModel, SnapshotInfo] | None:
         for version in sorted(self.models, reverse=True):
             found = self.models[version]
             if version not in exclude and not isinstance(found, Exception):
-                return found, None
+                return found, info_of(found)
         return None
+
+
+def info_of(model: OnlineModel) -> SnapshotInfo:
+    return SnapshotInfo(model.name, model.version, model.task, model.pipeline, 0, 1000)
 
 
 def published(version: int, **kw: Any) -> OnlineModel:

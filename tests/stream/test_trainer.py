@@ -49,6 +49,9 @@ class StubStore:
         self.published.append(model)
         return len(self.published)
 
+    async def publish_sized(self, model: OnlineModel, meta: dict[str, Any]) -> tuple[int, int]:
+        return await self.publish(model, meta), 100
+
 
 SETTINGS = Settings(model=ModelSettings(name="fraud", publish_every=1_000_000))
 
@@ -77,7 +80,7 @@ async def test_unlearnable_features_are_skipped_and_the_rest_learned() -> None:
     ]
     assert trainer.model is not None and trainer.model.is_finite([example(1).x])
     await trainer.save()
-    assert store.checkpoints == [{"offset": 9}]
+    assert store.checkpoints == [{"offset": 9, "published": 0}]
 
 
 async def test_an_example_that_makes_the_model_non_finite_is_found_and_not_learned() -> None:
@@ -136,7 +139,7 @@ async def test_a_refused_checkpoint_resumes_from_the_newest_valid_version() -> N
     )  # fmt: skip
     trainer.learn_batch([(120, example(120))])
     await trainer.save()  # the next checkpoint replaces the damaged one: no crash loop
-    assert store.checkpoints == [{"offset": 120}]
+    assert store.checkpoints == [{"offset": 120, "published": 120}]
     [resolved] = trainer.take_alerts()
     assert resolved["status"] == "resolved" and resolved["alert_id"] == firing["alert_id"]
 
