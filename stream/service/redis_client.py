@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+from redis.connection import HiredisRespSerializer
+from redis.utils import HIREDIS_AVAILABLE
 
 from stream.service.config import RedisSettings, Settings
 
@@ -21,13 +24,41 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
     # bounded waits: a Redis that hangs (paused, network gone) must surface as an error the
     # worker retries, not as a batch stuck forever
-    return aioredis.Redis.from_url(
+    client = aioredis.Redis.from_url(
         settings.redis.url,
         password=password,
         socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
         socket_timeout=SOCKET_TIMEOUT_S,
         **connection_options(settings.redis),
     )
+    pool = client.connection_pool
+    pool.connection_class = hiredis_packing(pool.connection_class)  # no connection made yet
+    return client
+
+
+_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def hiredis_packing(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``base`` (plain, TLS or unix socket) packing its commands with hiredis.
+
+    redis-py's synchronous client packs commands with hiredis when it is installed; its
+    asyncio client still packs them in Python (redis/redis-py#4176), which cost about 6 %
+    of a worker's CPU (the feature store's MGET and script calls carry a key per event).
+    This uses redis-py's own hiredis serializer, so the bytes on the wire are the same.
+    Without hiredis, ``base`` is returned unchanged.
+    """
+    if not HIREDIS_AVAILABLE:
+        return base
+    if base not in _PACKING:
+        serializer = HiredisRespSerializer()
+
+        def pack_command(self: AbstractConnection, *args: Any) -> list[bytes]:
+            return serializer.pack(*args)
+
+        name = f"Hiredis{base.__name__}"
+        _PACKING[base] = type(name, (base,), {"pack_command": pack_command})
+    return _PACKING[base]
 
 
 def connection_options(redis: RedisSettings) -> dict[str, Any]:
