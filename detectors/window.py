@@ -198,7 +198,9 @@ class SimulatedDetector(Detector):
 
     def _draw(self, rng: np.random.Generator, reference: NDArray[Any], size: int) -> NDArray[Any]:
         """``size`` stationary values: smoothed bootstrap of the sorted ``reference``, or
-        moving blocks of the ``null`` stretch given to ``fit`` (blocks of the short window)."""
+        moving blocks of the ``null`` stretch given to ``fit`` (blocks of the short window:
+        long enough to keep the correlation of neighbouring values, short enough that the
+        simulated pseudo-references and windows mix many parts of the stretch)."""
         if self._null is None:
             return calibration.smoothed_bootstrap(reference, size, rng)
         return calibration.block_bootstrap(self._null, size, min(self.windows), rng)

@@ -68,6 +68,7 @@ class ScoredEvent:
     proba: dict[str, float] | None
     score: float
     model_version: int
+    partition: int | None = None  # events-topic partition the event came from
 
 
 @dataclass

@@ -112,7 +112,9 @@ class EventProcessor:
             if not _finite(out.score, out.proba):
                 unscorable.append((msg, _non_finite(out.score, version)))
                 continue
-            scored.append(ScoredEvent(ev, x, out.prediction, out.proba, out.score, version))
+            scored.append(
+                ScoredEvent(ev, x, out.prediction, out.proba, out.score, version, msg.partition)
+            )
             pending.append(
                 PendingPrediction(
                     ev.event_id, ev.entity_id, ev.ts_ms, x, version, out.prediction, out.score,
