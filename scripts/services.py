@@ -189,6 +189,8 @@ class Service:
     name: str
     ports: tuple[int, ...]
     version: str = ""
+    #: a line the service logs once it serves clients (an open port may come earlier)
+    ready_line: str = ""
 
     @property
     def dir(self) -> Path:
@@ -254,6 +256,7 @@ class Service:
                 cwd=self.dir,
             )
         self.pidfile.write_text(str(proc.pid))
+        log_start = self.logfile.stat().st_size if self.logfile.exists() else 0
         deadline = t0 + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -261,7 +264,7 @@ class Service:
                     f"{self.name} exited with code {proc.returncode} during start-up; "
                     f"see {self.logfile}:\n{tail(self.logfile)}"
                 )
-            if port_open(self.ports[0]):
+            if port_open(self.ports[0]) and self._logged_ready(log_start):
                 elapsed = time.monotonic() - t0
                 log(
                     f"{self.name} {self.version} ready at {self.address} in {elapsed:.1f}s "
@@ -274,6 +277,17 @@ class Service:
             f"{self.name} did not accept connections on {self.address} within "
             f"{START_TIMEOUT_S:.0f}s; see {self.logfile}:\n{tail(self.logfile)}"
         )
+
+    def _logged_ready(self, since: int) -> bool:
+        """Whether ``ready_line`` was logged after byte ``since`` of the log (this start)."""
+        if not self.ready_line:
+            return True
+        try:
+            with open(self.logfile, "rb") as f:
+                f.seek(since)
+                return self.ready_line.encode() in f.read()
+        except OSError:
+            return False
 
     def stop(self) -> str:
         pid = self.pid()
@@ -335,6 +349,10 @@ def apt_install(*packages: str) -> None:
 
 
 class Kafka(Service):
+    # a KRaft broker opens its port before it has registered with its controller; clients
+    # that connect meanwhile get metadata without a broker (NodeNotReadyError)
+    ready_line = "Kafka Server started"
+
     def __init__(self) -> None:
         super().__init__(
             "kafka",
