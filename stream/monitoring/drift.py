@@ -232,6 +232,17 @@ class SubjectMonitor:
             return []
         if batch.partitions is not None:
             values, ts = self._order.push(batch.partitions, values, ts, now_ms)
+        return self._take(values, ts)
+
+    def flush(self, now_ms: int) -> list[dict[str, Any]]:
+        """Release what the event-time order holds back for partitions that went idle by
+        ``now_ms`` (no new values: the stream paused or ended); return the alerts raised."""
+        if not self._order.buffered:
+            return []
+        return self._take(*self._order.push([], [], [], now_ms))
+
+    def _take(self, values: Sequence[Any], ts: Sequence[int]) -> list[dict[str, Any]]:
+        """The ordered values from the warm-up on: reference first, then the detectors."""
         values, ts = self._skip_warmup(values, ts)
         start = 0 if self._fitted else self._collect(values, ts)
         if not self._fitted or start >= len(values):

@@ -6,6 +6,15 @@ of the subject's partition) however many workers score: one firing alert per epi
 one per worker. The owner keeps each monitor's state in Redis
 (:mod:`stream.monitoring.state_store`) with the offset of the last message it applied, so a
 restarted or newly assigned owner resumes without counting a message twice.
+
+Durability
+----------
+The states are saved every ``monitoring.checkpoint_interval`` (and at a revocation or a
+shutdown), not after every message: a save pickles every changed monitor. A monitor-topic
+offset may therefore be committed only once the messages before it are in a saved state
+(:meth:`MonitorHub.durable`): a worker killed between two saves leaves its messages since
+the last save to the next owner, which applies them again from that state (alerts they
+raised are raised again, with the same ``alert_id``: at-least-once, never lost).
 """
 
 from __future__ import annotations
@@ -99,6 +108,9 @@ class MonitorHub:
     generation: int = 0
     pinned: dict[str, Reference] = field(default_factory=dict)
     _saved_at: float = field(default_factory=time.monotonic)
+    # monitor-topic partition -> last offset applied; -> next offset whose messages are saved
+    _applied: dict[int, int] = field(default_factory=dict)
+    _durable: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.subjects = monitored_subjects(self.settings)
@@ -124,6 +136,8 @@ class MonitorHub:
             poisoned: list[Poisoned] = []
             routed: list[Routed] = []
             for partition, offset, value in messages:
+                if offset > self._applied.get(partition, -1):
+                    self._applied[partition] = offset
                 try:
                     batch = decode_monitor_batch(value)
                 except Exception as exc:  # any decoding error is this message's own
@@ -175,7 +189,41 @@ class MonitorHub:
             owned.offset, owned.dirty = offset, True
         return alerts
 
-    def _export(self, monitor: Monitor, batch: MonitorBatch) -> None:
+    async def flush(self, now: int | None = None) -> list[Alert]:
+        """Release the values the event-time order holds for partitions that went idle.
+
+        A subject's values wait for every active partition; once every partition is silent
+        (the end of a stream, a pause) no message comes to release them. Called every second
+        or so by the monitor consumer; a monitor whose buffers are empty costs nothing.
+        """
+        async with self._lock:
+            now = now_ms() if now is None else now
+            held = [
+                o for o in self.owned.values()
+                if isinstance(o.monitor, SubjectMonitor) and o.monitor.order.buffered
+            ]  # fmt: skip
+            if not held:
+                return []
+            return await asyncio.to_thread(self._flush, held, now)
+
+    def _flush(self, held: Sequence[Owned], now: int) -> list[Alert]:
+        alerts: list[Alert] = []
+        for owned in held:
+            monitor = cast(SubjectMonitor, owned.monitor)
+            try:
+                alerts.extend(monitor.flush(now))
+            except Exception:  # as a skipped batch: the monitor keeps its state, say so
+                log.exception("monitor %s: idle flush failed", monitor.subject)
+            owned.dirty = True
+            self._export(monitor)
+        return alerts
+
+    def durable(self, partition: int) -> int | None:
+        """The offset of the monitor topic's ``partition`` up to which every message this
+        worker applied is in a saved state (``None``: none yet): the most it may commit."""
+        return self._durable.get(partition)
+
+    def _export(self, monitor: Monitor, batch: MonitorBatch | None = None) -> None:
         if isinstance(batch, SubjectBatch):
             self.metrics.monitor_values.inc(len(batch.values))
         for reading in monitor.readings():
@@ -207,11 +255,15 @@ class MonitorHub:
             return 0
         async with self._lock:
             self._saved_at = time.monotonic()
+            applied = dict(self._applied)  # no message is applied while the lock is held
             dirty = {name: o for name, o in self.owned.items() if o.dirty}
             await self.store.save(dirty)
+            self._durable.update({p: offset + 1 for p, offset in applied.items()})
             return len(dirty)
 
     def keep_only(self, partitions: set[int]) -> None:
         """After a rebalance: drop the monitors of partitions this worker no longer owns (their
         new owner resumes from the state saved at revocation); keep the rest in memory."""
         self.owned = {n: o for n, o in self.owned.items() if o.partition in partitions}
+        self._applied = {p: o for p, o in self._applied.items() if p in partitions}
+        self._durable = {p: o for p, o in self._durable.items() if p in partitions}

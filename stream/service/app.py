@@ -1,29 +1,29 @@
-"""The Faust application: topics, agents, the background tasks and the rebalance listener.
+"""The Faust application: the worker's lifecycle, its consumers and background tasks.
 
-Events and labels, which arrive at the event rate, are consumed in batches by the ingest
-consumer (:mod:`stream.service.batches`), a task of the worker; the internal topics (monitor
-batches, training examples) by Faust agents. Both are thin: the batch's records → the
-topic's step (:mod:`stream.service.steps`) → publish what it returns
-(:mod:`stream.service.publish`) → commit.
+Every topic a worker reads is consumed in batches by a plain aiokafka consumer, a task of
+the worker (:mod:`stream.service.batches`): events and labels by the ingest consumer,
+training examples by the learn consumer, monitor batches by the monitor consumer. Each is
+thin: the batch's records → the topic's step (:mod:`stream.service.steps`) → publish what
+it returns (:mod:`stream.service.publish`) → commit. Faust runs no agent (its per-message
+path costs more than a worker's whole work on an event); it gives the worker its process
+lifecycle, its timers and its topics' creation.
 
-Nothing may leave an agent body (Faust would ack the batch, see
-:mod:`stream.service.resilience`): a step retries outages and dead-letters poison itself;
-whatever still escapes is retried after a pause, and a batch left unprocessed when the
-worker stops is never committed (:func:`stream.service.resilience.abandon`).
+A step retries outages and dead-letters poison itself; whatever still escapes is retried
+after a pause (:func:`stream.service.resilience.until_done`), and a batch left unprocessed
+when the worker stops is never committed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import faust
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
-from faust.types import EventT
 
 from stream.ingest.scoring import EventProcessor, LabelProcessor
 from stream.labels.store import PredictionStore
@@ -32,23 +32,19 @@ from stream.model.snapshots import SnapshotStore
 from stream.model.trainer import Trainer
 from stream.monitoring.hub import MonitorHub
 from stream.monitoring.performance import PerformanceMonitor
-from stream.records import Incoming
-from stream.service.batches import LEARN, BatchConsumer, Step
+from stream.service.batches import LEARN, MONITOR, BatchConsumer
 from stream.service.config import Settings
 from stream.service.kafka_security import broker_credentials, client_options
-from stream.service.lag import INTERVAL_S, LagSampler, faust_source
+from stream.service.lag import INTERVAL_S, LagSampler
 from stream.service.metrics import Metrics
 from stream.service.publish import Publisher
 from stream.service.redis_client import redis_client
-from stream.service.resilience import Health, abandon, describe, guarded, until_done
+from stream.service.resilience import Health, describe, guarded
 from stream.service.steps import JoinStep, LearnStep, ScoreStep, TrainingTopic, WatchStep
 from stream.service.topics import train_topic_name
 from stream.timestamps import now_ms
 
 log = logging.getLogger(__name__)
-
-
-Batch = Callable[[Sequence[EventT[Any]]], Awaitable[None]]
 
 
 @dataclass
@@ -140,13 +136,22 @@ def _agents(w: Worker) -> None:
         # saved checkpoint
         on_assigned=lambda assigned: w.trainer.forget(),
     )
-    watch = WatchStep(settings, m, h, w.hub, w.publisher)
-    monitor = app.topic(topics.monitor, key_type=bytes, value_type=bytes, partitions=n)
-    app.agent(monitor, name="driftwatch.monitor")(_consume(w, "monitor", watch))
+    monitor = BatchConsumer(
+        settings,
+        {topics.monitor: WatchStep(settings, m, h, w.hub, w.publisher)},
+        w.publisher,
+        h,
+        w.lag,
+        name=MONITOR,
+        # drop the monitors of partitions gone elsewhere (saved at the revocation); those of
+        # new partitions are read from Redis as their first messages come
+        on_assigned=lambda assigned: w.hub.keep_only({tp.partition for tp in assigned}),
+    )
     # declared so that Faust creates them with its own at start-up
-    for topic_name, partitions in ((topics.events, n), (topics.labels, n), (train.name, 1)):
+    declared = ((topics.events, n), (topics.labels, n), (topics.monitor, n), (train.name, 1))
+    for topic_name, partitions in declared:
         app.topic(topic_name, key_type=bytes, value_type=bytes, partitions=partitions)
-    for consumer in (ingest, learn):
+    for consumer in (ingest, learn, monitor):
         w.consumers.append(consumer)
         app.task(_forever(consumer, h))
 
@@ -170,24 +175,10 @@ def _forever(consumer: BatchConsumer, health: Health) -> Callable[[], Awaitable[
     return consume
 
 
-def _consume(w: Worker, name: str, step: Step) -> Callable[[faust.StreamT[bytes]], Awaitable[None]]:
-    size, within = w.settings.worker.batch_size, w.settings.worker.batch_max_latency_s
-
-    async def publish_outputs(events: Sequence[EventT[Any]]) -> None:
-        await w.publisher.publish(await step.process([_incoming(e) for e in events]))
-
-    async def agent(stream: faust.StreamT[bytes]) -> None:
-        async for events in cast(faust.Stream[bytes], stream).take_events(size, within):
-            await run_step(name, publish_outputs, events, w.health)
-
-    return agent
-
-
 def _background(w: Worker) -> None:
-    """The model refresh task, the expiry sweep, the lag sampler and the rebalance listener."""
+    """The model refresh task, the expiry sweep, the lag sampler and the shutdown hook."""
     app, settings = w.app, w.settings
     lag = w.lag
-    lag.watch(settings.worker.app_id, faust_source(app))
     predictions = PredictionStore(w.redis, settings.redis.prefix, settings.labels.horizon_s)
 
     poll_s = settings.model.poll_interval_s
@@ -240,35 +231,3 @@ def _background(w: Worker) -> None:
         # the producer flushes and stops (Faust's consumer has stopped already)
         await asyncio.gather(*(consumer.stop() for consumer in w.consumers))
         await w.publisher.close()
-
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types async receivers loosely
-    async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
-        lag.revoked(revoked)
-        try:
-            await w.hub.save(force=True)
-        except Exception as exc:  # the periodic save (every checkpoint_interval) still holds
-            log.warning("monitor state not saved at revocation: %s", describe(exc))
-
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types async receivers loosely
-    async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
-        lag.assigned(assigned, settings.worker.app_id)
-        # partitions may have been worked on elsewhere meanwhile: re-read the saved state
-        w.hub.keep_only({tp.partition for tp in assigned if tp.topic == settings.topics.monitor})
-
-
-async def run_step(name: str, step: Batch, events: Sequence[EventT[Any]], health: Health) -> None:
-    """Run ``step`` on a batch until it succeeds; nothing escapes to ``take_events``.
-
-    Cancelled (the worker stops) with the batch unfinished, its offsets are kept from the
-    commit, so it is redelivered.
-    """
-    try:
-        await until_done(name, lambda: step(events), len(events), health)
-    except asyncio.CancelledError:  # also while waiting between two tries
-        abandon(events)
-        raise
-
-
-def _incoming(event: EventT[Any]) -> Incoming:
-    msg = event.message
-    return Incoming(msg.topic, msg.partition, msg.offset, msg.key, msg.value)

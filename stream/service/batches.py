@@ -6,8 +6,8 @@ broker. The inputs that arrive at the event rate are therefore read by plain aio
 consumers in batches of up to ``worker.batch_size``, inside the worker process and its
 lifecycle (Faust tasks): events and labels by the ingest consumer (group
 ``<app_id>-ingest``), the training examples a label makes by the learn consumer (group
-``<app_id>-learn``, one partition: one trainer per model). The monitor topic, one message
-per subject per scoring batch, stays on a Faust agent.
+``<app_id>-learn``, one partition: one trainer per model), the monitor topic (one message
+per subject per scoring batch) by the monitor consumer (group ``<app_id>-monitor``).
 
 Delivery is at-least-once, as on the agents:
 
@@ -17,7 +17,10 @@ Delivery is at-least-once, as on the agents:
   stopped mid-batch commits nothing for it, so it is redelivered;
 - before partitions move (a rebalance), the revocation waits for the batch in flight to
   finish and commit; a batch's records of partitions already revoked are left to their
-  new owner.
+  new owner;
+- a step whose work is saved later than its outputs are published (:class:`Checkpointed`:
+  the monitors save their state every checkpoint interval) has its offsets committed only
+  as far as its saved work goes, and saves at a revocation and at shutdown.
 
 The first time such a group owns a partition without a committed offset, it starts where
 the worker's Faust group (``<app_id>``, which consumed these topics in earlier versions)
@@ -29,9 +32,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -51,7 +55,7 @@ log = logging.getLogger(__name__)
 ASSIGNED = "ingest partitions assigned"
 
 #: Suffixes of the consumer groups, after the worker's ``app_id``.
-INGEST, LEARN = "ingest", "learn"
+INGEST, LEARN, MONITOR = "ingest", "learn", "monitor"
 
 #: Batches whose outputs may be waiting for the broker while the next one is processed.
 PUBLISHING = 1
@@ -62,11 +66,35 @@ MAX_POLL_INTERVAL_MS = 1_000_000
 #: Longest wait of one fetch when nothing arrives; a fetch returns as soon as records do.
 POLL_TIMEOUT_MS = 500
 
+#: Seconds between two ticks of a :class:`Checkpointed` step.
+TICK_S = 1.0
+
 
 class Step(Protocol):
     """A topic's work on one batch: the consumed records in, the messages to publish out."""
 
     async def process(self, records: Sequence[Incoming]) -> list[Outgoing]: ...
+
+
+@runtime_checkable
+class Checkpointed(Protocol):
+    """A step that saves its work later than it publishes its outputs.
+
+    Its topic's offsets are committed only up to :meth:`durable`; :meth:`tick` runs about
+    every :data:`TICK_S` between batches (with nothing in flight: every output before it is
+    acknowledged) and saves when a save is due; :meth:`checkpoint` saves now (before
+    partitions move, and at shutdown).
+    """
+
+    async def process(self, records: Sequence[Incoming]) -> list[Outgoing]: ...
+
+    def durable(self, partition: int) -> int | None:
+        """The next offset of ``partition`` not saved yet (``None``: nothing saved)."""
+        ...
+
+    async def tick(self) -> list[Outgoing]: ...
+
+    async def checkpoint(self) -> None: ...
 
 
 def ingest_group(settings: Settings) -> str:
@@ -83,13 +111,15 @@ def consumer_group(settings: Settings, topic: str) -> str:
 
     >>> s = Settings(worker={"app_id": "dw"}, model={"name": "fraud"})
     >>> [consumer_group(s, t) for t in (s.topics.events, "dw-train-fraud", s.topics.monitor)]
-    ['dw-ingest', 'dw-learn', 'dw']
+    ['dw-ingest', 'dw-learn', 'dw-monitor']
     """
     if topic in (settings.topics.events, settings.topics.labels):
         return ingest_group(settings)
     if topic == train_topic_name(settings):
         return f"{settings.worker.app_id}-{LEARN}"
-    return settings.worker.app_id
+    if topic == settings.topics.monitor:
+        return f"{settings.worker.app_id}-{MONITOR}"
+    raise ValueError(f"topic {topic!r}: not consumed by a driftwatch worker")
 
 
 class BatchConsumer:
@@ -103,7 +133,7 @@ class BatchConsumer:
     lag
         Told about assignments and revocations; samples this consumer's lag.
     name
-        ``ingest`` or ``learn``: the group is ``<app_id>-<name>``.
+        ``ingest``, ``learn`` or ``monitor``: the group is ``<app_id>-<name>``.
     on_assigned
         Called with every new assignment, before its first batch.
     """
@@ -126,7 +156,13 @@ class BatchConsumer:
         self.name = name
         self.group = f"{settings.worker.app_id}-{name}"
         self.on_assigned = on_assigned
+        self.checkpointed = [s for s in self.steps.values() if isinstance(s, Checkpointed)]
         self.consumer: AIOKafkaConsumer | None = None
+        # offsets published but not committed yet (beyond a checkpointed step's saved work),
+        # and the last committed, per partition
+        self._pending: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._ticked = time.monotonic()
         self._in_flight = asyncio.Lock()
         # batches processed and being published, oldest first, with the offsets to commit
         # once the broker acknowledged their outputs
@@ -182,8 +218,11 @@ class BatchConsumer:
                 elif self._publishing:  # nothing new: commit what is published
                     async with self._in_flight:
                         await self.settle(consumer)
+                if self.checkpointed and time.monotonic() - self._ticked >= TICK_S:
+                    await self.tick(consumer)
             async with self._in_flight:
                 await self.settle(consumer)
+                await self.checkpoint(consumer)
         finally:
             await self._stop(consumer)
             self._running = False
@@ -196,7 +235,10 @@ class BatchConsumer:
                 published, offsets = self._publishing.popleft()
                 if published.cancelled() or published.exception() is not None:
                     break
-                await asyncio.wait_for(consumer.commit(offsets), timeout=5.0)
+                self._pending.update(offsets)
+            commit = self._committable()
+            if commit:
+                await asyncio.wait_for(consumer.commit(commit), timeout=5.0)
         except Exception as exc:  # stopping: the batches are delivered again, not lost
             log.warning("last offsets not committed at shutdown: %s", describe(exc))
         finally:
@@ -244,6 +286,38 @@ class BatchConsumer:
             while len(self._publishing) > PUBLISHING:
                 await self._settle_oldest(consumer)
 
+    async def tick(self, consumer: AIOKafkaConsumer) -> None:
+        """Tick the checkpointed steps with every batch acknowledged: publish what they
+        return, then commit what they saved."""
+        async with self._in_flight:
+            await self.settle(consumer)
+            self._ticked = time.monotonic()
+            out: list[Outgoing] = []
+
+            async def run() -> None:
+                outputs: list[Outgoing] = []
+                for step in self.checkpointed:
+                    outputs += await step.tick()
+                out[:] = outputs
+
+            await until_done(f"{self.name}_tick", run, 0, self.health)
+            if out:
+                await until_done("publish", lambda: self.publisher.publish(out), len(out),
+                                 self.health)  # fmt: skip
+            await self._commit(consumer, {})
+
+    async def checkpoint(self, consumer: AIOKafkaConsumer) -> None:
+        """Save the checkpointed steps' work now and commit it (hold ``_in_flight``, with
+        nothing being published). A save that fails leaves its offsets uncommitted: the
+        messages go to the partitions' next owner, which applies them from the last save."""
+        for step in self.checkpointed:
+            try:
+                await step.checkpoint()
+            except Exception as exc:  # noqa: BLE001 - redelivered, not lost: say so, go on
+                log.warning("%s: work not saved (%s): its messages since the last save will "
+                            "be applied again", self.name, describe(exc))  # fmt: skip
+        await self._commit(consumer, {})
+
     async def settle(self, consumer: AIOKafkaConsumer) -> None:
         """Wait for every batch being published and commit it (hold ``_in_flight``)."""
         while self._publishing:
@@ -268,13 +342,35 @@ class BatchConsumer:
         return run
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        """Commit ``offsets`` and what waited before, as far as each step's work is saved."""
+        self._pending.update(offsets)
+        commit = self._committable()
+        if not commit:
+            return
         try:
-            await self.health.retry("commit", lambda: consumer.commit(offsets))
+            await self.health.retry("commit", lambda: consumer.commit(commit))
+            self._committed.update(commit)
+            self._pending = {
+                tp: o for tp, o in self._pending.items() if self._committed.get(tp, -1) < o
+            }
         except (CommitFailedError, IllegalStateError) as exc:
             # the group moved on (this worker was too slow or was fenced): the partitions'
             # new owner starts from the last commit and processes this batch again
             log.warning("batch processed but not committed (%s): it will be delivered again",
                         describe(exc))  # fmt: skip
+
+    def _committable(self) -> dict[TopicPartition, int]:
+        """The pending offsets that may be committed now (a checkpointed step's as far as
+        its work is saved) and were not yet."""
+        commit = {}
+        for tp, offset in self._pending.items():
+            step = self.steps[tp.topic]
+            if isinstance(step, Checkpointed):
+                durable = step.durable(tp.partition)
+                offset = min(offset, -1 if durable is None else durable)
+            if offset > self._committed.get(tp, -1):
+                commit[tp] = offset
+        return commit
 
     async def resume_from_legacy(
         self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]
@@ -351,10 +447,16 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # aiokafka waits for this before rejoining: the batch in flight finishes, publishes
-        # and commits while this worker still owns its partitions
-        async with self.owner._in_flight:
-            await self.owner.settle(self.consumer)
-            self.owner.lag.revoked(revoked)
+        # and commits (checkpointed steps save first) while this worker owns its partitions
+        owner = self.owner
+        async with owner._in_flight:
+            await owner.settle(self.consumer)
+            if owner.checkpointed:
+                await owner.checkpoint(self.consumer)
+            for tp in revoked:  # the next owner commits from here on
+                owner._pending.pop(tp, None)
+                owner._committed.pop(tp, None)
+            owner.lag.revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         try:

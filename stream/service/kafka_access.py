@@ -47,11 +47,16 @@ class Acl:
 
 
 def worker_groups(settings: Settings) -> list[str]:
-    """The consumer groups of a worker, as :func:`stream.service.batches.consumer_group`
-    assigns them (Faust's ``app_id``, ``{app_id}-ingest``, ``{app_id}-learn``)."""
+    """The consumer groups of a worker: its batch consumers' (as
+    :func:`stream.service.batches.consumer_group` assigns them) and Faust's own
+    (``app_id``: the app joins it although it runs no agent).
+
+    >>> worker_groups(Settings(worker={"app_id": "dw"}))
+    ['dw', 'dw-ingest', 'dw-learn', 'dw-monitor']
+    """
     t = settings.topics
     topics = (t.events, t.labels, train_topic_name(settings), t.monitor)
-    return sorted({consumer_group(settings, topic) for topic in topics})
+    return sorted({settings.worker.app_id, *(consumer_group(settings, topic) for topic in topics)})
 
 
 def required_acls(settings: Settings) -> list[Acl]:

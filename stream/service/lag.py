@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import faust
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -60,15 +59,6 @@ class Source:
     assignment: Callable[[], Iterable[Any]]
     ends: Callable[[list[Any]], Awaitable[Mapping[Any, int]]]
     position: Callable[[Any], Awaitable[int | None]]
-
-
-def faust_source(app: faust.App) -> Source:
-    """The Faust app's consumer (read when sampled: the app creates it lazily)."""
-
-    async def ends(tps: list[Any]) -> Mapping[Any, int]:
-        return await app.consumer.highwaters(*tps)
-
-    return Source(lambda: app.consumer.assignment(), ends, lambda tp: app.consumer.position(tp))
 
 
 def aiokafka_source(consumer: AIOKafkaConsumer) -> Source:

@@ -1,8 +1,9 @@
 """Keeping a worker's batches alive through outages and poison messages.
 
-Faust's ``take_events`` acks every event of a batch in a ``finally`` block
-(faust/streams.py), so an exception that leaves an agent body silently acks the whole
-batch: data loss. Nothing may escape. Two kinds of failure are told apart:
+A batch whose processing raised must be neither committed nor dropped (Faust's
+``take_events``, for one, acks every event of a batch in a ``finally`` block,
+faust/streams.py, so an exception leaving an agent body is silent data loss; the worker's
+batch consumers commit only what succeeded). Two kinds of failure are told apart:
 
 Transient
     The infrastructure is away: Redis refuses, times out, is loading or rejects the
@@ -16,8 +17,8 @@ Caused by the data
     message that raises is alone (:func:`isolate`); that message is dead-lettered with the
     exception text and the rest of the batch goes on.
 
-If the worker is stopped while a batch is still failing, :func:`abandon` keeps its offsets
-from ever being committed (the batch is redelivered after the restart).
+A batch is committed only once it succeeded (:func:`until_done` never gives up on one), so
+a batch still failing when the worker stops is redelivered after the restart.
 """
 
 from __future__ import annotations
@@ -271,19 +272,6 @@ async def isolate(
         *await isolate(items[:middle], process, poisoned),
         *await isolate(items[middle:], process, poisoned),
     ]
-
-
-def abandon(events: Iterable[Any]) -> None:
-    """Keep the offsets of ``events`` from ever being committed by this consumer.
-
-    Marks each Faust message as acked *without* the consumer's bookkeeping: the ack that
-    ``take_events`` does on the way out is then a no-op, and the offset never enters the
-    list the consumer commits from, so the commit stops short of it (a gap) and the
-    events are redelivered after a restart or rebalance. For a batch left unprocessed when
-    the worker stops.
-    """
-    for event in events:
-        event.message.acked = True
 
 
 async def until_done(

@@ -115,7 +115,12 @@ class ScoreStep(_Step):
 
 
 class WatchStep(_Step):
-    """Monitor batches → drift and data-quality alerts."""
+    """Monitor batches → drift and data-quality alerts.
+
+    A :class:`~stream.service.batches.Checkpointed` step: the monitors' states are saved
+    every ``checkpoint_interval`` (from :meth:`tick`, once the alerts before are
+    acknowledged), and the monitor topic is committed only as far as they are.
+    """
 
     def __init__(
         self,
@@ -132,7 +137,6 @@ class WatchStep(_Step):
     async def process(self, records: Sequence[Incoming]) -> list[Outgoing]:
         items = [(r.partition or 0, r.offset or 0, r.value or b"") for r in records]
         alerts, poisoned = await self.health.retry("monitor", lambda: self.hub.apply(items))
-        await self.health.retry("monitor_save", lambda: self.hub.save(force=bool(alerts)))
         topic = self.settings.topics.monitor
         dlq = [
             self.dead_letter(Incoming(topic, part, off, None, _bytes(value)), p.error, "monitor")
@@ -140,6 +144,22 @@ class WatchStep(_Step):
             for part, off, value in [p.item]
         ]
         return [*self.publisher.alerts(alerts), *dlq]
+
+    def durable(self, partition: int) -> int | None:
+        return self.hub.durable(partition)
+
+    async def tick(self) -> list[Outgoing]:
+        """Release what idle partitions held back; save the monitors when a save is due.
+
+        A tick whose release raised alerts saves at the next one, once they are published
+        (a state saved with an alert not yet published would never raise it again)."""
+        alerts = await self.health.retry("monitor", self.hub.flush)
+        if not alerts:
+            await self.health.retry("monitor_save", self.hub.save)
+        return self.publisher.alerts(alerts)
+
+    async def checkpoint(self) -> None:
+        await self.hub.save(force=True)
 
 
 class JoinStep(_Step):

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from stream.service.batches import consumer_group
 from stream.service.config import Settings
 from stream.service.kafka_security import client_options
 from stream.service.topics import ensure_topics, wait_consumed
@@ -81,7 +82,7 @@ async def _demo(settings: Settings, opts: DemoOptions) -> int:
             with contextlib.suppress(TimeoutError):
                 await wait_consumed(
                     settings,
-                    settings.worker.app_id,
+                    consumer_group(settings, settings.topics.monitor),
                     settings.topics.monitor,
                     opts.timeout,
                 )

@@ -46,7 +46,8 @@ def alerts_of(records: list) -> list[dict]:
 
 def monitored(s: Settings, timeout: float = 300) -> None:
     """Wait until the monitors applied everything the scorers sent them."""
-    asyncio.run(wait_consumed(s.kafka.bootstrap, s.worker.app_id, s.topics.monitor, timeout))
+    group = consumer_group(s, s.topics.monitor)
+    asyncio.run(wait_consumed(s.kafka.bootstrap, group, s.topics.monitor, timeout))
 
 
 def index_of(ts: int) -> int:

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 import pytest
 
+from stream.service.batches import consumer_group
 from stream.service.config import Settings, load_settings
 from stream.tools.synthetic import CardStream, Drift, bad_event
 from tests.integration.kafka_io import produce, wait_consumed
@@ -161,7 +162,8 @@ def test_every_dashboard_query_returns_data(
         ),
         f"{joinable} labels joined, and learned",
     )
-    asyncio.run(wait_consumed(s.kafka.bootstrap, s.worker.app_id, s.topics.monitor, WAIT_S))
+    group = consumer_group(s, s.topics.monitor)
+    asyncio.run(wait_consumed(s.kafka.bootstrap, group, s.topics.monitor, WAIT_S))
     for metric in ("driftwatch_drift_statistic", "driftwatch_model_metric"):
         wait_for(lambda m=metric: prom_values(prometheus, m) != [], f"prometheus to have {metric}")
     final = scraped(metrics_url, "driftwatch_labels_joined_total")

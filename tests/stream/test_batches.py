@@ -1,4 +1,5 @@
-"""How the batch consumers fill a batch from the partitions (no broker: aiokafka's fetch order)."""
+"""How the batch consumers fill a batch from the partitions (no broker: aiokafka's fetch
+order) and what they commit."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ from collections import deque
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 
-from stream.service.batches import consumer_group, fetch_balanced
+from stream.records import Outgoing
+from stream.service.batches import BatchConsumer, Checkpointed, consumer_group, fetch_balanced
 from stream.service.config import Settings
+from stream.service.metrics import Metrics
+from stream.service.resilience import Health
 
 
 class Fetched:
@@ -75,4 +80,70 @@ def test_every_input_topic_has_its_group() -> None:
     groups = {t: consumer_group(s, t) for t in (s.topics.events, s.topics.labels, "dw-train-m")}
     assert groups == {s.topics.events: "dw-ingest", s.topics.labels: "dw-ingest",
                       "dw-train-m": "dw-learn"}  # fmt: skip
-    assert consumer_group(s, s.topics.monitor) == "dw"
+    assert consumer_group(s, s.topics.monitor) == "dw-monitor"
+    with pytest.raises(ValueError, match="not consumed"):
+        consumer_group(s, s.topics.predictions)
+
+
+class Plain:
+    async def process(self, records: Any) -> list[Outgoing]:
+        return []
+
+
+class Saving(Plain):
+    """A checkpointed step: its work is saved up to ``saved`` (next offset per partition)."""
+
+    def __init__(self) -> None:
+        self.saved: dict[int, int] = {}
+        self.checkpoints = 0
+
+    def durable(self, partition: int) -> int | None:
+        return self.saved.get(partition)
+
+    async def tick(self) -> list[Outgoing]:
+        return []
+
+    async def checkpoint(self) -> None:
+        self.checkpoints += 1
+
+
+class Committing:
+    def __init__(self) -> None:
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+
+async def test_a_checkpointed_topic_is_committed_only_as_far_as_its_work_is_saved() -> None:
+    step = Saving()
+    assert isinstance(step, Checkpointed) and not isinstance(Plain(), Checkpointed)
+    batches = BatchConsumer(
+        Settings(),
+        {"monitor": step, "events": Plain()},
+        None,
+        Health(Metrics()),
+        None,  # type: ignore[arg-type]
+    )
+    consumer = Committing()
+    monitor, events = TopicPartition("monitor", 0), TopicPartition("events", 0)
+
+    await batches._commit(consumer, {monitor: 100, events: 50})  # type: ignore[arg-type]
+    assert consumer.commits == [{events: 50}]  # nothing of the monitor topic saved yet
+    step.saved[0] = 40
+    await batches._commit(consumer, {events: 60})  # type: ignore[arg-type]
+    assert consumer.commits[-1] == {monitor: 40, events: 60}
+    step.saved[0] = 101
+    await batches._commit(consumer, {})  # type: ignore[arg-type]
+    assert consumer.commits[-1] == {monitor: 100}  # what waited, now saved
+    await batches._commit(consumer, {})  # type: ignore[arg-type]
+    assert len(consumer.commits) == 3  # nothing new: no commit
+
+
+async def test_a_plain_topic_is_committed_as_published() -> None:
+    batches = BatchConsumer(Settings(), {"events": Plain()}, None, Health(Metrics()), None)  # type: ignore[arg-type]
+    consumer = Committing()
+    tp = TopicPartition("events", 0)
+    await batches._commit(consumer, {tp: 7})  # type: ignore[arg-type]
+    await batches._commit(consumer, {tp: 9})  # type: ignore[arg-type]
+    assert consumer.commits == [{tp: 7}, {tp: 9}]

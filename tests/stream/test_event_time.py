@@ -166,6 +166,27 @@ def test_a_partition_silent_past_the_idle_timeout_comes_late_and_is_counted() ->
     assert late == {("amount",): float(mon.order.late)}
 
 
+def test_the_values_held_when_every_partition_falls_silent_are_released_by_a_flush() -> None:
+    mon = SubjectMonitor("amount", "numeric", NUMERIC, SETTINGS, 7, "fraud", partitions=4)
+    alerts = []
+    k = 0
+    for k, (parts, values, ts) in enumerate(deliveries(lag=0)):
+        if min(ts) >= 5000 * STEP_MS:  # partitions 2 and 3 stop in the shift ...
+            keep = [i for i, p in enumerate(parts) if p < 2]
+            parts, values, ts = ([x[i] for i in keep] for x in (parts, values, ts))
+        alerts += mon.update(SubjectBatch("amount", "numeric", values, ts, 1, parts), k)
+    # ... so 0 and 1's later values wait for them; then the whole stream stops: no message
+    # comes to release them, and the shift's episode stays open
+    assert episodes(alerts) == {d: ["firing"] for d in NUMERIC}
+    held = mon.order.buffered
+    assert held > 2000
+    assert mon.flush(k + 1) == []  # not idle yet: still held
+    assert mon.order.buffered == held
+    alerts += mon.flush(k + SETTINGS.watermark_idle_ms)
+    assert mon.order.buffered == 0 and mon.order.late == 0
+    assert episodes(alerts) == {d: ["firing", "resolved"] for d in NUMERIC}
+
+
 # -- warm-up and reference by event time ---------------------------------------------------
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import re
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, get_args
 
 from faust.types import TP
@@ -100,7 +99,7 @@ class FakeConsumer:
     def assignment(self) -> set[TP]:
         return {TP("events", 0), TP("events", 1)}
 
-    async def highwaters(self, *tps: TP) -> dict[TP, int]:
+    async def end_offsets(self, tps: list[TP]) -> dict[TP, int]:
         return {TP("events", 0): 100, TP("events", 1): 50}
 
     async def position(self, tp: TP) -> int:
@@ -115,9 +114,8 @@ class FakeSampler(lag.LagSampler):
 
 
 async def test_lag_is_highwater_minus_committed_or_position() -> None:
-    app = SimpleNamespace(consumer=FakeConsumer())
     sampler = FakeSampler(Metrics(), _no_admin)
-    sampler.watch("g", lag.faust_source(app))  # type: ignore[arg-type]
+    sampler.watch("g", lag.aiokafka_source(FakeConsumer()))  # type: ignore[arg-type]
     assert await sampler._lags() == {TP("events", 0): 10, TP("events", 1): 5}
 
     async def ends(tps: list[Any]) -> dict[Any, int]:

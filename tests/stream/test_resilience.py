@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiokafka.errors as kafka_errors
@@ -13,7 +12,6 @@ import redis.exceptions as redis_errors
 from faust.exceptions import ProducerSendError
 
 from stream.exceptions import StateConflictError
-from stream.service.app import run_step
 from stream.service.metrics import Metrics
 from stream.service.resilience import (
     Health,
@@ -22,6 +20,7 @@ from stream.service.resilience import (
     dependency_of,
     guarded,
     isolate,
+    until_done,
 )
 
 
@@ -146,47 +145,19 @@ async def test_isolation_lets_cancellation_through() -> None:
         await isolate([1, 2], process, [])
 
 
-@dataclass
-class FakeMessage:
-    acked: bool = False
-
-
-@dataclass
-class FakeEvent:
-    message: FakeMessage = field(default_factory=FakeMessage)
-
-
 async def test_a_failing_step_is_retried_not_given_up() -> None:
     health = fast_health()
-    events = [FakeEvent() for _ in range(3)]
     tries = 0
 
-    async def step(batch: Any) -> None:
+    async def step() -> None:
         nonlocal tries
         tries += 1
         if tries < 4:
             raise RuntimeError("a bug in the step")
 
-    await run_step("score", step, events, health)  # type: ignore[arg-type]
+    await until_done("score", step, 3, health)
     assert tries == 4
     assert sample(health.metrics, "driftwatch_task_errors_total", task="score") == 3
-
-
-async def test_a_batch_unfinished_when_the_worker_stops_is_never_committed() -> None:
-    health = fast_health()
-    events = [FakeEvent() for _ in range(3)]
-
-    async def step(batch: Any) -> None:
-        raise redis_errors.ConnectionError("down")  # an outage that outlasts the worker
-
-    task = asyncio.create_task(run_step("score", step, events, health))  # type: ignore[arg-type]
-    await asyncio.sleep(0.05)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    # marked acked without the consumer's bookkeeping: take_events' ack is then a no-op and
-    # the offsets never enter the list Faust commits from
-    assert all(e.message.acked for e in events)
 
 
 async def test_a_timer_body_never_raises() -> None:
