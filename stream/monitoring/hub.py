@@ -96,6 +96,12 @@ def _source_partitions(scored: Sequence[ScoredEvent]) -> list[int] | None:
     return None if None in found else cast(list[int], found)
 
 
+def _fitted(monitor: SubjectMonitor, seconds: float) -> None:
+    ref = monitor.reference
+    log.info("%s: reference of %d values (event times %s to %s), detectors calibrated in %.2f s",
+             monitor.subject, ref.n, ref.from_ts, ref.to_ts, seconds)  # fmt: skip
+
+
 @dataclass
 class MonitorHub:
     """Routes monitor-topic messages to the subject and quality monitors this worker owns."""
@@ -178,7 +184,10 @@ class MonitorHub:
                     alerts.extend(owned.monitor.repin(self.pinned.get(name)))
                 monitor = owned.monitor
                 if isinstance(monitor, SubjectMonitor) and isinstance(batch, SubjectBatch):
+                    fitted, started = monitor.phase == "fitted", time.perf_counter()
                     alerts.extend(monitor.update(batch, now))
+                    if not fitted and monitor.phase == "fitted":
+                        _fitted(monitor, time.perf_counter() - started)
                 else:
                     alerts.extend(monitor.apply(batch))
                 self._export(owned.monitor, batch)
