@@ -69,7 +69,7 @@ async def measure(
     mode: str, settings: MonitoringSettings, pool: concurrent.futures.Executor
 ) -> None:
     monitor = ready_monitor(settings)
-    stop, lags = asyncio.Event(), []
+    stop, lags = asyncio.Event(), list[float]()
     task = asyncio.create_task(ticker(stop, lags))
     await asyncio.sleep(TICK_S / 2)  # the timer is waiting when the calibration starts
     started = time.perf_counter()

@@ -6,8 +6,10 @@ Names follow Prometheus conventions: base units in the name, ``_total`` for coun
 
 from __future__ import annotations
 
-from typing import get_args
+from collections.abc import Sequence
+from typing import Any, get_args
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 from stream.exceptions import ConfigError
@@ -19,6 +21,34 @@ LAG_BUCKETS = (0.1, 1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 21600, 86400)
 SCORE_BUCKETS = tuple(i / 20 for i in range(1, 20))
 MAX_CLASS_LABELS = 100
 """Distinct predicted classes exported as label values; the rest count as ``(other)``."""
+
+
+def observe_many(histogram: Any, values: Sequence[float] | np.ndarray) -> None:
+    """``histogram.observe(v)`` for every value, as one count per bucket (a histogram child:
+    no labels, or after ``.labels(...)``).
+
+    A batch's values are counted with numpy and each bucket is incremented once, instead of
+    one ``observe`` per value (about 1.3 us each, per event and histogram). It reads the
+    histogram's bucket bounds and counters (``_upper_bounds``, ``_buckets``, ``_sum``: how
+    prometheus-client 0.17-0.26 keeps them); a version without them gets one ``observe``
+    per value. ``tests/stream/test_metrics.py`` checks both give the same exposition.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for v in values:
+            histogram.observe(float(v))
+        return
+    array = np.asarray(values, dtype=np.float64)
+    if not array.size:
+        return
+    # observe() counts a value in the first bucket whose bound is >= the value
+    counts = np.bincount(np.searchsorted(bounds, array, side="left"), minlength=len(bounds))
+    for bucket, k in zip(buckets, counts.tolist(), strict=False):
+        if k:
+            bucket.inc(k)
+    total.inc(float(array.sum()))
 
 
 class Metrics:

@@ -23,7 +23,7 @@ from stream.monitoring.performance import PerformanceMonitor
 from stream.monitoring.subjects import monitored_subjects
 from stream.records import BatchResult, Incoming, Outgoing, ScoredEvent
 from stream.service.config import Settings
-from stream.service.metrics import Metrics
+from stream.service.metrics import Metrics, observe_many
 from stream.service.publish import Publisher
 from stream.service.resilience import Health, Poisoned, describe, isolate
 from stream.timestamps import now_ms
@@ -105,10 +105,8 @@ class ScoreStep(_Step):
              "version": str(model.version)}
         )  # fmt: skip
         now = now_ms()
-        score = m.score.labels(model.name)  # label lookups once per batch, not per event
-        for s in scored:
-            m.event_latency.observe(max(0.0, (now - s.event.ts_ms) / 1000.0))
-            score.observe(s.score)
+        observe_many(m.event_latency, [max(0.0, (now - s.event.ts_ms) / 1000.0) for s in scored])
+        observe_many(m.score.labels(model.name), [s.score for s in scored])
         counts = Counter(m.prediction_label(model.task, s.prediction) for s in scored)
         for prediction, k in counts.items():
             m.predictions.labels(model.name, prediction).inc(k)

@@ -7,11 +7,13 @@ import re
 from pathlib import Path
 from typing import Any, get_args
 
+import numpy as np
+import pytest
 from faust.types import TP
 from prometheus_client import generate_latest
 
 from stream.monitoring.alerts import AlertKind, AlertStatus
-from stream.service import lag
+from stream.service import lag, metrics
 from stream.service.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,3 +150,44 @@ def test_alert_counters_start_at_zero_for_every_kind_and_status() -> None:
         for status in get_args(AlertStatus):
             line = f'driftwatch_alerts_total{{kind="{kind}",status="{status}"}} 0.0'
             assert line in text
+
+
+P = "driftwatch_"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_observe_many_counts_as_observe_one_by_one(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    values = np.concatenate([rng.exponential(0.05, 500), [0.001, 0.05, 60.0, 61.0, 0.0]])
+    one, many = Metrics(), Metrics()
+    for v in values:
+        one.event_latency.observe(float(v))
+        one.score.labels("m").observe(float(v) % 1)
+    metrics.observe_many(many.event_latency, values)
+    metrics.observe_many(many.score.labels("m"), values % 1)
+    metrics.observe_many(many.score.labels("m"), [])
+
+    def exposition(m: Metrics) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name, s.labels, round(s.value, 9))
+            for family in m.registry.collect()
+            if family.name in (f"{P}event_to_prediction_seconds", f"{P}prediction_score")
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert exposition(many) == exposition(one)
+    assert len(exposition(one)) > 30
+
+
+def test_observe_many_falls_back_to_observe_without_the_internals() -> None:
+    class Plain:
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def observe(self, v: float) -> None:
+            self.seen.append(v)
+
+    h = Plain()
+    metrics.observe_many(h, [1.0, 2.5])
+    assert h.seen == [1.0, 2.5]
