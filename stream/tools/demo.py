@@ -2,8 +2,10 @@
 
 Produces events (and a few malformed ones), sends each fraud label ``label_delay`` events
 later on the labels topic, reads the predictions, dead letters and alerts back, and ends
-with a summary: what went in and came out, labels joined, and the model's accuracy over
-time against a trivial baseline.
+with a summary: what went in and came out, labels joined, the model's accuracy over time
+against the best constant predictor of each slice and, from a concept change on, against a
+reference learner (:mod:`stream.tools.demo_accuracy`), and where each detector caught each
+injected drift.
 """
 
 from __future__ import annotations
@@ -20,11 +22,20 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from stream.model.online import OnlineModel, create_model
 from stream.service.batches import consumer_group
 from stream.service.config import Settings
 from stream.service.kafka_security import client_options
 from stream.service.topics import ensure_topics, wait_consumed
 from stream.timestamps import now_ms
+from stream.tools.demo_accuracy import (
+    accuracy_slices,
+    accuracy_table,
+    adaptation_line,
+    concept_change,
+    reference_predictions,
+    scored_events,
+)
 from stream.tools.synthetic import CardStream, Drift, bad_event
 
 
@@ -93,7 +104,9 @@ async def _demo(settings: Settings, opts: DemoOptions) -> int:
     finally:
         await producer.stop()
         await consumer.stop()
-    print(summary(opts, got, labels, n_bad, elapsed, joined, stream.start_ms, stream.step_ms))
+    reference = create_model(settings.model, settings.features)  # the worker's pipeline
+    print(summary(opts, got, labels, n_bad, elapsed, joined, stream.start_ms, stream.step_ms,
+                  reference))  # fmt: skip
     return 0 if len(got.predictions) == opts.events else 1
 
 
@@ -185,9 +198,22 @@ def summary(
     joined: float | None,
     start_ms: int = 0,
     step_ms: int = 50,
+    reference_model: OnlineModel | None = None,
 ) -> str:
-    """The end-of-demo report."""
+    """The end-of-demo report.
+
+    With a concept change in ``opts.drifts`` and a fresh ``reference_model`` (the worker's
+    pipeline), the reference learns in here from the change on (:func:`reference_predictions`)
+    and the report ends with the :func:`adaptation_line`.
+    """
     rate = opts.events / elapsed if elapsed > 0 else 0.0
+    events = scored_events(got.predictions, labels, start_ms, step_ms)
+    change = concept_change(opts.drifts)
+    reference: dict[int, int] = {}
+    if change is not None and reference_model is not None:
+        after = [e for e in events if e.i >= change]
+        reference = reference_predictions(reference_model, after, opts.label_delay)
+    adaptation = adaptation_line(events, reference, change)
     lines = [
         "",
         "driftwatch demo summary",
@@ -201,8 +227,9 @@ def summary(
         + (f"{joined:.0f} joined by the workers" if joined is not None else "joined: n/a"),
         f"  alerts               {len(got.alerts)}",
         "",
-        *accuracy_table(got.predictions, labels, opts.events),
+        *accuracy_table(accuracy_slices(events, reference, opts.events, change)),
         *drift_report(opts, got.alerts, start_ms, step_ms),
+        *(["", adaptation] if adaptation is not None else []),
     ]
     return "\n".join(lines)
 
@@ -238,28 +265,6 @@ def drift_report(
 
 def _dlq_reasons(dlq: list[dict[str, Any]]) -> Counter[str]:
     return Counter(str(d.get("error", "?")).split(":")[0] for d in dlq)
-
-
-def accuracy_table(
-    predictions: dict[str, dict[str, Any]], labels: dict[str, int], n: int, chunks: int = 8
-) -> list[str]:
-    """Accuracy per slice of the stream, beside always predicting the majority class so far."""
-    ids = sorted(predictions, key=lambda e: predictions[e]["ts"])
-    size = max(1, len(ids) // chunks)
-    rows = ["  events          model version   accuracy   majority baseline"]
-    seen: Counter[int] = Counter()
-    for start in range(0, len(ids), size):
-        part = ids[start : start + size]
-        majority = seen.most_common(1)[0][0] if seen else 0
-        hits = sum(int(predictions[e]["prediction"]) == labels[e] for e in part)
-        base = sum(labels[e] == majority for e in part)
-        versions = {int(predictions[e]["model_version"]) for e in part}
-        rows.append(
-            f"  {start:>6}-{start + len(part):<7} {min(versions):>4}-{max(versions):<9} "
-            f"{hits / len(part):>8.3f} {base / len(part):>12.3f}"
-        )
-        seen.update(labels[e] for e in part)
-    return rows
 
 
 async def _labels_joined(url: str | None, sent: int, wait_s: float) -> float | None:
