@@ -32,15 +32,16 @@ from stream.model.snapshots import SnapshotStore
 from stream.model.trainer import Trainer
 from stream.monitoring.hub import MonitorHub
 from stream.monitoring.performance import PerformanceMonitor
-from stream.service.batches import LEARN, MONITOR, BatchConsumer
+from stream.service.batches import LEARN, BatchConsumer
 from stream.service.config import Settings
 from stream.service.kafka_security import broker_credentials, client_options
 from stream.service.lag import INTERVAL_S, LagSampler
 from stream.service.metrics import Metrics
+from stream.service.monitor_process import MonitorProcess, monitor_consumer
 from stream.service.publish import Publisher
 from stream.service.redis_client import redis_client
 from stream.service.resilience import Health, describe, guarded
-from stream.service.steps import JoinStep, LearnStep, ScoreStep, TrainingTopic, WatchStep
+from stream.service.steps import JoinStep, LearnStep, ScoreStep, TrainingTopic
 from stream.service.topics import train_topic_name
 from stream.timestamps import now_ms
 
@@ -63,6 +64,8 @@ class Worker:
     publisher: Publisher
     lag: LagSampler
     consumers: list[BatchConsumer] = field(default_factory=list)
+    # the monitors' child process (monitoring.process = "child")
+    monitors: MonitorProcess | None = None
 
 
 def faust_app(settings: Settings) -> faust.App:
@@ -136,22 +139,21 @@ def _agents(w: Worker) -> None:
         # saved checkpoint
         on_assigned=lambda assigned: w.trainer.forget(),
     )
-    monitor = BatchConsumer(
-        settings,
-        {topics.monitor: WatchStep(settings, m, h, w.hub, w.publisher)},
-        w.publisher,
-        h,
-        w.lag,
-        name=MONITOR,
-        # drop the monitors of partitions gone elsewhere (saved at the revocation); those of
-        # new partitions are read from Redis as their first messages come
-        on_assigned=lambda assigned: w.hub.keep_only({tp.partition for tp in assigned}),
-    )
     # declared so that Faust creates them with its own at start-up
     declared = ((topics.events, n), (topics.labels, n), (topics.monitor, n), (train.name, 1))
     for topic_name, partitions in declared:
         app.topic(topic_name, key_type=bytes, value_type=bytes, partitions=partitions)
-    for consumer in (ingest, learn, monitor):
+    consumers = [ingest, learn]
+    if settings.monitoring.process == "worker":
+        consumers.append(monitor_consumer(settings, m, h, w.hub, w.publisher, w.lag))
+    else:
+        monitors = w.monitors = MonitorProcess(settings)
+
+        async def supervise_monitors() -> None:
+            await monitors.supervise(h)
+
+        app.task(supervise_monitors)
+    for consumer in consumers:
         w.consumers.append(consumer)
         app.task(_forever(consumer, h))
 
@@ -229,5 +231,8 @@ def _background(w: Worker) -> None:
     async def on_shutdown(sender: Any, **kwargs: Any) -> None:
         # the batch consumers commit what they published and leave their groups first, then
         # the producer flushes and stops (Faust's consumer has stopped already)
-        await asyncio.gather(*(consumer.stop() for consumer in w.consumers))
+        stopping = [consumer.stop() for consumer in w.consumers]
+        if w.monitors is not None:
+            stopping.append(w.monitors.stop())
+        await asyncio.gather(*stopping)
         await w.publisher.close()

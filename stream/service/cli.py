@@ -227,7 +227,8 @@ def run_worker(settings: Settings, log_level: str) -> int:
         return 1
     worker_ = create_app(settings)
     try:
-        worker_.metrics.serve(settings.worker.metrics_address)
+        others = worker_.monitors.families if worker_.monitors is not None else None
+        worker_.metrics.serve(settings.worker.metrics_address, others)
     except ConfigError as exc:
         print(f"driftwatch: {exc}", file=sys.stderr)
         return 2

@@ -326,6 +326,9 @@ class MonitoringSettings(_Frozen):
     """
 
     enabled: bool = True
+    # "child": the monitors consume their topic in a child process of the worker (a core of
+    # their own); "worker": in the worker's process (stream/service/monitor_process.py)
+    process: Literal["child", "worker"] = "child"
     subjects: tuple[str, ...] = ()  # empty: every raw and enriched feature and the predictions
     exclude: tuple[str, ...] = ()
     reference_size: int = Field(default=2000, ge=50, le=1_000_000)

@@ -6,11 +6,12 @@ Names follow Prometheus conventions: base units in the name, ``_total`` for coun
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, get_args
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.metrics_core import Metric
 
 from stream.exceptions import ConfigError
 from stream.monitoring.alerts import AlertKind, AlertStatus
@@ -316,15 +317,67 @@ class Metrics:
         self._classes.add(label)
         return label
 
-    def serve(self, address: str) -> None:
-        """Serve ``/metrics`` on ``host:port`` (port 0 disables)."""
+    def serve(self, address: str, others: Callable[[], Iterable[Metric]] | None = None) -> None:
+        """Serve ``/metrics`` on ``host:port`` (port 0 disables), with the metric families
+        ``others`` returns (the monitors' child process) merged in."""
         host, _, port = address.rpartition(":")
         if int(port) == 0:
             return
+        registry: Any = self.registry if others is None else _Merged(self.registry, others)
         try:
-            start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+            start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
         except OSError as exc:
             raise ConfigError(
                 f"worker.metrics_address {address!r}: cannot listen there ({exc.strerror}); "
                 "another worker on this machine needs another port"
             ) from None
+
+
+def merge_families(mine: Iterable[Metric], others: Iterable[Metric]) -> list[Metric]:
+    """Metric families of two processes of one worker as one exposition.
+
+    A family both export (the same metrics class registers every family in each process)
+    gets the samples of both: a sample with the same name and labels in both is summed
+    (counters, histogram buckets, sums and counts), or its maximum taken (gauges: e.g.
+    ``dependency_degraded`` is 1 when either process waits for Redis); ``*_created`` keeps
+    the earlier time.
+
+    >>> from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    >>> a = [CounterMetricFamily("n", "h", value=2), GaugeMetricFamily("g", "h", value=0)]
+    >>> b = [CounterMetricFamily("n", "h", value=3), GaugeMetricFamily("g", "h", value=1)]
+    >>> [(s.name, s.value) for f in merge_families(a, b) for s in f.samples]
+    [('n_total', 5), ('g', 1)]
+    """
+    families = {family.name: family for family in mine}
+    for family in others:
+        own = families.get(family.name)
+        if own is None:
+            families[family.name] = family
+            continue
+        merged = Metric(own.name, own.documentation, own.type, own.unit)
+        index = {(s.name, tuple(sorted(s.labels.items()))): s for s in own.samples}
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            found = index.get(key)
+            if found is None:
+                index[key] = sample
+            elif sample.name.endswith("_created"):
+                index[key] = found._replace(value=min(found.value, sample.value))
+            elif own.type == "gauge":
+                index[key] = found._replace(value=max(found.value, sample.value))
+            else:
+                index[key] = found._replace(value=found.value + sample.value)
+        merged.samples = list(index.values())
+        families[family.name] = merged
+    return list(families.values())
+
+
+class _Merged:
+    """What ``start_http_server`` collects: this process's registry and another's families."""
+
+    def __init__(self, registry: CollectorRegistry, others: Callable[[], Iterable[Metric]]):
+        self.registry = registry
+        self.others = others
+
+    def collect(self) -> Iterable[Metric]:
+        return merge_families(self.registry.collect(), self.others())
