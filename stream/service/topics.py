@@ -116,7 +116,9 @@ async def wait_consumed(kafka: Settings | str, group: str, topic: str, wait_s: f
         while True:
             ends = await consumer.end_offsets(tps)
             committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-            behind = {tp: ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps}
+            # a partition the group never committed is at -1 (or absent): nothing consumed
+            done = {tp: max(committed[tp].offset, 0) if tp in committed else 0 for tp in tps}
+            behind = {tp: ends[tp] - done[tp] for tp in tps}
             if all(v <= 0 for v in behind.values()):
                 return
             if time.monotonic() > deadline:

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.service.batches import ASSIGNED, consumer_group, ingest_group
 from stream.service.config import Settings
+from stream.service.topics import wait_consumed
 from tests.integration.faults import (
     Outputs,
     PacedProducer,
@@ -126,3 +127,28 @@ async def _commit(s: Settings, group: str, offsets: dict[int, int]) -> None:
         await consumer.commit(tps)
     finally:
         await consumer.stop()
+
+
+def test_wait_consumed_counts_a_partition_never_committed_as_empty(settings: Settings) -> None:
+    """An empty partition the group never committed (offset -1) is not 'behind 1'."""
+    s = settings
+
+    async def go() -> None:
+        # one record on one partition; the other three stay empty
+        [(partition, offset)] = await produce_with_offsets(
+            s.kafka.bootstrap, s.topics.events, [(b"k", b"v")]
+        )
+        tp = TopicPartition(s.topics.events, partition)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka.bootstrap, group_id=f"{s.worker.app_id}-wait",
+            enable_auto_commit=False,
+        )  # fmt: skip
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            await consumer.commit({tp: offset + 1})
+        finally:
+            await consumer.stop()
+        await wait_consumed(s.kafka.bootstrap, f"{s.worker.app_id}-wait", s.topics.events, 10)
+
+    asyncio.run(go())
