@@ -170,7 +170,7 @@ class Chi2Detector(CountWindowDetector):
         counts = self._state.counts
         n = int(counts.sum())
         if self._null is not None:  # moving blocks of an observed stretch (see Detector.fit)
-            block = min(self.windows)
+            block = max(self.windows)
             drawn = calibration.block_bootstrap(self._null, n, block, rng)
             pseudo = Chi2Reference(np.bincount(drawn, minlength=counts.size).astype(np.float64))
             return pseudo, calibration.block_bootstrap(self._null, size, block, rng)

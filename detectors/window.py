@@ -198,12 +198,14 @@ class SimulatedDetector(Detector):
 
     def _draw(self, rng: np.random.Generator, reference: NDArray[Any], size: int) -> NDArray[Any]:
         """``size`` stationary values: smoothed bootstrap of the sorted ``reference``, or
-        moving blocks of the ``null`` stretch given to ``fit`` (blocks of the short window:
-        long enough to keep the correlation of neighbouring values, short enough that the
-        simulated pseudo-references and windows mix many parts of the stretch)."""
+        moving blocks of the ``null`` stretch given to ``fit`` (blocks of the longest window:
+        a simulated window then holds the stretch's values as one stretch of the stream
+        holds them, with their correlation over a whole window; shorter blocks mixed parts
+        of the stretch into every window and hid the slow wander of a learning model's
+        scores, which fired PSI in 5 of 24 stationary runs against 3 of 24)."""
         if self._null is None:
             return calibration.smoothed_bootstrap(reference, size, rng)
-        return calibration.block_bootstrap(self._null, size, min(self.windows), rng)
+        return calibration.block_bootstrap(self._null, size, max(self.windows), rng)
 
     def _floors(self) -> NDArray[np.float64]:
         level = calibration.stretch_level(self.windows, self.check_every, self.ert)

@@ -15,8 +15,9 @@ Lifecycle of a subject
    :func:`stream.monitoring.subjects.monitored_subjects`), judged per value.
 2. *Collecting the reference*: the first ``reference_size`` values after the warm-up (and
    their event-time range).  The prediction subjects wait for the online model to settle
-   (:mod:`stream.monitoring.settling`): version 0 never enters, and a block becomes the
-   reference when it agrees with the block before it (*settling* meanwhile).
+   (:mod:`stream.monitoring.settling`): version 0 and stale versions never enter, the model
+   has settled when a block agrees with the block before it, and the null stretch that
+   follows gives the thresholds and the reference (*settling* meanwhile).
 3. *Fitted*: one detector per configured method compares the sliding window against the
    reference every ``check_every`` values.  A detector's episode start gives one ``firing``
    alert and its end one ``resolved`` alert (hysteresis and patience: :mod:`detectors.base`).
@@ -59,7 +60,7 @@ from stream.monitoring.alerts import EMPTY_SPAN, AlertKind, AlertStatus, Span, m
 from stream.monitoring.base import Reading, Reference
 from stream.monitoring.event_order import EventTimeOrder
 from stream.monitoring.evidence import contrast, drift_message, summary
-from stream.monitoring.settling import blocks_agree
+from stream.monitoring.settling import NULL_BLOCKS, blocks_agree, spread, stale
 from stream.service.config import MonitoringSettings
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,9 @@ class SubjectMonitor:
             self._order = self._new_order()
             self._candidate: list[Any] | None = None
             self._blocks = 0
+        if "_stretch" not in state:  # before the null stretch (state format 3 of issue 12)
+            self._stretch: list[tuple[list[Any], list[int]]] | None = None
+            self._newest_version = self._version_floor = 0
 
     def _validate(self) -> None:
         known = _DETECTORS.get(self.kind)
@@ -194,8 +198,13 @@ class SubjectMonitor:
         self._ts: deque[int] = deque(maxlen=self.settings.window)
         self._n_seen = 0
         self._model_version: int | None = None
-        self._candidate = None  # the previous block (prediction subjects)
-        self._blocks = 0  # blocks that did not agree with the one before
+        # prediction subjects (stream.monitoring.settling): the previous block, the blocks
+        # that did not agree with the one before, the null stretch once settled (None
+        # before), the newest model version seen and the oldest one the block takes
+        self._candidate = None
+        self._blocks = 0
+        self._stretch = None
+        self._newest_version = self._version_floor = 0
         self.dropped = 0  # values dropped during the warm-up (and version 0's predictions)
 
     # -- public API -------------------------------------------------------------------------
@@ -204,7 +213,7 @@ class SubjectMonitor:
     def phase(self) -> Phase:
         if self._fitted:
             return "fitted"
-        if self._candidate is not None:
+        if self._candidate is not None or self._stretch is not None:
             return "settling"
         return "collecting" if self._warmed else "warming_up"
 
@@ -227,8 +236,8 @@ class SubjectMonitor:
         self._model_version = batch.model_version
         values: Sequence[Any] = batch.values
         ts: Sequence[int] = batch.ts
-        if self._predictions and batch.model_version == 0 and not self._fitted:
-            self.dropped += len(values)  # the untrained model's scores: no reference
+        if self._predictions and not self._fitted and self._stale(batch.model_version):
+            self.dropped += len(values)  # the untrained or an old model's scores: no reference
             return []
         if batch.partitions is not None:
             values, ts = self._order.push(batch.partitions, values, ts, now_ms)
@@ -248,6 +257,13 @@ class SubjectMonitor:
         if not self._fitted or start >= len(values):
             return []
         return self._consume(values, ts, start)
+
+    def _stale(self, version: int) -> bool:
+        """Version 0; while settling, a version older than the block's floor (the null
+        stretch takes every later version: the detectors will see them all)."""
+        self._newest_version = max(self._newest_version, version)
+        floor = self._version_floor if self._stretch is None else 1
+        return stale(version, floor)
 
     @property
     def _predictions(self) -> bool:
@@ -332,37 +348,61 @@ class SubjectMonitor:
             self._ref_values.extend(values[start:stop])
             self._ref_ts.extend(ts[start:stop])
             start = stop
-            if len(self._ref_values) >= size and self._settled():
-                self._fit(self._ref_values, self._ref_ts)
+            if len(self._ref_values) >= size:
+                self._complete_block()
         return start
 
-    def _settled(self) -> bool:
-        """Whether the complete block may be the reference (prediction subjects: once it
-        agrees with the block before it; otherwise the next block is collected)."""
+    def _complete_block(self) -> None:
+        """A block of ``reference_size`` values is complete: the reference of a feature;
+        for the prediction subjects a step of settling or of the null stretch."""
+        block, block_ts = self._ref_values, self._ref_ts
+        self._ref_values, self._ref_ts = [], []
         if not self._predictions:
-            return True
-        block, previous = self._ref_values, self._candidate
+            self._fit(block, block_ts)
+        elif self._stretch is None:
+            self._settle(block)
+        else:
+            self._stretch.append((block, block_ts))
+            if len(self._stretch) >= NULL_BLOCKS:
+                self._fit_stretch()
+
+    def _settle(self, block: list[Any]) -> None:
+        """Settled once ``block`` agrees with the block before it; then the null stretch
+        starts.  Otherwise ``block`` is the one the next is compared with, and the next
+        takes only values of versions at least as new as the newest seen so far."""
+        previous = self._candidate
         if previous is not None and blocks_agree(
             self.kind, previous, block, self.settings.settle_level
         ):
-            log.info("%s: the model settled after %d blocks of %d values: reference taken",
-                     self.subject, self._blocks + 1, len(block))  # fmt: skip
-            return True
+            log.info("%s: the model settled after %d blocks of %d values; the next %d blocks "
+                     "calibrate the detectors", self.subject, self._blocks + 1, len(block),
+                     NULL_BLOCKS)  # fmt: skip
+            self._candidate, self._stretch = None, []
+            return
         if previous is None:
             log.info("%s: waiting for the model to settle (two blocks of %d values alike)",
                      self.subject, len(block))  # fmt: skip
             self._blocks = 0
         self._blocks += 1
-        self._candidate, self._ref_values, self._ref_ts = block, [], []
-        return False
+        self._candidate, self._version_floor = block, self._newest_version
 
-    def _fit(self, values: list[Any], ts: list[int]) -> None:
+    def _fit_stretch(self) -> None:
+        """Fit on the null stretch: its values in time order calibrate, ``reference_size``
+        of them spread over it are the reference (:mod:`stream.monitoring.settling`)."""
+        stretch = self._stretch or []
+        values = [v for block, _ in stretch for v in block]
+        ts = [t for _, block_ts in stretch for t in block_ts]
+        self._stretch = None
+        reference = spread(values, self.settings.reference_size)
+        self._fit(reference, ts, null=values)
+
+    def _fit(self, values: list[Any], ts: list[int], null: list[Any] | None = None) -> None:
+        """Fit the detectors on the reference ``values`` (``ts``: the event times it spans);
+        ``null``: the observed stretch to calibrate on (prediction subjects: the served
+        model keeps learning and its scores wander with its weights, which independent
+        draws from the reference would miss: detectors.Detector.fit)."""
         self._reference = Span(len(values), min(ts), max(ts))
         self._ref_summary = summary(self.kind, values)
-        # the prediction subjects calibrate on the model's own output over the settling
-        # blocks: the served model keeps learning, its scores wander with its weights, and
-        # independent draws from the reference would miss that (detectors.Detector.fit)
-        null = None if self._candidate is None else [*self._candidate, *values]
         self._fitted = {name: self._detector(name).fit(values, null) for name in self.detectors}
         self._last = {
             name: (None, float(det.thresholds[det.window]), False)

@@ -2,7 +2,8 @@
 
 The stream goes scorer -> monitor_messages -> encoded monitor batch -> SubjectMonitor, as in a
 worker (no broker): events of the synthetic card stream are scored by the served version of
-a River model that learns every batch, as the trainer publishes after every batch.
+a River model that learns every batch, as the trainer publishes after every batch.  The rule
+is in stream/monitoring/settling.py.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import pytest
 
 from stream.messages import SubjectBatch, SubjectKind, decode_monitor_batch
 from stream.model.online import create_model
+from stream.monitoring.alerts import Span
 from stream.monitoring.drift import SubjectMonitor
 from stream.monitoring.hub import monitor_messages
+from stream.monitoring.settling import NULL_BLOCKS
 from stream.monitoring.subjects import PREDICTION_CLASS, PREDICTION_SCORE
 from stream.records import BatchResult, ScoredEvent, ValidEvent
 from stream.service.config import FeatureSpec, ModelSettings, MonitoringSettings
@@ -72,9 +75,11 @@ def feed(mons: dict[str, SubjectMonitor], result: BatchResult) -> list[dict[str,
 
 
 @functools.cache
-def learning_run(drift: str | None, n: int = 40_000) -> tuple[list[Any], dict[str, str]]:
+def learning_run(
+    drift: str | None, n: int = 40_000, seed: int = 11
+) -> tuple[list[Any], dict[str, str]]:
     """A model learning every batch (labels one batch later); version k serves batch k."""
-    stream = CardStream(seed=11, drifts=(Drift.parse(drift),) if drift else ())
+    stream = CardStream(seed=seed, drifts=(Drift.parse(drift),) if drift else ())
     model = create_model(ModelSettings(name="fraud"), FEATURES)
     mons = monitors()
     alerts: list[dict[str, Any]] = []
@@ -86,8 +91,12 @@ def learning_run(drift: str | None, n: int = 40_000) -> tuple[list[Any], dict[st
     return alerts, {name: m.phase for name, m in mons.items()}
 
 
-def test_a_learning_model_on_a_stationary_stream_raises_no_prediction_drift() -> None:
-    alerts, phases = learning_run(None)
+# seeds on which the settling pair as the null (the rule before the null stretch) fired:
+# PSI 8 times and KS once (0), chi2 (2), KS (8); over seeds 0-23 the null stretch leaves
+# 5 runs with an alarm, 4 of them PSI on its 300-value window (README)
+@pytest.mark.parametrize("seed", [0, 2, 8])
+def test_a_learning_model_on_a_stationary_stream_raises_no_prediction_drift(seed: int) -> None:
+    alerts, phases = learning_run(None, seed=seed)
     assert phases == {
         PREDICTION_SCORE: "fitted",
         PREDICTION_CLASS: "fitted",
@@ -100,18 +109,20 @@ def test_a_learning_model_on_a_stationary_stream_raises_no_prediction_drift() ->
 
 
 def test_a_real_change_of_the_predictions_is_still_caught() -> None:
-    alerts, _ = learning_run("category_mix@20000")
+    # after the null stretch: the score reference is fitted at event 26,100 here
+    alerts, _ = learning_run("category_mix@30000", n=36_000)
     firing = {(a["subject"], a["detector"]) for a in alerts if a["kind"] == "prediction_drift"}
     assert (PREDICTION_CLASS, "chi2") in firing and (PREDICTION_SCORE, "ks") in firing
     stream = CardStream()
-    start_ms = stream.start_ms + 20_000 * stream.step_ms
+    start_ms = stream.start_ms + 30_000 * stream.step_ms
     delays = [
         (a["ts"] - start_ms) // stream.step_ms
         for a in alerts
         if a["status"] == "firing" and a["kind"] == "prediction_drift"
     ]
     print(f"prediction drift delays (events after the change): {sorted(delays)}")
-    assert delays and all(0 <= d <= 500 for d in delays), delays
+    # 300-600 here (100-300 with the thresholds of the settling pair, which were too low)
+    assert delays and all(0 <= d <= 1000 for d in delays), delays
 
 
 def subject_batch(subject: str, values: list[Any], t0: int, version: int = 3) -> SubjectBatch:
@@ -119,13 +130,16 @@ def subject_batch(subject: str, values: list[Any], t0: int, version: int = 3) ->
     return SubjectBatch(subject, kind, values, list(range(t0, t0 + len(values))), version)
 
 
+STRETCH = NULL_BLOCKS * SETTINGS.reference_size
+
+
 def test_the_untrained_version_never_enters_the_reference() -> None:
     mon = monitors()[PREDICTION_SCORE]
     rng = np.random.default_rng(0)
     mon.update(subject_batch(PREDICTION_SCORE, [0.5] * 3000, 0, version=0))
     assert mon.phase == "warming_up" and mon.dropped == 3000
-    mon.update(subject_batch(PREDICTION_SCORE, rng.beta(2, 5, 4000).tolist(), 3000))
-    assert mon.phase == "fitted" and mon.reference.from_ts == 5000
+    mon.update(subject_batch(PREDICTION_SCORE, rng.beta(2, 5, 4000 + STRETCH).tolist(), 3000))
+    assert mon.phase == "fitted" and mon.reference.from_ts == 7000
 
 
 def test_the_reference_waits_until_two_blocks_agree() -> None:
@@ -137,7 +151,42 @@ def test_the_reference_waits_until_two_blocks_agree() -> None:
     phases = {r.labels: r.value for r in mon.readings() if r.gauge == "monitor_phase"}
     assert phases == {(PREDICTION_SCORE,): 2.0}
     mon.update(subject_batch(PREDICTION_SCORE, rng.beta(2.0, 5, 2000).tolist(), 6000))
-    assert mon.phase == "fitted" and mon.reference.from_ts == 6000
+    assert mon.phase == "settling"  # settled: the null stretch comes next
+    mon.update(subject_batch(PREDICTION_SCORE, rng.beta(2.0, 5, STRETCH - 1).tolist(), 8000))
+    assert mon.phase == "settling"
+    mon.update(subject_batch(PREDICTION_SCORE, [0.3], 8000 + STRETCH - 1))
+    assert mon.phase == "fitted"
+    # the reference is spread over the stretch after the settling pair, not the pair
+    assert mon.reference == Span(SETTINGS.reference_size, 8000, 8000 + STRETCH - 1)
+
+
+def test_a_stale_version_never_makes_two_blocks_agree() -> None:
+    """Two scorers, one still serving an early version (a backlog scored before the trainer
+    caught up): every block mixes both alike, so blocks of it agree, and a reference of it
+    fires as soon as the stale version is gone (the pipeline's run in the README)."""
+    mon = monitors()[PREDICTION_SCORE]
+    rng = np.random.default_rng(2)
+    alerts, t = [], 0
+    for step in range(20):  # 4,000 values: version 3 (unsettled) and 19 (settled) in turns
+        version, a = (3, 3.5) if step % 2 == 0 else (19, 2.0)
+        alerts += mon.update(subject_batch(PREDICTION_SCORE, rng.beta(a, 5, 200).tolist(), t,
+                                           version))  # fmt: skip
+        t += 200
+    for version in range(20, 20 + (8000 + STRETCH) // 500):  # then only settled versions
+        values = rng.beta(2.0, 5, 500).tolist()
+        alerts += mon.update(subject_batch(PREDICTION_SCORE, values, t, version))
+        t += 500
+    assert mon.phase == "fitted" and mon.reference.from_ts is not None
+    assert mon.reference.from_ts >= 4000  # no value of version 3
+    assert mon.dropped >= 1000  # version 3's batches after version 19 was seen
+    assert alerts == []
+
+
+def test_a_feature_takes_its_first_block_whatever_the_version() -> None:
+    mon = monitors()["as_feature"]
+    values = np.random.default_rng(3).beta(2, 5, 2000).tolist()
+    mon.update(SubjectBatch("as_feature", "numeric", values, list(range(2000)), 0))
+    assert mon.phase == "fitted" and mon.reference == Span(2000, 0, 1999)
 
 
 @pytest.mark.parametrize("subject", [PREDICTION_SCORE, PREDICTION_CLASS])
@@ -145,19 +194,20 @@ def test_a_constant_prediction_reference_never_calibrates_to_zero(subject: str) 
     mon = monitors()[subject]
     constant: Any = 0.5 if subject == PREDICTION_SCORE else "0"
     other: Any = 0.1 if subject == PREDICTION_SCORE else "1"
+    n = 4000 + STRETCH  # the settling pair and the null stretch
     result = [ScoredEvent(ValidEvent(f"e{i}", "c", i, {}, None, (), frozenset()), {},
-                          "0", None, 0.5, 3) for i in range(4000)]  # fmt: skip
+                          "0", None, 0.5, 3) for i in range(n)]  # fmt: skip
     mons = {**monitors(), subject: mon}
-    for start in range(0, 4000, 500):
+    for start in range(0, n, 500):
         assert feed(mons, BatchResult([], result[start : start + 500], [], 0)) == []
     assert mon.phase == "fitted"
     thresholds = {d: t for d, (_, t, _) in mon.statistics().items()}
     assert all(t > 0 for t in thresholds.values()), thresholds
     once = [constant] * 1500
     once[200] = other  # one differing value
-    assert mon.update(subject_batch(subject, once, 4000)) == []
+    assert mon.update(subject_batch(subject, once, n)) == []
     often = [constant, constant, constant, other] * 500  # a quarter now differ
-    alerts = mon.update(subject_batch(subject, often, 5500))
+    alerts = mon.update(subject_batch(subject, often, n + 1500))
     firing = [a for a in alerts if a["status"] == "firing"]
     expected = {"ks", "psi"} if subject == PREDICTION_SCORE else {"chi2"}
     assert {a["detector"] for a in firing} == expected and len(firing) == len(expected)
