@@ -47,7 +47,7 @@ from stream.service.lag import INTERVAL_S, LagSampler
 from stream.service.metrics import Metrics
 from stream.service.publish import Publisher
 from stream.service.redis_client import redis_client
-from stream.service.resilience import Health, describe, guarded
+from stream.service.resilience import Health, RepeatFilter, describe, guarded
 from stream.service.steps import WatchStep
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,9 @@ def child_main(
         level=log_level,
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
     )
+    repeats = RepeatFilter()  # as the worker's: an outage's repeated client errors, once
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(repeats)
     # Ctrl-C reaches the whole process group: the worker decides when its child stops
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     asyncio.run(_child(settings, control, metrics_out))
