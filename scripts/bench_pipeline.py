@@ -167,16 +167,20 @@ class Drained:
     latencies_ms: list[float]
 
 
-async def drain(s: Settings, n: int, wait_s: float, first_id: int = 0) -> Drained:
-    """Read ``n`` predictions; the latencies of those whose event number is ≥ ``first_id``."""
-    consumer = AIOKafkaConsumer(
-        s.topics.predictions,
-        group_id=f"bench-reader-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        **client_options(s),
-    )
-    await consumer.start()
+async def drain(
+    s: Settings, n: int, wait_s: float, consumer: AIOKafkaConsumer | None = None
+) -> Drained:
+    """Read ``n`` predictions (from the start of the topic, or where ``consumer`` is) and
+    their latencies."""
+    if consumer is None:
+        consumer = AIOKafkaConsumer(
+            s.topics.predictions,
+            group_id=f"bench-reader-{uuid.uuid4().hex[:6]}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            **client_options(s),
+        )
+        await consumer.start()
     latencies: list[float] = []
     seen = 0
     first = last = 0.0
@@ -189,8 +193,7 @@ async def drain(s: Settings, n: int, wait_s: float, first_id: int = 0) -> Draine
                 for rec in records:
                     body = orjson.loads(rec.value or b"{}")
                     seen += 1
-                    if int(body["event_id"].rsplit("-", 1)[1]) >= first_id:
-                        latencies.append(now_ms - body["ts"])
+                    latencies.append(now_ms - body["ts"])
             if seen and not first:
                 first = time.monotonic()
             if batches:
@@ -241,9 +244,20 @@ class Row:
 
 
 async def paced_latencies(s: Settings, events: Events, n: int, rate: float) -> list[float]:
-    """After a backlog of ``n``: produce ~5 s of events at ``rate``; their latencies in ms."""
+    """After a backlog of ``n``: produce ~5 s of events at ``rate``; their latencies in ms.
+
+    The reader starts at the end of the predictions topic: reading the backlog's
+    predictions first would delay it (and the producer, on the same event loop) by seconds
+    and count that as the worker's latency."""
     m = max(200, int(rate * 5))
-    reader = asyncio.create_task(drain(s, n + m, 600, n))
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **client_options(s))
+    await consumer.start()
+    tps = [TopicPartition(s.topics.predictions, p) for p in range(s.topics.partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)  # resolved now, before the first paced event
+    reader = asyncio.create_task(drain(s, m, 600, consumer))
     await produce(s, events, m, rate, offset=n)
     return (await reader).latencies_ms
 
