@@ -20,7 +20,7 @@ prediction the monitors had consumed every value the scorer sent them (the worke
 prediction until both were done: the rate at which scorer and monitors keep up. Latency
 (event produced → prediction consumed, p50/p99) is then measured at half the sustained
 rate for a few seconds. ``--memory`` adds a run of 1,000,000 events over 100,000 entities
-and prints the worker's resident memory as it goes.
+and prints the worker's resident memory (and its monitors' child process's) as it goes.
 
 The services are started if they are not running (``python3 scripts/services.py start``)
 and stopped again at the end.
@@ -334,17 +334,18 @@ def memory_run(s: Settings, n: int, n_entities: int, workdir: Path) -> None:
     worker.start()
     try:
         print(f"\nmemory: {n:,} events over {n_entities:,} entities (sample config, monitoring on)")
-        print(f"{'events':>10}{'RSS MiB':>10}{'peak MiB':>10}{'Redis MiB':>11}{'seconds':>10}")
+        print(f"{'events':>10}{'RSS MiB':>10}{'peak MiB':>10}{'monitors':>10}{'Redis MiB':>11}"
+              f"{'seconds':>10}")  # fmt: skip
         t0 = time.monotonic()
         for k in range(0, n, chunk):
             m = min(chunk, n - k)
             asyncio.run(produce(s, events, m, offset=k))
             _wait_for_metric(s, "driftwatch_events_received_total", k + m, 1800)
             rss, peak = _memory_mib(worker.pid)
+            child = sum(_memory_mib(pid)[0] for pid in _children(worker.pid))
             used = _redis_mib(s)
-            print(
-                f"{k + m:>10,}{rss:>10.0f}{peak:>10.0f}{used:>11.0f}{time.monotonic() - t0:>10.0f}"
-            )
+            print(f"{k + m:>10,}{rss:>10.0f}{peak:>10.0f}{child:>10.0f}{used:>11.0f}"
+                  f"{time.monotonic() - t0:>10.0f}")  # fmt: skip
     finally:
         worker.stop()
 
@@ -356,6 +357,12 @@ def _redis_mib(s: Settings) -> float:
         return float(client.info("memory")["used_memory"]) / 2**20
     finally:
         client.close()
+
+
+def _children(pid: int | None) -> list[int]:
+    """The worker's child processes (the monitors' process)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
 def _memory_mib(pid: int | None) -> tuple[float, float]:

@@ -144,9 +144,11 @@ def _agents(w: Worker) -> None:
     for topic_name, partitions in declared:
         app.topic(topic_name, key_type=bytes, value_type=bytes, partitions=partitions)
     consumers = [ingest, learn]
-    if settings.monitoring.process == "worker":
+    # with monitoring off the scorers send no monitor batches: nothing to consume
+    monitoring = settings.monitoring
+    if monitoring.enabled and monitoring.process == "worker":
         consumers.append(monitor_consumer(settings, m, h, w.hub, w.publisher, w.lag))
-    else:
+    elif monitoring.enabled:
         monitors = w.monitors = MonitorProcess(settings)
 
         async def supervise_monitors() -> None:

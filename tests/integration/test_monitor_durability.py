@@ -48,10 +48,11 @@ def saved_monitor(s: Settings, subject: str) -> SubjectMonitor | None:
     return asyncio.run(load())
 
 
+@pytest.mark.parametrize("process", ["child", "worker"])
 def test_a_sigkill_between_two_saves_loses_no_monitored_value(
-    settings: Settings, worker_factory
+    settings: Settings, worker_factory, process: str
 ) -> None:
-    s = with_monitoring(settings, subjects=("amount",), checkpoint_interval="1h")
+    s = with_monitoring(settings, subjects=("amount",), checkpoint_interval="1h", process=process)
     doomed = worker_factory(with_metrics_port(s), name="doomed")
     asyncio.run(produce(s.kafka.bootstrap, s.topics.events, card_records(N, seed=5)))
     asyncio.run(consume(s.kafka.bootstrap, s.topics.predictions, N, 120))
