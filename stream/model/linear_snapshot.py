@@ -13,8 +13,9 @@ follows River's transform step by step:
   (River's ``StandardScaler``), and so does a missing value or one of another type
   (``SelectType`` drops it);
 - categorical: the one-hot key ``{name}_{value}`` weighs its weight, a value outside the
-  declared categories weighs nothing, and a missing categorical raises ``KeyError`` as
-  River's ``Select`` does.
+  declared categories weighs nothing, and so does a missing categorical
+  (:class:`stream.model.online.SelectPresent`); in a pipeline pickled before it, River's
+  ``Select``, a missing categorical raises ``KeyError`` as ``Select`` does.
 
 The rows it cannot answer exactly are handed back for River to score one by one
 (:attr:`Scores.river_rows`): a non-finite result (River's own arithmetic then decides), a
@@ -38,6 +39,7 @@ from river import compose, linear_model, optim, preprocessing
 Kind = Literal["logistic", "linear", "softmax"]
 
 _SIGMOID_CLAMP = 30.0  # river.utils.math.sigmoid answers 0 and 1 beyond +-30
+_ABSENT = object()  # a categorical feature the event lacks
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,7 @@ class _OneHot:
     index: Mapping[str, int]
     keys: tuple[str, ...]  # the one-hot key of each row but the last
     table: np.ndarray  # (len(keys) + 1, k)
+    present_only: bool = True  # a missing value weighs nothing (else: KeyError, as Select)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +89,8 @@ class LinearSnapshot:
         Raises
         ------
         KeyError
-            An event lacks a categorical feature (River's ``Select`` raises the same).
+            An event lacks a categorical feature and the pipeline selects it with River's
+            ``Select`` (which raises the same).
         """
         logits = np.broadcast_to(self.intercept, (len(xs), len(self.intercept))).copy()
         if self.columns:
@@ -118,12 +122,15 @@ class LinearSnapshot:
         self, one_hot: _OneHot, xs: Sequence[Mapping[str, Any]], river_rows: set[int]
     ) -> np.ndarray:
         name, index, keys = one_hot.name, one_hot.index, one_hot.keys
-        values = [x[name] for x in xs]
+        values = [x.get(name, _ABSENT) if one_hot.present_only else x[name] for x in xs]
         none = len(keys)
-        if set(map(type, values)) != {str}:
-            river_rows.update(i for i, v in enumerate(values) if type(v) is not str)
-            values = [v if type(v) is str else "" for v in values]
-        rows = [index.get(v, none) for v in values]
+        if set(map(type, values)) == {str}:
+            rows = [index.get(v, none) for v in values]
+        else:  # absent: the zeros row; another type: River scores the row
+            river_rows.update(
+                i for i, v in enumerate(values) if type(v) is not str and v is not _ABSENT
+            )
+            rows = [index.get(v, none) if type(v) is str else none for v in values]
         river_rows.update(
             i for i, (x, r) in enumerate(zip(xs, rows, strict=True)) if r != none and keys[r] in x
         )
@@ -269,8 +276,9 @@ def _categorical(parts: list[list[Any]], weights: Weights, k: int) -> tuple[_One
         names = [name for name in steps[0].keys if isinstance(name, str)]
         if len(names) != len(steps[0].keys):
             return None
+        present_only = bool(getattr(steps[0], "present_only", False))
         for name in sorted(names):
-            out.append(_one_hot_of(name, encoder.categories, weights, k))
+            out.append(_one_hot_of(name, encoder.categories, weights, k, present_only))
     claimed = [key for one_hot in out for key in one_hot.keys]
     if len(set(claimed)) != len(claimed):
         return None
@@ -278,7 +286,11 @@ def _categorical(parts: list[list[Any]], weights: Weights, k: int) -> tuple[_One
 
 
 def _one_hot_of(
-    name: str, categories: Mapping[Any, set[Any]] | None, weights: Weights, k: int
+    name: str,
+    categories: Mapping[Any, set[Any]] | None,
+    weights: Weights,
+    k: int,
+    present_only: bool,
 ) -> _OneHot:
     prefix = f"{name}_"
     if categories is None:  # open: any value seen in learning may carry a weight
@@ -287,6 +299,5 @@ def _one_hot_of(
         values = [v for v in categories[name] if isinstance(v, str) and prefix + v in weights]
     keys = tuple(prefix + v for v in values)
     table = np.array([*(weights[key] for key in keys), [0.0] * k], dtype=float)
-    return _OneHot(
-        name, {v: i for i, v in enumerate(values)}, keys, table.reshape(len(keys) + 1, k)
-    )
+    index = {v: i for i, v in enumerate(values)}
+    return _OneHot(name, index, keys, table.reshape(len(keys) + 1, k), present_only)

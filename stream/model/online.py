@@ -75,6 +75,24 @@ def build_pipeline(model: ModelSettings, features: Sequence[FeatureSpec]) -> com
     return _preprocessing(features) | _estimator(model)
 
 
+class SelectPresent(compose.Select):
+    """River's ``Select``, leaving out a selected feature the event lacks.
+
+    ``Select`` raises ``KeyError`` for a missing key: an event without a categorical feature
+    (no ``impute`` configured) could not be scored, although the contract accepts it. Here
+    the feature is left out, so its one-hot encoding is all zeros, as for an unseen value.
+
+    >>> SelectPresent("shop", "city").transform_one({"shop": "fuel", "amount": 3.0})
+    {'shop': 'fuel'}
+    """
+
+    #: read by :mod:`stream.model.linear_snapshot` (a missing value scores as unseen)
+    present_only = True
+
+    def transform_one(self, x: dict[Hashable, Any]) -> dict[Hashable, Any]:
+        return {i: x[i] for i in self.keys if i in x}
+
+
 def _preprocessing(features: Sequence[FeatureSpec]) -> compose.TransformerUnion:
     categorical = [f for f in features if f.kind == "categorical"]
     names = [f.name for f in categorical]
@@ -86,10 +104,10 @@ def _preprocessing(features: Sequence[FeatureSpec]) -> compose.TransformerUnion:
     }
     if fixed:
         # Declared categories bound the model's size; an unseen value encodes as all zeros.
-        union += compose.Select(*fixed) | preprocessing.OneHotEncoder(categories=fixed)
+        union += SelectPresent(*fixed) | preprocessing.OneHotEncoder(categories=fixed)
     open_names = [f.name for f in categorical if not f.categories]
     if open_names:
-        union += compose.Select(*open_names) | preprocessing.OneHotEncoder()
+        union += SelectPresent(*open_names) | preprocessing.OneHotEncoder()
     return union
 
 

@@ -8,7 +8,9 @@ import random
 from typing import Any
 
 import pytest
+from river import compose
 
+from stream.model import online
 from stream.model.holder import ModelHolder
 from stream.model.linear_snapshot import take_snapshot
 from stream.model.online import OnlineModel, Scored, create_model
@@ -154,7 +156,25 @@ def test_rows_the_arrays_cannot_answer_exactly_go_to_river(task: str, pipeline: 
 
 
 @pytest.mark.parametrize(("task", "pipeline"), LINEAR)
-def test_a_missing_categorical_raises_as_in_river(task: str, pipeline: str) -> None:
+def test_a_missing_categorical_scores_as_an_unseen_one_as_in_river(
+    task: str, pipeline: str
+) -> None:
+    model = trained(task, pipeline, 50, seed=6)
+    rng = random.Random(7)
+    xs = [event(rng) for _ in range(20)]
+    for x in xs[::2]:
+        del x["device"]  # no impute configured: the event lacks it
+    assert_same(model.predict_many(xs), [river(model, x) for x in xs])
+    unseen = {**xs[0], "device": "never-seen"}
+    assert_same(model.predict_many([xs[0]]), model.predict_many([unseen]))
+    model.learn(xs[0], label(task, xs[0], rng))  # and it learns from it
+
+
+@pytest.mark.parametrize(("task", "pipeline"), LINEAR)
+def test_a_pipeline_pickled_with_rivers_select_still_raises_as_river(
+    task: str, pipeline: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(online, "SelectPresent", compose.Select)  # as built before it
     model = trained(task, pipeline, 50, seed=6)
     x = event(random.Random(7))
     del x["device"]
