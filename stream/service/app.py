@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +31,7 @@ from stream.model.snapshots import SnapshotStore
 from stream.model.trainer import Trainer
 from stream.monitoring.hub import MonitorHub
 from stream.monitoring.performance import PerformanceMonitor
-from stream.service.batches import LEARN, BatchConsumer
+from stream.service.batches import LEARN, BatchConsumer, forever
 from stream.service.config import Settings
 from stream.service.kafka_security import broker_credentials, client_options
 from stream.service.lag import INTERVAL_S, LagSampler
@@ -40,7 +39,7 @@ from stream.service.metrics import Metrics
 from stream.service.monitor_process import MonitorProcess, monitor_consumer
 from stream.service.publish import Publisher
 from stream.service.redis_client import redis_client
-from stream.service.resilience import Health, describe, guarded
+from stream.service.resilience import Health, guarded
 from stream.service.steps import JoinStep, LearnStep, ScoreStep, TrainingTopic
 from stream.service.topics import train_topic_name
 from stream.timestamps import now_ms
@@ -157,26 +156,7 @@ def _agents(w: Worker) -> None:
         app.task(supervise_monitors)
     for consumer in consumers:
         w.consumers.append(consumer)
-        app.task(_forever(consumer, h))
-
-
-def _forever(consumer: BatchConsumer, health: Health) -> Callable[[], Awaitable[None]]:
-    """A worker task that runs ``consumer``, and a new one if it ever fails."""
-
-    async def consume() -> None:
-        attempt = 0
-        while not consumer.stopping:
-            try:
-                await consumer.run()
-            except Exception as exc:  # the consumer itself failed: a new one after a pause
-                health.metrics.task_errors.labels(consumer.name).inc()
-                log.exception("%s consumer stopped (%s); starting a new one",
-                              consumer.name, describe(exc))  # fmt: skip
-            await asyncio.sleep(health.backoff_s(attempt))
-            attempt += 1
-
-    consume.__name__ = consume.__qualname__ = f"consume_{consumer.name}"
-    return consume
+        app.task(forever(consumer, h))
 
 
 def _background(w: Worker) -> None:

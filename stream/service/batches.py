@@ -34,7 +34,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -396,6 +396,26 @@ class BatchConsumer:
                 consumer.seek(tp, meta.offset)
                 log.info("%s[%d]: starting at offset %d, where group %s had committed",
                          tp.topic, tp.partition, meta.offset, legacy)  # fmt: skip
+
+
+def forever(consumer: BatchConsumer, health: Health) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A task's body that runs ``consumer`` until it stops, and again after a pause if it
+    ever fails (counted in ``driftwatch_task_errors_total`` under the consumer's name)."""
+
+    async def consume() -> None:
+        attempt = 0
+        while not consumer.stopping:
+            try:
+                await consumer.run()
+            except Exception as exc:  # the consumer itself failed: a new one after a pause
+                health.metrics.task_errors.labels(consumer.name).inc()
+                log.exception("%s consumer stopped (%s); starting a new one",
+                              consumer.name, describe(exc))  # fmt: skip
+            await asyncio.sleep(health.backoff_s(attempt))
+            attempt += 1
+
+    consume.__name__ = consume.__qualname__ = f"consume_{consumer.name}"
+    return consume
 
 
 async def fetch_balanced(

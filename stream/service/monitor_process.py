@@ -40,14 +40,14 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 
 from stream.monitoring.hub import MonitorHub
-from stream.service.batches import MONITOR, BatchConsumer
+from stream.service.batches import MONITOR, BatchConsumer, forever
 from stream.service.config import Settings
 from stream.service.kafka_security import client_options
 from stream.service.lag import INTERVAL_S, LagSampler
 from stream.service.metrics import Metrics
 from stream.service.publish import Publisher
 from stream.service.redis_client import redis_client
-from stream.service.resilience import Health, RepeatFilter, describe, guarded
+from stream.service.resilience import Health, RepeatFilter, guarded
 from stream.service.steps import WatchStep
 
 log = logging.getLogger(__name__)
@@ -189,17 +189,6 @@ async def _child(settings: Settings, control: Connection, metrics_out: Connectio
         target=_watch_parent, args=(control, loop, stop), name="parent", daemon=True
     ).start()
 
-    async def consume() -> None:
-        attempt = 0
-        while not consumer.stopping:
-            try:
-                await consumer.run()
-            except Exception as exc:  # the consumer itself failed: a new one after a pause
-                metrics.task_errors.labels(consumer.name).inc()
-                log.exception("monitor consumer stopped (%s); starting a new one", describe(exc))
-            await asyncio.sleep(health.backoff_s(attempt))
-            attempt += 1
-
     async def every(seconds: float, name: str, call: Any) -> None:
         while True:
             await guarded(name, call, health)
@@ -209,7 +198,7 @@ async def _child(settings: Settings, control: Connection, metrics_out: Connectio
         metrics_out.send(list(metrics.registry.collect()))
 
     tasks = [
-        asyncio.create_task(consume()),
+        asyncio.create_task(forever(consumer, health)()),
         asyncio.create_task(every(SNAPSHOT_S, "metrics_snapshot", snapshot)),
         asyncio.create_task(every(INTERVAL_S, "consumer_lag", lag.sample)),
     ]
