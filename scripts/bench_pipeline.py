@@ -57,7 +57,7 @@ sys.path.insert(0, str(REPO))
 
 from stream.messages import SubjectBatch, decode_monitor_batch  # noqa: E402
 from stream.monitoring.subjects import monitored_subjects  # noqa: E402
-from stream.service.config import Settings  # noqa: E402
+from stream.service.config import Settings, WorkerSettings  # noqa: E402
 from stream.service.kafka_security import client_options  # noqa: E402
 from stream.service.topics import ensure_topics  # noqa: E402
 from stream.tools.synthetic import CardStream  # noqa: E402
@@ -453,7 +453,7 @@ def main() -> int:
     # 100,000: the monitors calibrate their detectors once, when a subject's reference is
     # complete (~0.3 s per numeric subject); a short backlog would mostly measure that
     parser.add_argument("--events", type=int, default=100_000, help="backlog per row")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=WorkerSettings().batch_size)
     parser.add_argument(
         "--memory", action="store_true", help="also 1,000,000 events over 100,000 entities"
     )

@@ -212,7 +212,9 @@ class BatchConsumer:
         try:
             await self.health.retry(self.name, consumer.start)
             while not self._stopping.is_set():
-                batches = await fetch_balanced(consumer, w.batch_size)
+                batches = await fetch_balanced(
+                    consumer, w.batch_size, linger_s=w.batch_max_latency_s
+                )
                 if batches and not self._stopping.is_set():
                     await self.consume(consumer, batches)
                 elif self._publishing:  # nothing new: commit what is published
@@ -419,7 +421,7 @@ def forever(consumer: BatchConsumer, health: Health) -> Callable[[], Coroutine[A
 
 
 async def fetch_balanced(
-    consumer: AIOKafkaConsumer, size: int, timeout_ms: int = POLL_TIMEOUT_MS
+    consumer: AIOKafkaConsumer, size: int, timeout_ms: int = POLL_TIMEOUT_MS, linger_s: float = 0.0
 ) -> dict[TopicPartition, list[Any]]:
     """Up to ``size`` fetched records, shared fairly among the partitions that have some.
 
@@ -429,7 +431,8 @@ async def fetch_balanced(
     taking an equal share of what is left from every partition that still has records, so
     a batch holds about ``size / n`` records of each of ``n`` busy partitions, and all of
     one busy partition when the others are idle. Waits up to ``timeout_ms`` for the first
-    record.
+    record, then up to ``linger_s`` after it for the batch to fill (``worker.
+    batch_max_latency``; 0: what has arrived).
     """
     got: dict[TopicPartition, list[Any]] = {
         tp: list(rs)
@@ -437,6 +440,22 @@ async def fetch_balanced(
     }
     if not got:
         return got
+    deadline = time.monotonic() + linger_s
+    total = await _top_up(consumer, got, size)
+    while total < size and (remaining := deadline - time.monotonic()) > 0:
+        more = await consumer.getmany(timeout_ms=max(1, int(remaining * 1000)), max_records=1)
+        if not more:
+            break
+        for tp, records in more.items():
+            got.setdefault(tp, []).extend(records)
+        total = await _top_up(consumer, got, size)
+    return got
+
+
+async def _top_up(
+    consumer: AIOKafkaConsumer, got: dict[TopicPartition, list[Any]], size: int
+) -> int:
+    """Fill ``got`` towards ``size`` from what the fetcher holds, in fair rounds; the total."""
     total = sum(len(rs) for rs in got.values())
     busy = sorted(consumer.assignment())
     while total < size and busy:
@@ -453,7 +472,7 @@ async def fetch_balanced(
                 if len(records) == take:  # it may have more
                     more.append(tp)
         busy = more
-    return got
+    return total
 
 
 def _timestamp(record: Any) -> int:

@@ -39,6 +39,32 @@ Duration = Annotated[str, AfterValidator(lambda v: (parse_duration(v), v)[1])]
 """A setting that is a duration: its text, checked by :func:`parse_duration`."""
 
 
+def parse_wait(text: str) -> float:
+    """A duration that may also be zero (``"0s"``, ``"0ms"``, ``"0"``: no wait), in seconds.
+
+    >>> parse_wait("0s"), parse_wait("0"), parse_wait("20ms")
+    (0.0, 0.0, 0.02)
+    """
+    stripped = text.strip()
+    for unit in (*sorted(_DURATION_UNITS, key=len, reverse=True), ""):
+        number = stripped.removesuffix(unit)
+        if number != stripped or not unit:
+            try:
+                if float(number) == 0:
+                    return 0.0
+            except ValueError:
+                pass
+            break
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration like '0s', '20ms' or '1s'") from None
+
+
+Wait = Annotated[str, AfterValidator(lambda v: (parse_wait(v), v)[1])]
+"""A setting that is a wait, which may be zero: its text, checked by :func:`parse_wait`."""
+
+
 def parse_instant(text: str) -> int:
     """Parse epoch milliseconds (digits) or an ISO-8601 time into epoch milliseconds.
 

@@ -3,6 +3,7 @@ order) and what they commit."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from types import SimpleNamespace
 from typing import Any
@@ -147,3 +148,34 @@ async def test_a_plain_topic_is_committed_as_published() -> None:
     await batches._commit(consumer, {tp: 7})  # type: ignore[arg-type]
     await batches._commit(consumer, {tp: 9})  # type: ignore[arg-type]
     assert consumer.commits == [{tp: 7}, {tp: 9}]
+
+
+class Trickle(Fetched):
+    """Partition 0 gets ``every`` more records each ``tick_s`` (the fetcher's arrivals)."""
+
+    def __init__(self, every: int, tick_s: float) -> None:
+        super().__init__({0: every})
+        self.every, self.tick_s, self.next = every, tick_s, every
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int = 500
+    ) -> dict[TopicPartition, list[Any]]:
+        got = await super().getmany(*partitions, timeout_ms=0, max_records=max_records)
+        if got or timeout_ms == 0:
+            return got
+        await asyncio.sleep(self.tick_s)  # nothing buffered: wait for the next arrivals
+        buffer = self.buffers[TopicPartition("events", 0)]
+        buffer.extend(
+            SimpleNamespace(partition=0, offset=i, timestamp=i)
+            for i in range(self.next, self.next + self.every)
+        )
+        self.next += self.every
+        return await super().getmany(*partitions, timeout_ms=0, max_records=max_records)
+
+
+async def test_a_batch_waits_up_to_the_linger_to_fill() -> None:
+    assert counts(await fetch_balanced(Trickle(10, 0.005), 100)) == {0: 10}  # type: ignore[arg-type]
+    full = await fetch_balanced(Trickle(10, 0.005), 100, linger_s=30.0)  # type: ignore[arg-type]
+    assert counts(full) == {0: 100}  # full long before the linger ends
+    offsets = [r.offset for r in full[TopicPartition("events", 0)]]
+    assert offsets == list(range(100))
