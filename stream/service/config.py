@@ -163,7 +163,7 @@ class WorkerSettings(_Frozen):
     # a batch is processed once it holds batch_size records, or batch_max_latency after its
     # first record arrived (0: with whatever has arrived); bigger batches share each batch's
     # Redis and broker round trips among more events (README, "Benchmarks")
-    batch_size: int = Field(default=2000, ge=1, le=100_000)
+    batch_size: int = Field(default=500, ge=1, le=100_000)
     batch_max_latency: Wait = "0s"
     max_payload_bytes: int = Field(default=65_536, ge=256)
     max_fields: int = Field(default=256, ge=1)

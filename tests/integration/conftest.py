@@ -31,7 +31,7 @@ def settings(kafka_bootstrap: str, redis_url: str, uid: str) -> Settings:
         ),
         redis=RedisSettings(url=redis_url, prefix=f"test-{uid}"),
         worker=WorkerSettings(
-            app_id=f"driftwatch-test-{uid}", batch_max_latency="20ms", metrics_address="127.0.0.1:0"
+            app_id=f"driftwatch-test-{uid}", batch_max_latency="0s", metrics_address="127.0.0.1:0"
         ),
     )
     asyncio.run(ensure_topics(settings))

@@ -68,7 +68,7 @@ def secure_settings(
         redis_password=redis_password or secure.redis_passwords["admin"],
         worker=WorkerSettings(
             app_id=f"dwsec-{uid}",
-            batch_max_latency="20ms",
+            batch_max_latency="0s",
             metrics_address=f"127.0.0.1:{metrics_port}",
         ),
         features=sample.features,
