@@ -156,7 +156,11 @@ class BatchConsumer:
         self.name = name
         self.group = f"{settings.worker.app_id}-{name}"
         self.on_assigned = on_assigned
-        self.checkpointed = [s for s in self.steps.values() if isinstance(s, Checkpointed)]
+        # the checkpointed steps by topic (the protocol check once, not at every commit)
+        self._durable: dict[str, Checkpointed] = {
+            topic: step for topic, step in self.steps.items() if isinstance(step, Checkpointed)
+        }
+        self.checkpointed = list(self._durable.values())
         self.consumer: AIOKafkaConsumer | None = None
         # offsets published but not committed yet (beyond a checkpointed step's saved work),
         # and the last committed, per partition
@@ -366,8 +370,8 @@ class BatchConsumer:
         its work is saved) and were not yet."""
         commit = {}
         for tp, offset in self._pending.items():
-            step = self.steps[tp.topic]
-            if isinstance(step, Checkpointed):
+            step = self._durable.get(tp.topic)
+            if step is not None:
                 durable = step.durable(tp.partition)
                 offset = min(offset, -1 if durable is None else durable)
             if offset > self._committed.get(tp, -1):
