@@ -53,6 +53,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
@@ -190,7 +191,9 @@ class Service:
     ports: tuple[int, ...]
     version: str = ""
     #: a line the service logs once it serves clients (an open port may come earlier)
-    ready_line: str = ""
+    ready_line: ClassVar[str] = ""
+    #: lines that mean a start-up has failed although the process lives on
+    failed_lines: ClassVar[tuple[str, ...]] = ()
 
     @property
     def dir(self) -> Path:
@@ -244,8 +247,22 @@ class Service:
                 )
         self.install()
         self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._start_once()
+        except ServiceError as exc:
+            if not self.reset():
+                raise
+            log(f"{exc}\n{self.name}: starting once more from a fresh data directory")
+            return self._start_once()
+
+    def reset(self) -> bool:
+        """Discard the service's data so that the next start begins afresh; whether it did."""
+        return False
+
+    def _start_once(self) -> str:
         self.prepare()
         t0 = time.monotonic()
+        log_start = self.logfile.stat().st_size if self.logfile.exists() else 0
         with open(self.logfile, "ab") as out:
             proc = subprocess.Popen(
                 self.command(),
@@ -256,36 +273,54 @@ class Service:
                 cwd=self.dir,
             )
         self.pidfile.write_text(str(proc.pid))
-        log_start = self.logfile.stat().st_size if self.logfile.exists() else 0
         deadline = t0 + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise ServiceError(
                     f"{self.name} exited with code {proc.returncode} during start-up; "
-                    f"see {self.logfile}:\n{tail(self.logfile)}"
+                    f"see {self.logfile}:\n{self._errors(log_start)}"
                 )
-            if port_open(self.ports[0]) and self._logged_ready(log_start):
+            if port_open(self.ports[0]) and self._logged(self.ready_line, log_start):
                 elapsed = time.monotonic() - t0
                 log(
                     f"{self.name} {self.version} ready at {self.address} in {elapsed:.1f}s "
                     f"(pid {proc.pid}, log {self.logfile})"
                 )
                 return "started"
+            failed = next((m for m in self.failed_lines if self._logged(m, log_start)), None)
+            if failed is not None:
+                self.stop()
+                raise ServiceError(
+                    f"{self.name} failed during start-up ({failed!r} in its log); "
+                    f"see {self.logfile}:\n{self._errors(log_start)}"
+                )
             time.sleep(0.2)
         self.stop()
         raise ServiceError(
             f"{self.name} did not accept connections on {self.address} within "
-            f"{START_TIMEOUT_S:.0f}s; see {self.logfile}:\n{tail(self.logfile)}"
+            f"{START_TIMEOUT_S:.0f}s; see {self.logfile}:\n{self._errors(log_start)}"
         )
 
-    def _logged_ready(self, since: int) -> bool:
-        """Whether ``ready_line`` was logged after byte ``since`` of the log (this start)."""
-        if not self.ready_line:
+    def _errors(self, since: int) -> str:
+        """The first error lines this start logged (the cause), then the log's last lines."""
+        try:
+            with open(self.logfile, "rb") as f:
+                f.seek(since)
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        first = [ln for ln in lines if " ERROR " in ln or " FATAL " in ln][:5]
+        head = "first errors:\n" + "\n".join(first) + "\nlast lines:\n" if first else ""
+        return head + "\n".join(lines[-20:])
+
+    def _logged(self, line: str, since: int) -> bool:
+        """Whether ``line`` was logged after byte ``since`` of the log (this start)."""
+        if not line:
             return True
         try:
             with open(self.logfile, "rb") as f:
                 f.seek(since)
-                return self.ready_line.encode() in f.read()
+                return line.encode() in f.read()
         except OSError:
             return False
 
@@ -327,13 +362,6 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def apt_install(*packages: str) -> None:
     if os.geteuid() != 0:
         raise ServiceError(
@@ -352,6 +380,9 @@ class Kafka(Service):
     # a KRaft broker opens its port before it has registered with its controller; clients
     # that connect meanwhile get metadata without a broker (NodeNotReadyError)
     ready_line = "Kafka Server started"
+    # a KRaft node whose start-up failed can stay alive, answering every request with an
+    # error, instead of exiting
+    failed_lines = ("Got exception while starting", "due to fatal exception")
 
     def __init__(self) -> None:
         super().__init__(
@@ -405,6 +436,10 @@ class Kafka(Service):
     def format_args(self) -> list[str]:
         """Extra arguments of ``kafka-storage format``."""
         return []
+
+    def reset(self) -> bool:
+        shutil.rmtree(self.dir / "data", ignore_errors=True)
+        return True
 
     def prepare(self) -> None:
         data = self.dir / "data"
