@@ -47,6 +47,8 @@ class ModelHolder:
     def __init__(self, store: SnapshotStore, initial: OnlineModel) -> None:
         self.store = store
         self.initial = initial
+        #: the reference model of the prediction monitors, followed with every refresh
+        self.reference = ReferenceHolder(store, initial)
         self._reset()
 
     def _reset(self) -> None:
@@ -78,6 +80,8 @@ class ModelHolder:
     async def refresh(self) -> bool:
         """Load the current version if it is not the one held; True if the model changed.
 
+        The reference model (:attr:`reference`) is followed as well.
+
         A current version that is refused (integrity or configuration mismatch) is not
         loaded again until ``current`` moves on; the holder serves the newest stored version
         that verifies instead (never the untrained initial model while a trained one is
@@ -85,6 +89,11 @@ class ModelHolder:
 
         >>> changed = await holder.refresh()  # doctest: +SKIP
         """
+        changed = await self._refresh_served()
+        await self.reference.refresh()
+        return changed
+
+    async def _refresh_served(self) -> bool:
         if self._change_id is None:  # before reading current: no later move is missed
             self._change_id = await self.store.last_change()
         version = await self.store.current_version()
@@ -182,10 +191,64 @@ class ModelHolder:
         self._refused_since = None
 
     def _check_fits(self, model: OnlineModel) -> None:
-        want = (self.initial.name, self.initial.task, self.initial.pipeline)
-        got = (model.name, model.task, model.pipeline)
-        if got != want:
-            raise ConfigError(
-                f"snapshot version {model.version} is name/task/pipeline {got} but the "
-                f"configuration says {want}: refusing to serve it"
-            )
+        _check_fits(self.initial, model)
+
+
+class ReferenceHolder:
+    """The reference model a scorer scores the prediction subjects with (or None).
+
+    The prediction monitors judge the *reference model's* outputs on the live events, not
+    the served model's, once they have pinned one (:mod:`stream.monitoring.settling`): the
+    served model keeps learning and its outputs wander whatever the inputs do.  The holder
+    follows :meth:`SnapshotStore.reference_version` on every model refresh; a reference
+    that does not verify or does not fit the configuration is refused once per version
+    (logged), and the scorer sends the served scores meanwhile, which the monitors skip.
+
+    >>> reference = ReferenceHolder(store, fresh)  # doctest: +SKIP
+    >>> await reference.refresh()  # doctest: +SKIP
+    True
+    >>> reference.model.version  # doctest: +SKIP
+    12
+    """
+
+    def __init__(self, store: SnapshotStore, initial: OnlineModel) -> None:
+        self.store = store
+        self.initial = initial
+        self.model: OnlineModel | None = None
+        self._refused: int | None = None
+
+    async def refresh(self) -> bool:
+        """Load the reference model if it moved; True if the one held changed."""
+        version = await self.store.reference_version()
+        held = None if self.model is None else self.model.version
+        if version == held or (version is not None and version == self._refused):
+            return False
+        if version is None:
+            self.model = None
+            return held is not None
+        try:
+            model = await self.store.load_reference()
+            if model is not None:
+                _check_fits(self.initial, model)
+        except (SnapshotIntegrityError, ConfigError) as exc:
+            log.error("model %s: refused reference version %d: %s; the prediction "
+                      "monitors get no values until it is replaced",
+                      self.initial.name, version, exc)  # fmt: skip
+            self._refused, self.model = version, None
+            return held is not None
+        if model is not None:
+            model.linear_snapshot()
+            log.info("model %s: prediction monitors judge by reference version %d",
+                     model.name, model.version)  # fmt: skip
+        self.model = model
+        return True
+
+
+def _check_fits(initial: OnlineModel, model: OnlineModel) -> None:
+    want = (initial.name, initial.task, initial.pipeline)
+    got = (model.name, model.task, model.pipeline)
+    if got != want:
+        raise ConfigError(
+            f"snapshot version {model.version} is name/task/pipeline {got} but the "
+            f"configuration says {want}: refusing to serve it"
+        )

@@ -15,7 +15,10 @@ Keys, for ``{p}`` = the Redis prefix and ``{n}`` = the model name::
     {p}:model:{n}:pinned       set by promote/rollback: publish no longer moves ``current``
     {p}:model:{n}:checkpoint   hash like a version: the trainer's state, not published
     {p}:model:{n}:changes      stream: an entry per publication and per promote/rollback,
-                               fields ``version`` (published) and ``current``
+                               fields ``version`` (published) and ``current``; an entry
+                               with field ``reference`` when the reference model moves
+    {p}:model:{n}:reference    hash: a copy of the version the prediction monitors judge by
+                               (the *reference model*), its record and ``version``
 
 Scorers block on ``changes`` (``XREAD BLOCK``) instead of only polling: a stream, not
 pub/sub, because an entry written while a scorer was disconnected is still there when it
@@ -81,6 +84,18 @@ if ARGV[2] == 'pin' then redis.call('SET', KEYS[3], ARGV[1]) else redis.call('DE
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'current', ARGV[1])
 return 1
 """
+# Copy a stored version's record to the reference key unless a reference is there already
+# (the first prediction monitor to ask wins), and announce it. Returns the reference version,
+# 0 if the version asked for is no longer stored.
+_PIN_REFERENCE = """
+local pinned = redis.call('HGET', KEYS[1], 'version')
+if pinned then return tonumber(pinned) end
+local fields = redis.call('HGETALL', KEYS[2])
+if #fields == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], unpack(fields))
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'reference', ARGV[1])
+return tonumber(ARGV[1])
+"""
 #: Entries kept on the changes stream (approximately): a scorer needs only the newest.
 CHANGES_KEPT = 100
 #: Longest single wait on the changes stream, under the client's 30 s socket timeout.
@@ -136,8 +151,10 @@ class SnapshotStore:
         self.pinned_key = f"{base}:pinned"
         self.checkpoint_key = f"{base}:checkpoint"
         self.changes_key = f"{base}:changes"
+        self.reference_key = f"{base}:reference"
         self._publish = self.redis.register_script(_PUBLISH)
         self._promote = self.redis.register_script(_PROMOTE)
+        self._pin_reference = self.redis.register_script(_PIN_REFERENCE)
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> SnapshotStore:
@@ -428,6 +445,72 @@ class SnapshotStore:
         return decode_record(
             fields, self.key, name=self.model_name, kind="checkpoint", version=None
         )
+
+    # -- the reference model of the prediction monitors (stream.monitoring.settling) --------
+
+    async def pin_reference(self, version: int) -> int:
+        """Make ``version`` the reference model unless there is one; return the reference.
+
+        The record is copied (pruning never removes it) and the change is announced, so
+        every scorer starts sending the reference model's scores within a poll.  If
+        ``version`` is no longer stored, the current version is pinned instead.
+
+        >>> await store.pin_reference(12)  # doctest: +SKIP
+        12
+        """
+        for candidate in (version, await self.current_version()):
+            if candidate is None:
+                break
+            pinned = await self._pin_reference(
+                keys=[self.reference_key, self.version_key(candidate), self.changes_key],
+                args=[candidate, CHANGES_KEPT],
+            )
+            if int(pinned):
+                return int(pinned)
+        raise SnapshotNotFoundError(
+            f"model {self.model_name!r}: version {version} to pin as the reference is gone"
+        )
+
+    async def reference_version(self) -> int | None:
+        """The reference model's version (one HGET), or None if there is none.
+
+        >>> await store.reference_version()  # doctest: +SKIP
+        12
+        """
+        return _int_or_none(await self.redis.hget(self.reference_key, "version"))
+
+    async def load_reference(self) -> OnlineModel | None:
+        """Verify and load the reference model, or None if there is none.
+
+        Raises
+        ------
+        SnapshotIntegrityError
+            The record fails its check; it was not unpickled.
+
+        >>> (await store.load_reference()).version  # doctest: +SKIP
+        12
+        """
+        fields = await self._hash(self.reference_key)
+        raw = fields.pop(b"version", None)
+        if raw is None:
+            return None
+        model, _ = decode_record(
+            fields, self.key, name=self.model_name, kind="version", version=int(raw)
+        )
+        return model
+
+    async def unpin_reference(self) -> bool:
+        """Drop the reference model (the prediction monitors settle and pin anew); whether
+        there was one.
+
+        >>> await store.unpin_reference()  # doctest: +SKIP
+        True
+        """
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.reference_key)
+            pipe.xadd(self.changes_key, {"reference": ""}, maxlen=CHANGES_KEPT)
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
 
 
 def _int_or_none(raw: bytes | str | None) -> int | None:

@@ -14,10 +14,13 @@ Lifecycle of a subject
    plus ``warmup_ms`` (the subject's warm-up:
    :func:`stream.monitoring.subjects.monitored_subjects`), judged per value.
 2. *Collecting the reference*: the first ``reference_size`` values after the warm-up (and
-   their event-time range).  The prediction subjects wait for the online model to settle
-   (:mod:`stream.monitoring.settling`): version 0 and stale versions never enter, the model
-   has settled when a block agrees with the block before it, and the null stretch that
-   follows gives the thresholds and the reference (*settling* meanwhile).
+   their event-time range).  The prediction subjects first wait for the online model to
+   settle (*settling*; :mod:`stream.monitoring.settling`): version 0 and stale versions
+   never enter, the model has settled when a block agrees with the block before it, and
+   the newest version seen then becomes the *reference model* (:attr:`pin_wanted`, pinned
+   in Redis by the hub: :meth:`follow`).  From then on they take only values scored by the
+   reference model, whose outputs the scorers send alongside the served ones, and collect
+   their reference from those as a feature does.
 3. *Fitted*: one detector per configured method compares the sliding window against the
    reference every ``check_every`` values.  A detector's episode start gives one ``firing``
    alert and its end one ``resolved`` alert (hysteresis and patience: :mod:`detectors.base`).
@@ -58,9 +61,9 @@ from stream.exceptions import ConfigError
 from stream.messages import MonitorBatch, SubjectBatch, SubjectKind
 from stream.monitoring.alerts import EMPTY_SPAN, AlertKind, AlertStatus, Span, make_alert
 from stream.monitoring.base import Reading, Reference
-from stream.monitoring.event_order import EventTimeOrder
+from stream.monitoring.event_order import NONE, EventTimeOrder
 from stream.monitoring.evidence import contrast, drift_message, summary
-from stream.monitoring.settling import NULL_BLOCKS, blocks_agree, spread, stale
+from stream.monitoring.settling import blocks_agree, stale
 from stream.service.config import MonitoringSettings
 
 log = logging.getLogger(__name__)
@@ -124,6 +127,10 @@ class SubjectMonitor:
     [('firing', 'ks', 319)]
     """
 
+    #: once a prediction subject has settled: the version it asks the hub to pin as the
+    #: reference model (:meth:`follow` answers)
+    pin_wanted: int | None
+
     def __init__(
         self,
         subject: str,
@@ -144,6 +151,7 @@ class SubjectMonitor:
         self.warmup_ms = warmup_ms
         self.partitions = partitions
         self._validate()
+        self._pin: int | None = None  # the reference model's version (prediction subjects)
         self._reset()
         # the order outlives a reference: a new one is collected from the ordered stream
         self._order = self._new_order()
@@ -166,9 +174,17 @@ class SubjectMonitor:
             self._order = self._new_order()
             self._candidate: list[Any] | None = None
             self._blocks = 0
-        if "_stretch" not in state:  # before the null stretch (state format 3 of issue 12)
-            self._stretch: list[tuple[list[Any], list[int]]] | None = None
+        self.__dict__.setdefault("_pin_first", {})
+        self.__dict__.setdefault("_aligned_from", None)
+        self.__dict__.setdefault("_early", [])
+        if "_pin" not in state:  # before the reference model (state format 4): a prediction
+            # monitor settles anew (its reference held the served model's outputs)
+            self.__dict__.pop("_stretch", None)
+            self._pin = None
             self._newest_version = self._version_floor = 0
+            self.pin_wanted = None
+            if self._predictions:
+                self._reset()
 
     def _validate(self) -> None:
         known = _DETECTORS.get(self.kind)
@@ -199,12 +215,18 @@ class SubjectMonitor:
         self._n_seen = 0
         self._model_version: int | None = None
         # prediction subjects (stream.monitoring.settling): the previous block, the blocks
-        # that did not agree with the one before, the null stretch once settled (None
-        # before), the newest model version seen and the oldest one the block takes
+        # that did not agree with the one before, the newest model version seen and the
+        # oldest one the block takes; once settled, the version to pin as the reference
         self._candidate = None
         self._blocks = 0
-        self._stretch = None
         self._newest_version = self._version_floor = 0
+        self.pin_wanted = None
+        # once pinned: each partition's first event time of the reference model's values,
+        # the event time the reference starts at once every active partition sends them,
+        # and the ordered values held until then (stream.monitoring.settling)
+        self._pin_first: dict[int, int] = {}
+        self._aligned_from: int | None = None
+        self._early: list[tuple[Any, int]] = []
         self.dropped = 0  # values dropped during the warm-up (and version 0's predictions)
 
     # -- public API -------------------------------------------------------------------------
@@ -213,7 +235,7 @@ class SubjectMonitor:
     def phase(self) -> Phase:
         if self._fitted:
             return "fitted"
-        if self._candidate is not None or self._stretch is not None:
+        if self._candidate is not None or self.pin_wanted is not None:
             return "settling"
         return "collecting" if self._warmed else "warming_up"
 
@@ -236,34 +258,100 @@ class SubjectMonitor:
         self._model_version = batch.model_version
         values: Sequence[Any] = batch.values
         ts: Sequence[int] = batch.ts
-        if self._predictions and not self._fitted and self._stale(batch.model_version):
-            self.dropped += len(values)  # the untrained or an old model's scores: no reference
+        if self._predictions and self._skip(batch.model_version):
+            self.dropped += len(values)  # not the reference model's outputs (or not yet one)
             return []
+        if self._pin is not None and not self._fitted and self._aligned_from is None:
+            self._first_pinned(batch)
         if batch.partitions is not None:
             values, ts = self._order.push(batch.partitions, values, ts, now_ms)
-        return self._take(values, ts)
+        return self._take(values, ts, now_ms)
 
     def flush(self, now_ms: int) -> list[dict[str, Any]]:
         """Release what the event-time order holds back for partitions that went idle by
         ``now_ms`` (no new values: the stream paused or ended); return the alerts raised."""
         if not self._order.buffered:
             return []
-        return self._take(*self._order.push([], [], [], now_ms))
+        return self._take(*self._order.push([], [], [], now_ms), now_ms)
 
-    def _take(self, values: Sequence[Any], ts: Sequence[int]) -> list[dict[str, Any]]:
+    def _take(self, values: Sequence[Any], ts: Sequence[int], now_ms: int) -> list[dict[str, Any]]:
         """The ordered values from the warm-up on: reference first, then the detectors."""
         values, ts = self._skip_warmup(values, ts)
+        if self._pin is not None and not self._fitted:
+            values, ts = self._align(values, ts, now_ms)
         start = 0 if self._fitted else self._collect(values, ts)
         if not self._fitted or start >= len(values):
             return []
         return self._consume(values, ts, start)
 
-    def _stale(self, version: int) -> bool:
-        """Version 0; while settling, a version older than the block's floor (the null
-        stretch takes every later version: the detectors will see them all)."""
+    def _skip(self, version: int) -> bool:
+        """Whether a prediction subject leaves out values scored by ``version``: all but
+        the reference model's once it is pinned; while settling, version 0 and versions
+        older than the block's floor; once settled, everything until the pin is known.  A
+        reference an operator pinned (``reference pin``) is judged against every value."""
+        if self._pin is not None:
+            return version != self._pin
+        if self._fitted:
+            return False
+        if self.pin_wanted is not None:
+            return True
         self._newest_version = max(self._newest_version, version)
-        floor = self._version_floor if self._stretch is None else 1
-        return stale(version, floor)
+        return stale(version, self._version_floor)
+
+    def _first_pinned(self, batch: SubjectBatch) -> None:
+        """Note each partition's first event time of the reference model's values."""
+        if batch.partitions is None:  # arrival order: nothing to align
+            self._aligned_from = NONE
+            return
+        first = self._pin_first
+        for p, t in zip(batch.partitions, batch.ts, strict=True):
+            if t < first.get(p, t + 1):
+                first[p] = t
+
+    def _align(
+        self, values: Sequence[Any], ts: Sequence[int], now_ms: int
+    ) -> tuple[Sequence[Any], Sequence[int]]:
+        """The reference model's reference starts where every active partition sends its
+        outputs: the scorers switch at slightly different times, and a reference begun
+        before the last one did would hold the first partitions' values alone for a while
+        (partitions differ in their entities, so in their scores: a false alarm on the real
+        broker).  Values before that event time are left out; the ordered values wait
+        (at most ``reference_size``) until every active partition has sent one."""
+        if self._aligned_from is None:
+            active = self._order.active(now_ms)
+            if not active or not active <= self._pin_first.keys():
+                self._early.extend(zip(values, ts, strict=True))
+                del self._early[: max(0, len(self._early) - self.settings.reference_size)]
+                return [], []
+            self._aligned_from = max(self._pin_first[p] for p in active)
+            log.info("%s: every partition sends the reference model's outputs from event "
+                     "time %d on: the reference starts there", self.subject,
+                     self._aligned_from)  # fmt: skip
+            values = [v for v, _ in self._early] + list(values)
+            ts = [t for _, t in self._early] + list(ts)
+            self._early = []
+        start = self._aligned_from
+        keep = [i for i, t in enumerate(ts) if t >= start]
+        self.dropped += len(ts) - len(keep)
+        if len(keep) == len(ts):
+            return values, ts
+        return [values[i] for i in keep], [ts[i] for i in keep]
+
+    def follow(self, version: int | None) -> list[dict[str, Any]]:
+        """Judge the outputs of reference model ``version`` (``None``: none is pinned, settle
+        and ask for one); called by the hub before every batch.  When the reference model
+        moves, the reference is collected anew from its outputs (an open episode is closed
+        with a ``resolved`` alert, returned)."""
+        if version == self._pin:
+            return []
+        closing = [self._close(name) for name in list(self._episodes)]
+        first_ts, warmed = self._first_ts, self._warmed
+        self._reset()
+        self._first_ts, self._warmed, self._pin = first_ts, warmed, version
+        if version is not None:
+            log.info("%s: judging the outputs of the reference model, version %d; collecting "
+                     "its reference", self.subject, version)  # fmt: skip
+        return closing
 
     @property
     def _predictions(self) -> bool:
@@ -298,6 +386,7 @@ class SubjectMonitor:
         if reference is None:
             self._reset()
             return []
+        self._pin = None  # an operator's prediction values are the served model's outputs
         return self.reset_reference(reference.values, reference.ts)
 
     def statistics(self) -> dict[str, tuple[float | None, float, bool]]:
@@ -357,27 +446,24 @@ class SubjectMonitor:
         for the prediction subjects a step of settling or of the null stretch."""
         block, block_ts = self._ref_values, self._ref_ts
         self._ref_values, self._ref_ts = [], []
-        if not self._predictions:
+        if not self._predictions or self._pin is not None:
             self._fit(block, block_ts)
-        elif self._stretch is None:
-            self._settle(block)
         else:
-            self._stretch.append((block, block_ts))
-            if len(self._stretch) >= NULL_BLOCKS:
-                self._fit_stretch()
+            self._settle(block)
 
     def _settle(self, block: list[Any]) -> None:
-        """Settled once ``block`` agrees with the block before it; then the null stretch
-        starts.  Otherwise ``block`` is the one the next is compared with, and the next
-        takes only values of versions at least as new as the newest seen so far."""
+        """Settled once ``block`` agrees with the block before it; then the newest version
+        seen is the one to pin as the reference model.  Otherwise ``block`` is the one the
+        next is compared with, and the next takes only values of versions at least as new
+        as the newest seen so far."""
         previous = self._candidate
         if previous is not None and blocks_agree(
             self.kind, previous, block, self.settings.settle_level
         ):
-            log.info("%s: the model settled after %d blocks of %d values; the next %d blocks "
-                     "calibrate the detectors", self.subject, self._blocks + 1, len(block),
-                     NULL_BLOCKS)  # fmt: skip
-            self._candidate, self._stretch = None, []
+            log.info("%s: the model settled after %d blocks of %d values; asking for version "
+                     "%d as the reference model", self.subject, self._blocks + 1, len(block),
+                     self._newest_version)  # fmt: skip
+            self._candidate, self.pin_wanted = None, self._newest_version
             return
         if previous is None:
             log.info("%s: waiting for the model to settle (two blocks of %d values alike)",
@@ -386,24 +472,11 @@ class SubjectMonitor:
         self._blocks += 1
         self._candidate, self._version_floor = block, self._newest_version
 
-    def _fit_stretch(self) -> None:
-        """Fit on the null stretch: its values in time order calibrate, ``reference_size``
-        of them spread over it are the reference (:mod:`stream.monitoring.settling`)."""
-        stretch = self._stretch or []
-        values = [v for block, _ in stretch for v in block]
-        ts = [t for _, block_ts in stretch for t in block_ts]
-        self._stretch = None
-        reference = spread(values, self.settings.reference_size)
-        self._fit(reference, ts, null=values)
-
-    def _fit(self, values: list[Any], ts: list[int], null: list[Any] | None = None) -> None:
-        """Fit the detectors on the reference ``values`` (``ts``: the event times it spans);
-        ``null``: the observed stretch to calibrate on (prediction subjects: the served
-        model keeps learning and its scores wander with its weights, which independent
-        draws from the reference would miss: detectors.Detector.fit)."""
+    def _fit(self, values: list[Any], ts: list[int]) -> None:
+        """Fit the detectors on the reference ``values`` (``ts``: the event times it spans)."""
         self._reference = Span(len(values), min(ts), max(ts))
         self._ref_summary = summary(self.kind, values)
-        self._fitted = {name: self._detector(name).fit(values, null) for name in self.detectors}
+        self._fitted = {name: self._detector(name).fit(values) for name in self.detectors}
         self._last = {
             name: (None, float(det.thresholds[det.window]), False)
             for name, det in self._fitted.items()

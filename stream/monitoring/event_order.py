@@ -99,6 +99,11 @@ class EventTimeOrder:
             return 0
         return max(0, max(self._high.values()) - self.watermark)
 
+    def active(self, now_ms: int) -> set[int]:
+        """The partitions that hold the watermark at ``now_ms``: heard from within
+        ``idle_ms`` (an expected partition not yet heard from counts from the first batch)."""
+        return {p for p, h in self._heard.items() if h is None or now_ms - h < self.idle_ms}
+
     def resume(self, now_ms: int) -> None:
         """After a restart: every known partition gets a fresh ``idle_ms`` to be heard from
         (they were silent because this monitor was not running, not because they are idle)."""

@@ -36,12 +36,18 @@ from stream.messages import (
     decode_monitor_batch,
     encode_monitor_batch,
 )
+from stream.model.online import OnlineModel
+from stream.model.snapshots import SnapshotStore
 from stream.monitoring.base import Monitor, Reference
 from stream.monitoring.drift import SubjectMonitor
 from stream.monitoring.quality import DLQ, REJECTED, QualityMonitor, quality_counts
 from stream.monitoring.reference import generation_key, load_pinned
 from stream.monitoring.state_store import MonitorStateStore, Owned
-from stream.monitoring.subjects import monitored_subjects, subject_batches
+from stream.monitoring.subjects import (
+    PREDICTION_SUBJECTS,
+    monitored_subjects,
+    subject_batches,
+)
 from stream.records import BatchResult, ScoredEvent
 from stream.service.config import Settings
 from stream.service.metrics import Metrics
@@ -67,16 +73,26 @@ def monitor_messages(
     result: BatchResult,
     subjects: dict[str, SubjectKind],
     partitions: Sequence[int] | None = None,
+    reference: OnlineModel | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """(key, value) messages for the monitor topic from one scored batch.
 
     ``partitions``: the events-topic partition of each scored event, sent with the values
     so that the monitors merge the partitions by event time; by default each scored
     event's own ``partition`` where the scorer records one (``None``: arrival order).
+    ``reference``: the reference model, once the prediction monitors have pinned one: the
+    prediction subjects then carry its outputs on these events (and its version), not the
+    served model's (:mod:`stream.monitoring.settling`).
     """
     if partitions is None:
         partitions = _source_partitions(result.scored)
-    batches: list[MonitorBatch] = list(subject_batches(result.scored, subjects, partitions))
+    if reference is None:
+        batches: list[MonitorBatch] = list(subject_batches(result.scored, subjects, partitions))
+    else:
+        outputs = {s: k for s, k in subjects.items() if s in PREDICTION_SUBJECTS}
+        inputs = {s: k for s, k in subjects.items() if s not in outputs}
+        batches = list(subject_batches(result.scored, inputs, partitions))
+        batches += subject_batches(rescored(result.scored, reference), outputs, partitions)
     if result.scored:
         ts = [s.event.ts_ms for s in result.scored]
         span = (min(ts), max(ts))
@@ -87,6 +103,18 @@ def monitor_messages(
         now = now_ms()
         batches.append(QualityBatch(DLQ, n_all, {REJECTED: result.rejected}, (now, now)))
     return [(b.subject.encode(), encode_monitor_batch(b)) for b in batches]
+
+
+def rescored(scored: Sequence[ScoredEvent], model: OnlineModel) -> list[ScoredEvent]:
+    """The scored events as ``model`` scores them (the same features, its outputs)."""
+    if not scored:
+        return []
+    outputs = model.predict_many([s.x for s in scored])
+    version = model.version
+    return [
+        ScoredEvent(s.event, s.x, o.prediction, o.proba, o.score, version, s.partition)
+        for s, o in zip(scored, outputs, strict=True)
+    ]
 
 
 def _source_partitions(scored: Sequence[ScoredEvent]) -> list[int] | None:
@@ -113,6 +141,8 @@ class MonitorHub:
     owned: dict[str, Owned] = field(default_factory=dict)
     generation: int = 0
     pinned: dict[str, Reference] = field(default_factory=dict)
+    #: the reference model's version the prediction monitors judge by (None: not pinned)
+    reference_version: int | None = None
     _saved_at: float = field(default_factory=time.monotonic)
     # monitor-topic partition -> last offset applied; -> next offset whose messages are saved
     _applied: dict[int, int] = field(default_factory=dict)
@@ -122,6 +152,7 @@ class MonitorHub:
         self.subjects = monitored_subjects(self.settings)
         self.family = family_size(self.settings)
         self.store = MonitorStateStore(self.redis, self.settings.redis.prefix, self.key)
+        self.snapshots = SnapshotStore.from_settings(self.redis, self.settings)
         # apply (partly in a thread) and save (also from the rebalance signal) never overlap
         self._lock = asyncio.Lock()
 
@@ -159,6 +190,7 @@ class MonitorHub:
                 alerts = await asyncio.to_thread(self._apply_routed, routed, poisoned, now)
             else:
                 alerts = self._apply_routed(routed, poisoned, now)
+            alerts += await self._pin_reference()
             return alerts, poisoned
 
     async def _load(self, name: str, partition: int, now: int) -> Owned:
@@ -183,6 +215,8 @@ class MonitorHub:
                     owned.generation = self.generation
                     alerts.extend(owned.monitor.repin(self.pinned.get(name)))
                 monitor = owned.monitor
+                if self._follows(name, monitor):
+                    alerts.extend(cast(SubjectMonitor, monitor).follow(self.reference_version))
                 if isinstance(monitor, SubjectMonitor) and isinstance(batch, SubjectBatch):
                     fitted, started = monitor.phase == "fitted", time.perf_counter()
                     alerts.extend(monitor.update(batch, now))
@@ -238,9 +272,51 @@ class MonitorHub:
         for reading in monitor.readings():
             getattr(self.metrics, reading.gauge).labels(*reading.labels).set(reading.value)
 
+    def _follows(self, name: str, monitor: Monitor) -> bool:
+        """Whether a monitor judges the reference model's outputs: a prediction subject's,
+        unless an operator pinned its reference values."""
+        return (
+            name in PREDICTION_SUBJECTS
+            and name not in self.pinned
+            and isinstance(monitor, SubjectMonitor)
+        )
+
+    async def _pin_reference(self) -> list[Alert]:
+        """Pin the reference model a prediction monitor asked for once settled (or adopt
+        the one another monitor pinned first), and make every prediction monitor follow it.
+
+        A failure leaves the request standing for the next batch (nothing is lost)."""
+        monitors = [
+            cast(SubjectMonitor, o.monitor) for name, o in self.owned.items()
+            if self._follows(name, o.monitor)
+        ]  # fmt: skip
+        wanted = [m.pin_wanted for m in monitors if m.pin_wanted is not None]
+        if not wanted:
+            return []
+        try:
+            version = await self.snapshots.pin_reference(max(wanted))
+        except Exception as exc:
+            log.warning("prediction monitors: could not pin the reference model (%s); trying "
+                        "again with the next batch", describe(exc))  # fmt: skip
+            return []
+        log.info("model %s: version %d is the reference model of the prediction monitors",
+                 self.settings.model.name, version)  # fmt: skip
+        self.reference_version = version
+        alerts: list[Alert] = []
+        for name, owned in self.owned.items():
+            if self._follows(name, owned.monitor):
+                alerts.extend(cast(SubjectMonitor, owned.monitor).follow(version))
+                owned.dirty = True
+        return alerts
+
     async def _follow_pins(self) -> None:
-        """One GET per batch: pick up references pinned or unpinned with the CLI."""
-        raw = await self.redis.get(generation_key(self.settings.redis.prefix))
+        """One round trip per batch: pick up references pinned or unpinned with the CLI,
+        and the reference model's version."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(generation_key(self.settings.redis.prefix))
+            pipe.hget(self.snapshots.reference_key, "version")
+            raw, reference = await pipe.execute()
+        self.reference_version = None if reference is None else int(reference)
         generation = int(raw or 0)
         if generation != self.generation:
             pinned = await load_pinned(self.redis, self.settings.redis.prefix)

@@ -1,39 +1,44 @@
-"""When the prediction reference is taken: once the online model has settled.
+"""When the prediction reference is taken, and by which model: the *reference model*.
 
 Pure logic, no I/O.  An online learner's scores move while it converges, whatever the
 inputs do: a reference made of its first scores is judged against the scores of a better
 model later, and ``prediction_drift`` fires on a stationary stream.  Once converged, a model
 that keeps learning (SGD at a constant learning rate) still *wanders* around its optimum:
 its scores move with its weights, on a time scale of a few hundred examples, for as long as
-it learns.  The prediction subjects (``prediction.score``, ``prediction.class``) therefore
-take their reference in three steps:
+it learns, so no reference of the served model's scores stays comparable with its later
+scores.  The prediction subjects (``prediction.score``, ``prediction.class``) therefore
+watch the outputs of one fixed version, the reference model, on the live events:
 
-1. values scored by version 0 (the untrained model, which scores every event alike) never
-   enter a reference; while settling, nor do values scored by a version older than the
-   newest one seen when the current block began (:func:`stale`): a scorer serving an old
-   version, or a backlog scored long before the trainer caught up, would otherwise make two
-   blocks of the same early model agree;
-2. the values come in blocks of ``reference_size``; the model has *settled* when a block
-   *agrees* with the block before it (:func:`blocks_agree`): models at least as new as every
-   model of the previous block give the same outputs.  Until then each block replaces the
-   previous one;
-3. the next :data:`NULL_BLOCKS` blocks after the settling pair are the *null stretch*: the
-   settled model's own output, in time order, wandering as it will.  The thresholds are
-   calibrated on moving blocks of it (``Detector.fit(reference, null)``), and the reference
-   is ``reference_size`` values spread evenly over it (:func:`spread`), so that it stands for
-   the model's output over its wander rather than for one moment of it.  The detectors start
-   after the stretch.
+1. *settling*: values scored by version 0 (the untrained model, which scores every event
+   alike) never count; nor do values scored by a version older than the newest one seen
+   when the current block began (:func:`stale`): a scorer serving an old version, or a
+   backlog scored long before the trainer caught up, would otherwise make two blocks of the
+   same early model agree.  The values come in blocks of ``reference_size``; the model has
+   *settled* when a block *agrees* with the block before it (:func:`blocks_agree`).
+2. *pinning*: the newest version seen then is pinned as the reference model
+   (``SnapshotStore.pin_reference``: a copy of its record that pruning leaves alone, and an
+   entry on the changes stream).  The first prediction monitor to ask wins; the other one
+   adopts it.  Every scorer loads it with its next model refresh and sends, for the
+   prediction subjects, the reference model's outputs on each event (tagged with its
+   version) instead of the served ones.
+3. from then on the prediction monitors take only values of the reference version and
+   collect and judge them exactly as a feature's: the first ``reference_size`` values are
+   the reference, the detectors are calibrated on it, and a stationary input stream gives
+   independent draws of one fixed function of the inputs, so the stated false-alarm rate
+   holds.  What ``prediction_drift`` means is then: *the inputs moved in a way the model's
+   outputs feel*.  A change in what the served model learns (a concept change) is the
+   business of the ``concept_drift`` and ``performance`` alerts.
 
-Why not the settling pair itself as the null (the rule before): the pair is *selected* for
-agreeing, i.e. for a stretch where the model happened to move little, and 4,000 values hold a
-dozen independent states of the wander.  Thresholds calibrated on it were too low: scoring a
-stationary card stream with a River logistic regression that learns every batch of 100, 10
-of 12 seeds raised ``prediction_drift`` in 40,000 events.  With the null stretch after the
-pair (unselected) and the reference spread over it, 5 of 24 seeds raised an alarm: PSI's
-300-value window in 4, chi-square in 1, KS and Wasserstein in none; on the real pipeline
-(``tests/integration/test_prediction_reference.py``) 1 run of 4 (KS and PSI, once), against
-3 of 3 before.  The residue is the block bootstrap's: resampling a finite stretch cannot
-simulate an excursion of the wander larger than the stretch holds (README).
+The rule before this one took the reference from the served model's own scores after
+settling and calibrated the thresholds on a stretch of its wander (moving-block bootstrap):
+on a stationary card stream with a River logistic regression that learns every batch of 100,
+5 of 24 seeds still raised ``prediction_drift`` in 40,000 events (the bootstrap cannot
+simulate an excursion larger than its stretch holds), and the real-pipeline test fired in 1
+run of 4.  With the reference model none did (README).
+
+``driftwatch reference unpin`` drops the reference model as well (the monitors settle and
+pin anew); ``reference pin`` drops it too, since pinned values are the served model's
+outputs, and a prediction monitor fitted on pinned values takes every value it gets.
 
 Agreement is a two-sample test at ``monitoring.settle_level`` (default 0.01): the KS
 statistic below its asymptotic critical value (numeric), Pearson's chi-square p-value above
@@ -53,8 +58,6 @@ False
 False
 >>> stale(0, 0), stale(7, 9), stale(9, 9)
 (True, True, False)
->>> spread(list(range(10)), 4)
-[0, 3, 6, 9]
 """
 
 from __future__ import annotations
@@ -68,12 +71,6 @@ import numpy as np
 from detectors import chi2
 from detectors.ks import ks_critical_value, ks_sorted_statistic
 from stream.messages import SubjectKind
-
-#: Blocks of ``reference_size`` values after the settling pair that make the null stretch
-#: (16,000 values at the defaults): long enough to hold some fifty independent states of a
-#: wandering model (its scores decorrelate over ~300 learned examples) and not selected by
-#: any test.  Fewer blocks gave more false alarms (8,000 values: 7 of 24 seeds).
-NULL_BLOCKS = 8
 
 
 def blocks_agree(
@@ -99,12 +96,4 @@ def stale(version: int, floor: int) -> bool:
     return version == 0 or version < floor
 
 
-def spread(values: Sequence[Any], size: int) -> list[Any]:
-    """``size`` values spread evenly over ``values`` (first and last included), in order."""
-    if size >= len(values):
-        return list(values)
-    picks = np.linspace(0, len(values) - 1, size).round().astype(np.int64)
-    return [values[i] for i in picks.tolist()]
-
-
-__all__ = ["NULL_BLOCKS", "blocks_agree", "spread", "stale"]
+__all__ = ["blocks_agree", "stale"]

@@ -31,6 +31,8 @@ SINCE_LAST_WARMUP_MS = 300_000
 
 PREDICTION_SCORE = "prediction.score"
 PREDICTION_CLASS = "prediction.class"
+#: the subjects of the model's outputs (judged through the reference model once pinned)
+PREDICTION_SUBJECTS = frozenset({PREDICTION_SCORE, PREDICTION_CLASS})
 
 
 def subject_batches(
@@ -206,6 +208,7 @@ def monitored_subjects(settings: Settings) -> dict[str, tuple[SubjectKind, int]]
 __all__ = [
     "PREDICTION_CLASS",
     "PREDICTION_SCORE",
+    "PREDICTION_SUBJECTS",
     "SINCE_LAST_WARMUP_MS",
     "monitored_subjects",
     "subject_batches",

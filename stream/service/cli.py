@@ -181,6 +181,7 @@ def _model_command(settings: Settings, action: str, version: int | None) -> int:
 def _reference_command(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
+    from stream.model.snapshots import SnapshotStore
     from stream.monitoring import reference
     from stream.monitoring.subjects import monitored_subjects
     from stream.service.redis_client import redis_client
@@ -192,6 +193,9 @@ def _reference_command(settings: Settings, args: argparse.Namespace) -> int:
         client = redis_client(settings)
         prefix = settings.redis.prefix
         try:
+            # either way the prediction monitors stop judging the reference model's outputs:
+            # pinned values are the served model's; unpinned, they settle and pin anew
+            await SnapshotStore.from_settings(client, settings).unpin_reference()
             if args.action == "unpin":
                 gen = await reference.unpin(client, prefix)
                 return f"references unpinned (generation {gen}): monitors collect afresh"

@@ -91,7 +91,9 @@ class ScoreStep(_Step):
         out = [*result.outgoing, *self.train.messages(result.examples)]
         if self.monitoring:
             topic = self.settings.topics.monitor
-            out += [Outgoing(topic, k, v) for k, v in monitor_messages(result, self.kinds)]
+            reference = self.holder.reference.model
+            messages = monitor_messages(result, self.kinds, reference=reference)
+            out += [Outgoing(topic, k, v) for k, v in messages]
         self._observe(len(records), result.scored)
         return out
 

@@ -36,7 +36,8 @@ async def store(client: redis.asyncio.Redis, uid: str) -> AsyncIterator[Snapshot
     last = int(await client.get(store.seq_key) or 0)
     fixed = [store.seq_key, store.index_key, store.current_key, store.pinned_key]
     versions = [store.version_key(v) for v in range(1, last + 1)]
-    await client.delete(*fixed, store.checkpoint_key, *versions)
+    await client.delete(*fixed, store.checkpoint_key, store.reference_key, *versions)
+    await client.delete(store.changes_key)
 
 
 def fresh() -> OnlineModel:
@@ -292,3 +293,50 @@ async def test_cli_hooks_print_rows(store: SnapshotStore, client: redis.asyncio.
     assert await promote(store, 1) == "model 'fraud': version 1 is current and pinned (was 2)"
     await flip_model_byte(client, store.version_key(2))
     assert "BAD" in (await list_versions(store))[2]
+
+
+async def test_the_reference_model_is_pinned_once_and_outlives_pruning(
+    store: SnapshotStore, client: redis.asyncio.Redis
+) -> None:
+    model = learned(fresh(), 100)
+    for _ in range(2):
+        await store.publish(model)
+    assert await store.reference_version() is None and await store.load_reference() is None
+    last = await store.last_change()
+    assert await store.pin_reference(2) == 2
+    assert await store.wait_for_change(last, 1.0) is not None  # scorers are told at once
+    # the first to ask wins: the other prediction monitor adopts version 2
+    assert await store.pin_reference(1) == 2
+    for _ in range(5):  # keep_versions=3: version 2 itself is pruned
+        await store.publish(learned(model, 10))
+    assert await client.exists(store.version_key(2)) == 0
+    reference = await store.load_reference()
+    assert reference is not None and reference.version == 2
+    assert reference.predict_many(PROBES) == learned(fresh(), 100).predict_many(PROBES)
+    assert await store.unpin_reference() is True
+    assert await store.reference_version() is None
+    # a version pruned before it could be pinned: the current one instead
+    assert await store.pin_reference(2) == await store.current_version() == 7
+
+
+async def test_a_holder_follows_the_reference_model_and_refuses_a_tampered_one(
+    store: SnapshotStore, client: redis.asyncio.Redis
+) -> None:
+    model = learned(fresh(), 100)
+    await store.publish(model)
+    holder = ModelHolder(store, fresh())
+    await holder.refresh()
+    assert holder.model.version == 1 and holder.reference.model is None
+    await store.pin_reference(1)
+    await store.publish(learned(model, 50))
+    await holder.refresh()
+    assert holder.model.version == 2
+    assert holder.reference.model is not None and holder.reference.model.version == 1
+    await store.unpin_reference()
+    await holder.refresh()
+    assert holder.reference.model is None
+    await store.pin_reference(2)
+    await client.hset(store.reference_key, "model", b"tampered")
+    await holder.refresh()
+    assert holder.reference.model is None  # refused: never unpickled
+    assert await holder.reference.refresh() is False  # and not read again

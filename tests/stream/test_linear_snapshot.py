@@ -241,6 +241,9 @@ class _Store:
     async def load_newest_valid(self, exclude: set[int]) -> tuple[OnlineModel, Any] | None:
         return None
 
+    async def reference_version(self) -> int | None:
+        return None  # no reference model pinned
+
 
 def test_the_snapshot_follows_the_served_version() -> None:
     store = _Store()

@@ -20,7 +20,6 @@ from stream.messages import (
 )
 from stream.monitoring.drift import SubjectMonitor
 from stream.monitoring.reference import reference_values
-from stream.monitoring.settling import NULL_BLOCKS
 from stream.monitoring.subjects import (
     SINCE_LAST_WARMUP_MS,
     monitored_subjects,
@@ -159,9 +158,12 @@ def test_categorical_drift_fires_and_resolves_once() -> None:
 
 
 def test_prediction_subjects_raise_prediction_drift() -> None:
-    # the settling pair and the null stretch (stream.monitoring.settling) come first
-    stretch = np.random.default_rng(4).normal(10.0, 2.0, NULL_BLOCKS * SETTINGS.reference_size)
-    alerts = run(monitor("prediction.score"), stretch.tolist() + drifted(5, 1.5))
+    # the settling pair comes first, then the reference model (stream.monitoring.settling)
+    mon = monitor("prediction.score")
+    pair = np.random.default_rng(4).normal(10.0, 2.0, 2 * SETTINGS.reference_size)
+    assert run(mon, pair.tolist()) == [] and mon.pin_wanted == 7
+    assert mon.follow(7) == []
+    alerts = run(mon, drifted(5, 1.5))
     assert {a["kind"] for a in alerts} == {"prediction_drift"}
 
 

@@ -291,6 +291,9 @@ class StubStore:
         self.models: dict[int, OnlineModel | Exception] = {}
         self.loads = 0
 
+    async def reference_version(self) -> int | None:
+        return None  # no reference model pinned
+
     async def current_version(self) -> int | None:
         return self.current
 
