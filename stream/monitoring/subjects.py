@@ -170,7 +170,11 @@ def monitored_subjects(settings: Settings) -> dict[str, tuple[SubjectKind, int]]
 
     Warm-up: an aggregate ``{feature}_{agg}_{window}`` grows while its window fills after the
     service starts, so its distribution is not stationary until then; its warm-up is the
-    window length.  Every other subject starts at once (warm-up 0).
+    window length.  The prediction subjects' is the longest of every enriched feature's
+    (monitored or not): the model sees them all, and the outputs of the reference model
+    (:mod:`stream.monitoring.settling`) are stationary only once all of its inputs are (in
+    a run shorter than that, a count over 24 h that grows with the run moves them).  Every
+    other subject starts at once (warm-up 0).
 
     Examples
     --------
@@ -180,7 +184,9 @@ def monitored_subjects(settings: Settings) -> dict[str, tuple[SubjectKind, int]]
     ...              monitoring=MonitoringSettings(exclude=("seconds_since_last",)))
     >>> monitored_subjects(s)  # doctest: +NORMALIZE_WHITESPACE
     {'amount': ('numeric', 0), 'kind': ('categorical', 0), 'amount_mean_1m': ('numeric', 60000),
-     'prediction.score': ('numeric', 0), 'prediction.class': ('categorical', 0)}
+     'prediction.score': ('numeric', 300000), 'prediction.class': ('categorical', 300000)}
+
+    (300,000 ms: ``seconds_since_last``'s warm-up, an input of the model though excluded.)
     """
     subjects: dict[str, tuple[SubjectKind, int]] = {f.name: (f.kind, 0) for f in settings.features}
     warmups = {
@@ -192,11 +198,13 @@ def monitored_subjects(settings: Settings) -> dict[str, tuple[SubjectKind, int]]
     # gaps between an entity's events are capped by the time the stream has run: give them
     # SINCE_LAST_WARMUP_MS of event time to reach their stationary spread
     warmups[SINCE_LAST] = SINCE_LAST_WARMUP_MS
-    for name in window_names(settings.features):
-        subjects[name] = ("numeric", warmups.get(name, 0))
-    subjects[PREDICTION_SCORE] = ("numeric", 0)
+    inputs = [warmups.get(name, 0) for name in window_names(settings.features)]
+    for name, warmup in zip(window_names(settings.features), inputs, strict=True):
+        subjects[name] = ("numeric", warmup)
+    outputs = max(inputs, default=0)
+    subjects[PREDICTION_SCORE] = ("numeric", outputs)
     if settings.model.task != "regression":
-        subjects[PREDICTION_CLASS] = ("categorical", 0)
+        subjects[PREDICTION_CLASS] = ("categorical", outputs)
     m = settings.monitoring
     return {
         name: spec

@@ -321,7 +321,9 @@ def test_monitored_subjects_names_kinds_and_warmups() -> None:
     assert subjects["amount_mean_1m"] == ("numeric", 60_000)
     assert subjects["seconds_since_last"] == ("numeric", SINCE_LAST_WARMUP_MS)
     assert subjects["merchant"] == ("categorical", 0)
-    assert subjects["prediction.class"] == ("categorical", 0)
+    # the model's outputs are stationary once its slowest input is
+    assert subjects["prediction.class"] == ("categorical", 3_600_000)
+    assert subjects["prediction.score"] == ("numeric", 3_600_000)
 
 
 def test_monitored_subjects_filters() -> None:
