@@ -22,6 +22,7 @@ cleanup() {
     for _ in $(seq 300); do kill -0 "$worker_pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$worker_pid" 2>/dev/null || true
   fi
+  rm -rf "$workdir/driftwatch-${run:-none}-data"
   for svc in "${started[@]}"; do python3 scripts/services.py stop "$svc" || true; done
 }
 trap cleanup EXIT
@@ -41,7 +42,8 @@ export DRIFTWATCH_TOPICS__EVENTS="$run.events" DRIFTWATCH_TOPICS__LABELS="$run.l
 export DRIFTWATCH_TOPICS__PREDICTIONS="$run.predictions" DRIFTWATCH_TOPICS__ALERTS="$run.alerts"
 export DRIFTWATCH_TOPICS__DLQ="$run.events.dlq" DRIFTWATCH_TOPICS__MONITOR="$run.monitor"
 echo "[demo] topics $run.*; watch alerts with: DRIFTWATCH_TOPICS__ALERTS=$run.alerts driftwatch tail alerts" >&2
-driftwatch --log-level warning worker > "$workdir/worker.log" 2>&1 &
+# from the work directory: Faust keeps an (unused, here) `<app_id>-data` folder in the cwd
+(cd "$workdir" && exec driftwatch --log-level warning worker) > "$workdir/worker.log" 2>&1 &
 worker_pid=$!
 echo "[demo] worker started (pid $worker_pid, log $workdir/worker.log)" >&2
 driftwatch --log-level warning demo "$@" || { echo "[demo] failed; worker log:" >&2; tail -40 "$workdir/worker.log" >&2; exit 1; }
