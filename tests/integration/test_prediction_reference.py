@@ -22,16 +22,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
 from stream.model.snapshots import SnapshotStore
-from stream.monitoring.drift import SubjectMonitor
-from stream.monitoring.state_store import MonitorStateStore
 from stream.service.batches import consumer_group
 from stream.service.config import Settings
 from stream.tools.synthetic import CardStream, Drift
 from tests.integration.kafka_io import consume, consume_until, produce
+from tests.integration.test_event_time_monitoring import saved_monitor
 from tests.integration.test_monitoring import START_MS, STEP_MS, with_monitoring
 
 pytestmark = pytest.mark.integration
-KEY = b"integration-test-key"  # the snapshot key worker_factory gives the workers
 PREDICTIONS = ("prediction.score", "prediction.class")
 
 
@@ -43,20 +41,6 @@ def labelled_records(n: int, drifts: tuple[Drift, ...], seed: int) -> list[tuple
 
 def index_of(ts: int) -> int:
     return (ts - START_MS) // STEP_MS
-
-
-def saved_monitor(s: Settings, subject: str) -> SubjectMonitor:
-    async def load() -> Any:
-        redis = aioredis.from_url(s.redis.url)
-        try:
-            return await MonitorStateStore(redis, s.redis.prefix, KEY).load(subject)
-        finally:
-            await redis.aclose()
-
-    owned = asyncio.run(load())
-    assert owned is not None, f"no saved monitor state for {subject}"
-    assert isinstance(owned.monitor, SubjectMonitor)
-    return owned.monitor
 
 
 async def reference_version(s: Settings) -> int | None:
