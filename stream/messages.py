@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -89,6 +89,7 @@ AlertKind = Literal[
     "concept_drift",
     "data_quality",
     "model_health",
+    "model_lifecycle",
 ]
 AlertStatus = Literal["firing", "resolved"]
 
@@ -221,11 +222,18 @@ def _text(raw: bytes, limit: int) -> tuple[str, Literal["utf-8", "base64"]]:
         return base64.b64encode(raw[:limit]).decode("ascii"), "base64"
 
 
+#: One model's output for an event: (version, prediction, score).
+Outputs = tuple[int, int | float | str | None, float]
+
+
 @dataclass(frozen=True, slots=True)
 class TrainingExample:
     """(x, y) in label-arrival order, with what the monitors need to judge the model.
 
-    The message of the internal topic ``{app_id}-train-{model}``.
+    The message of the internal topic ``{app_id}-train-{model}``. ``model_version``,
+    ``prediction`` and ``score`` are the served model's, ``model`` names it (empty in
+    examples of versions before the lineup: the configured champion); ``shadow`` holds the
+    other models' outputs for the same event, by model name.
 
     >>> x = TrainingExample("e1", {"a": 1.0}, 1, 1000, 6000, 3, 0, 0.2)
     >>> TrainingExample.decode(x.encode()) == x, x.lag_s
@@ -240,9 +248,24 @@ class TrainingExample:
     model_version: int
     prediction: int | float | str | None
     score: float
+    model: str = ""
+    shadow: dict[str, Outputs] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         return orjson.dumps(self)
+
+    def outputs(self, model: str, served_default: str) -> Outputs | None:
+        """Model ``model``'s (version, prediction, score) for this event, if it scored it.
+
+        ``served_default`` is the model an example without ``model`` was served by.
+
+        >>> x = TrainingExample("e", {}, 1, 0, 0, 3, 0, 0.2, "a", {"b": (2, 1, 0.9)})
+        >>> x.outputs("a", "a"), x.outputs("b", "a"), x.outputs("c", "a")
+        ((3, 0, 0.2), (2, 1, 0.9), None)
+        """
+        if model == (self.model or served_default):
+            return (self.model_version, self.prediction, self.score)
+        return self.shadow.get(model)
 
     @classmethod
     def decode(cls, raw: bytes) -> TrainingExample:

@@ -25,7 +25,14 @@ from stream.features.windows import EventResult, FeatureInput
 from stream.ingest.validation import Limits, validate_event, validate_label
 from stream.labels.join import PendingPrediction, example_from, join_labels
 from stream.labels.store import PredictionStore
-from stream.messages import Label, Prediction, TrainingExample, dead_letter, dead_letter_key
+from stream.messages import (
+    Label,
+    Outputs,
+    Prediction,
+    TrainingExample,
+    dead_letter,
+    dead_letter_key,
+)
 from stream.model.online import OnlineModel
 from stream.records import BatchResult, Incoming, Outgoing, ScoredEvent, ValidEvent
 from stream.service.config import Settings
@@ -44,10 +51,12 @@ class EventProcessor:
         redis: aioredis.Redis,
         model: Callable[[], OnlineModel],
         metrics: Metrics,
+        shadows: Callable[[], Sequence[OnlineModel]] = list,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.model = model
+        self.shadows = shadows
         self.metrics = metrics
         self.features = FeatureStore(redis, settings)
         self.predictions = PredictionStore(redis, settings.redis.prefix, settings.labels.horizon_s)
@@ -62,7 +71,7 @@ class EventProcessor:
         applied = await self.features.enrich([_feature_input(ev) for _, ev in valid])
         t1 = time.perf_counter()
         self.metrics.redis_seconds.labels("features").observe(t1 - t0)
-        scored, pending, unscorable = self._score(valid, applied.results)
+        scored, pending, unscorable, shadow = self._score(valid, applied.results)
         t2 = time.perf_counter()
         self.metrics.batch_seconds.labels("features_and_scoring").observe(t2 - t1)
         # an event that carries its label is learned now: nothing waits for a label
@@ -78,7 +87,9 @@ class EventProcessor:
         now = now_ms()
         examples += [example_from(pred, label.label, label.ts or now) for pred, label in claimed]
         self._count(len(valid), scored, applied, examples[len(examples) - len(claimed) :])
-        outgoing = [*self._dead_letters(rejects), *self._predictions(scored)]
+        for name, n in Counter(name for p in pending for name in p.shadow).items():
+            self.metrics.shadow_predictions.labels(name).inc(n)
+        outgoing = [*self._dead_letters(rejects), *self._predictions(scored), *shadow]
         return BatchResult(outgoing, scored, examples, len(rejects))
 
     def _validate(
@@ -96,7 +107,7 @@ class EventProcessor:
 
     def _score(
         self, valid: Sequence[tuple[Incoming, ValidEvent]], results: Sequence[EventResult]
-    ) -> tuple[list[ScoredEvent], list[PendingPrediction], list[Rejected]]:
+    ) -> tuple[list[ScoredEvent], list[PendingPrediction], list[Rejected], list[Outgoing]]:
         model = self.model()
         xs: list[dict[str, float | str]] = [
             {**ev.values, **result.enriched} for (_, ev), result in zip(valid, results, strict=True)
@@ -108,7 +119,8 @@ class EventProcessor:
         unscorable: list[Rejected] = []
         processed = now_ms()
         version = model.version
-        for (msg, ev), x, out in zip(valid, xs, outs, strict=True):
+        shadow, messages = self._shadow_score(valid, xs, processed)
+        for (msg, ev), x, out, others in zip(valid, xs, outs, shadow, strict=True):
             if not _finite(out.score, out.proba):
                 unscorable.append((msg, _non_finite(out.score, version)))
                 continue
@@ -118,10 +130,35 @@ class EventProcessor:
             pending.append(
                 PendingPrediction(
                     ev.event_id, ev.entity_id, ev.ts_ms, x, version, out.prediction, out.score,
-                    processed,
+                    processed, model.name, others,
                 )
             )  # fmt: skip
-        return scored, pending, unscorable
+        return scored, pending, unscorable, messages
+
+    def _shadow_score(
+        self,
+        valid: Sequence[tuple[Incoming, ValidEvent]],
+        xs: Sequence[dict[str, float | str]],
+        processed: int,
+    ) -> tuple[list[dict[str, Outputs]], list[Outgoing]]:
+        """Every other model's outputs per event (kept for the label join) and their
+        predictions for the shadow topic. A non-finite output is left out: the event was
+        served, so nothing is dead-lettered."""
+        shadow: list[dict[str, Outputs]] = [{} for _ in xs]
+        messages: list[Outgoing] = []
+        topic = self.settings.topics.shadow
+        for model in self.shadows():
+            for (_, ev), x, out, kept in zip(valid, xs, model.predict_many(xs), shadow,
+                                             strict=True):  # fmt: skip
+                if not _finite(out.score, out.proba):
+                    continue
+                kept[model.name] = (model.version, out.prediction, out.score)
+                value = Prediction(
+                    ev.event_id, ev.entity_id, ev.ts_ms, model.name, model.version,
+                    out.prediction, out.proba, out.score, x, processed,
+                ).encode()  # fmt: skip
+                messages.append(Outgoing(topic, ev.entity_id.encode(), value))
+        return shadow, messages
 
     async def _store(
         self, waiting: Sequence[PendingPrediction]

@@ -7,12 +7,12 @@ example that results. The Redis side is in ``stream.labels.store``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from stream.messages import Label, TrainingExample
+from stream.messages import Label, Outputs, TrainingExample
 
 
 # Slotted, not frozen: the scorer builds one per event, and a frozen dataclass's __init__
@@ -30,6 +30,8 @@ class PendingPrediction:
     prediction: int | float | str | None
     score: float
     processed_at_ms: int
+    model: str = ""  # the served model (empty: stored by a version before the lineup)
+    shadow: dict[str, Outputs] = field(default_factory=dict)  # the other models' outputs
 
     def encode(self) -> bytes:
         """The JSON stored under ``{prefix}:pred:{event_id}`` (read back by :meth:`decode`).
@@ -51,12 +53,17 @@ class PendingPrediction:
                 "prediction": self.prediction,
                 "score": self.score,
                 "processed_at_ms": self.processed_at_ms,
+                **({"model": self.model} if self.model else {}),
+                **({"shadow": self.shadow} if self.shadow else {}),
             }
         )
 
     @classmethod
     def decode(cls, raw: bytes | str) -> PendingPrediction:
-        return cls(**orjson.loads(raw))
+        data = orjson.loads(raw)
+        if "shadow" in data:
+            data["shadow"] = {k: tuple(v) for k, v in data["shadow"].items()}
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -106,4 +113,6 @@ def example_from(pred: PendingPrediction, y: Any, label_ts_ms: int) -> TrainingE
         model_version=pred.model_version,
         prediction=pred.prediction,
         score=pred.score,
+        model=pred.model,
+        shadow=pred.shadow,
     )

@@ -26,11 +26,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from stream.ingest.scoring import EventProcessor, LabelProcessor
 from stream.labels.store import PredictionStore
-from stream.model.holder import ModelHolder
-from stream.model.snapshots import SnapshotStore
-from stream.model.trainer import Trainer
+from stream.model.lifecycle import Learners
+from stream.model.served import ModelSet
 from stream.monitoring.hub import MonitorHub
-from stream.monitoring.performance import PerformanceMonitor
 from stream.service.batches import LEARN, BatchConsumer, forever
 from stream.service.config import Settings
 from stream.service.kafka_security import broker_credentials, client_options
@@ -55,10 +53,9 @@ class Worker:
     settings: Settings
     redis: aioredis.Redis
     metrics: Metrics
-    holder: ModelHolder
-    trainer: Trainer
+    holder: ModelSet
+    learners: Learners
     hub: MonitorHub
-    performance: PerformanceMonitor
     health: Health
     publisher: Publisher
     lag: LagSampler
@@ -93,17 +90,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Worker:
     app = faust_app(settings)
     redis = redis_client(settings)
     metrics = metrics or Metrics()
-    store = SnapshotStore.from_settings(redis, settings)
-    trainer = Trainer(settings, store, metrics)
-    holder = ModelHolder(store, trainer.fresh_model())
+    holder = ModelSet(settings, redis)
+    learners = Learners(settings, redis, metrics)
     key = settings.snapshot_key.get_secret_value().encode() if settings.snapshot_key else b""
     hub = MonitorHub(settings, redis, metrics, key)
-    performance = PerformanceMonitor(settings.model.task, settings.monitoring, settings.model.name)
     health = Health(metrics)
     publisher = Publisher(settings, metrics, health)
     lag = LagSampler(metrics, lambda: AIOKafkaAdminClient(**client_options(settings)))
     worker = Worker(
-        app, settings, redis, metrics, holder, trainer, hub, performance, health, publisher, lag
+        app, settings, redis, metrics, holder, learners, hub, health, publisher, lag
     )
     _agents(worker)
     _background(worker)
@@ -114,7 +109,9 @@ def _agents(w: Worker) -> None:
     app, settings, m, h = w.app, w.settings, w.metrics, w.health
     topics = settings.topics
     train = TrainingTopic(train_topic_name(settings), settings.model.name)
-    scorer = EventProcessor(settings, w.redis, lambda: w.holder.model, m)
+    scorer = EventProcessor(
+        settings, w.redis, lambda: w.holder.model, m, shadows=lambda: w.holder.shadows
+    )
     joiner = LabelProcessor(settings, w.redis, m)
     n = topics.partitions
     ingest = BatchConsumer(
@@ -129,17 +126,19 @@ def _agents(w: Worker) -> None:
     )
     learn = BatchConsumer(
         settings,
-        {train.name: LearnStep(settings, m, h, w.trainer, w.performance, w.holder, w.publisher)},
+        {train.name: LearnStep(settings, m, h, w.learners, w.holder, w.publisher)},
         w.publisher,
         h,
         w.lag,
         name=LEARN,
         # the partition may have been learned from elsewhere meanwhile: resume from the
         # saved checkpoint
-        on_assigned=lambda assigned: w.trainer.forget(),
+        on_assigned=lambda assigned: w.learners.forget(),
     )
     # declared so that Faust creates them with its own at start-up
-    declared = ((topics.events, n), (topics.labels, n), (topics.monitor, n), (train.name, 1))
+    declared = [(topics.events, n), (topics.labels, n), (topics.monitor, n), (train.name, 1)]
+    if settings.challenged:
+        declared.append((topics.shadow, n))
     for topic_name, partitions in declared:
         app.topic(topic_name, key_type=bytes, value_type=bytes, partitions=partitions)
     consumers = [ingest, learn]
@@ -172,14 +171,15 @@ def _background(w: Worker) -> None:
         if await holder.refresh():
             log.debug("serving %s version %d", holder.model.name, holder.model.version)
         await w.publisher.publish(w.publisher.alerts(holder.take_alerts()))
+        for model in holder.models:
+            m.model_version.labels(model.name).set(model.version)
         name = holder.model.name
-        m.model_version.labels(name).set(holder.model.version)
         lag = await holder.lag(now_ms())
         m.lag_examples.labels(name).set(lag.examples)
         if lag.age_s is not None:
             m.served_age.labels(name).set(lag.age_s)
         # the trainer (if this worker is it) publishes what waited publish_interval
-        if await w.trainer.publish_due() is not None:
+        if await w.learners.publish_due():
             await holder.refresh()
 
     async def wait_for_model() -> None:

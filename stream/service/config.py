@@ -110,6 +110,9 @@ class TopicSettings(_Frozen):
     alerts: str = "alerts"
     dlq: str = "events.dlq"
     monitor: str = "driftwatch.monitor"
+    # the challengers' and shadows' predictions (created only when a config has any, or may
+    # start them: lifecycle.retrain_on); never served, same message as `predictions`
+    shadow: str = "predictions.shadow"
     partitions: int = Field(default=4, ge=1, le=1024)
 
     @property
@@ -270,8 +273,16 @@ PIPELINES_BY_TASK: dict[str, tuple[str, ...]] = {
 }
 
 
+#: What a model does (README, "Champion and challengers"): the champion's predictions are
+#: served; a challenger's are published to the shadow topic and compared with the champion's
+#: on the same labels, and the automatic policy may promote it; a shadow is scored and
+#: compared the same way but only an operator promotes it.
+ModelRole = Literal["champion", "challenger", "shadow"]
+
+
 class ModelSettings(_Frozen):
     name: str = Field(default="model", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    role: ModelRole = "champion"
     task: Literal["binary", "multiclass", "regression"] = "binary"
     pipeline: Literal[
         "logistic_regression", "softmax_regression", "hoeffding_tree", "linear_regression"
@@ -302,6 +313,40 @@ class ModelSettings(_Frozen):
             raise ValueError(
                 f"pipeline {self.pipeline!r} does not fit task {self.task!r}; "
                 f"expected one of {sorted(allowed)}"
+            )
+        return self
+
+
+RetrainTrigger = Literal["concept_drift", "performance"]
+
+
+class LifecycleSettings(_Frozen):
+    """Champion and challengers: the comparison on delayed labels and the automatic policy.
+
+    A challenger is compared with the champion over the last ``compare_window`` labelled
+    events both scored (a paired exact McNemar test, :mod:`stream.model.compare`); with
+    ``auto_promote`` it is promoted once it has ``min_labels`` such events, is ``margin``
+    better (accuracy; MAE relative to the champion's for a regression) and the test's
+    one-sided p-value is below ``alpha``.
+    """
+
+    auto_promote: bool = False
+    compare_window: int = Field(default=2000, ge=20)
+    min_labels: int = Field(default=500, ge=10)
+    margin: float = Field(default=0.02, ge=0, le=1)
+    alpha: float = Field(default=0.01, gt=0, lt=1)
+    # alerts of the champion that start a fresh challenger of its pipeline, learning from
+    # the alert's event time on (empty: none)
+    retrain_on: tuple[RetrainTrigger, ...] = ()
+    max_challengers: int = Field(default=2, ge=1)  # live retrained challengers at most
+    retire_after: int = Field(default=5000, ge=10)  # compared labels a retrained one gets
+
+    @model_validator(mode="after")
+    def _window_holds_min(self) -> LifecycleSettings:
+        if self.min_labels > self.compare_window:
+            raise ValueError(
+                f"min_labels {self.min_labels} exceeds compare_window {self.compare_window}: "
+                "no comparison could ever have that many labels"
             )
         return self
 
@@ -411,6 +456,11 @@ class Settings(BaseSettings):
     features: tuple[FeatureSpec, ...] = ()
     windows: WindowSettings = WindowSettings()
     model: ModelSettings = ModelSettings()
+    # several models ([[models]]); [model] alone is one champion. `model` is then the
+    # configured champion: its name names the training topic and the prediction monitors'
+    # reference model.
+    models: tuple[ModelSettings, ...] = ()
+    lifecycle: LifecycleSettings = LifecycleSettings()
     labels: LabelSettings = LabelSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     # secrets: environment only (see _reject_secrets_in_file)
@@ -449,15 +499,66 @@ class Settings(BaseSettings):
         # the environment overrides the file, which arrives as init kwargs
         return env_settings, init_settings
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_champion(cls, data: Any) -> Any:
+        """``[model]`` alone is the one champion; ``[[models]]`` names it among the others."""
+        if not isinstance(data, dict):
+            return data
+        models = data.get("models")
+        if not models:
+            model = data.get("model", {})
+            if isinstance(model, ModelSettings):
+                model = model.model_dump()
+            if isinstance(model, dict):
+                data = {**data, "models": [{**model, "role": "champion"}]}
+            return data
+        if "model" in data:
+            raise ValueError("configure either [model] (one model) or [[models]], not both")
+        dumped = [m.model_dump() if isinstance(m, ModelSettings) else m for m in models]
+        champions = [m for m in dumped if isinstance(m, dict) and m.get("role") == "champion"]
+        if len(champions) != 1:
+            names = [m.get("name") for m in champions]
+            raise ValueError(
+                f"[[models]] needs exactly one model with role = \"champion\", got {names}"
+            )
+        return {**data, "model": champions[0]}
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        names = self.topics.names
+        models = [m.name for m in self.models]
+        if len(set(models)) != len(models):
+            raise ValueError(f"model names must be distinct, got {models}")
+        tasks = {m.name: m.task for m in self.models if m.task != self.model.task}
+        if tasks:
+            raise ValueError(
+                f"every model must have the champion's task {self.model.task!r} (they are "
+                f"compared on the same labels), got {tasks}"
+            )
+        names = [*self.topics.names, *([self.topics.shadow] if self.challenged else [])]
         if len(set(names)) != len(names):
             raise ValueError(f"topic names must be distinct, got {names}")
         features = [f.name for f in self.features]
         if len(set(features)) != len(features):
             raise ValueError(f"feature names must be distinct, got {features}")
         return self
+
+    @property
+    def challenged(self) -> bool:
+        """True if models other than the champion may run: configured, or started on alerts."""
+        return len(self.models) > 1 or bool(self.lifecycle.retrain_on)
+
+    def model_named(self, name: str) -> ModelSettings:
+        """The configured model ``name`` (``KeyError`` if there is none)."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def for_model(self, model: ModelSettings) -> Settings:
+        """These settings with ``model`` as the model: what one model's trainer, store and
+        performance monitor are built from."""
+        return self.model_copy(update={"model": model})
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with secrets hidden, for the start-up log.

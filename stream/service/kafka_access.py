@@ -78,6 +78,8 @@ def required_acls(settings: Settings) -> list[Acl]:
         (t.dlq, ("Write",)),
         (t.monitor, ("Read", "Write")),
     ]
+    if settings.challenged:
+        wanted.append((t.shadow, ("Write",)))
     acls = [Acl("topic", name, op) for name, ops in wanted for op in ("Create", "Describe", *ops)]
     acls += [Acl("topic", f"{app_id}-", op, prefixed=True)
              for op in ("Create", "Describe", "Read", "Write")]  # fmt: skip

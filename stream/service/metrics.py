@@ -205,6 +205,26 @@ class Metrics:
             ["model", "metric"],
             registry=r,
         )
+        # champion and challengers (stream.model.lifecycle)
+        self.model_role = Gauge(
+            f"{p}model_role",
+            "1 for each model of the lineup, labelled with its role",
+            ["model", "role"],
+            registry=r,
+        )
+        self.challenger_metric = Gauge(
+            f"{p}challenger_comparison",
+            "A challenger against the champion on the same labelled events: accuracy or MAE "
+            "of each (champion, challenger), margin, labels compared, exact McNemar p-value",
+            ["model", "champion", "stat"],
+            registry=r,
+        )
+        self.shadow_predictions = Counter(
+            f"{p}shadow_predictions",
+            "Predictions of challengers and shadows, published to the shadow topic",
+            ["model"],
+            registry=r,
+        )
         self.quality_rate = Gauge(
             f"{p}data_quality_rate",
             "Rolling rate of data-quality problems",

@@ -16,10 +16,9 @@ from typing import Any
 from stream.exceptions import RejectedInput
 from stream.ingest.scoring import EventProcessor, LabelProcessor, reject
 from stream.messages import TrainingExample
-from stream.model.holder import ModelHolder
-from stream.model.trainer import Trainer
+from stream.model.lifecycle import Batch, Learners
+from stream.model.served import ModelSet
 from stream.monitoring.hub import MonitorHub, monitor_messages
-from stream.monitoring.performance import PerformanceMonitor
 from stream.monitoring.subjects import monitored_subjects
 from stream.records import BatchResult, Incoming, Outgoing, ScoredEvent
 from stream.service.config import Settings
@@ -68,7 +67,7 @@ class ScoreStep(_Step):
         metrics: Metrics,
         health: Health,
         scorer: EventProcessor,
-        holder: ModelHolder,
+        holder: ModelSet,
         train: TrainingTopic,
     ) -> None:
         super().__init__(settings, metrics, health)
@@ -191,21 +190,20 @@ class JoinStep(_Step):
 
 
 class LearnStep(_Step):
-    """Training examples → a learned, checkpointed and (when due) published model."""
+    """Training examples → every model learned, checkpointed and (when due) published; the
+    champion's performance alerts and the lifecycle policy's (:mod:`stream.model.lifecycle`)."""
 
     def __init__(
         self,
         settings: Settings,
         metrics: Metrics,
         health: Health,
-        trainer: Trainer,
-        performance: PerformanceMonitor,
-        holder: ModelHolder,
+        learners: Learners,
+        holder: ModelSet,
         publisher: Publisher,
     ) -> None:
         super().__init__(settings, metrics, health)
-        self.trainer = trainer
-        self.performance = performance
+        self.learners = learners
         self.holder = holder
         self.publisher = publisher
 
@@ -217,35 +215,40 @@ class LearnStep(_Step):
                 items.append((r.offset or 0, TrainingExample.decode(r.value or b"")))
             except Exception as exc:  # not an example this version can read: its own fault
                 dlq.append(self.dead_letter(r, describe(exc), "learn"))
-        unlearned = await self.health.retry("train", lambda: self.trainer.unlearned(items))
-        alerts = self._judge_performance(unlearned)
-        outcome = self.trainer.learn_batch(unlearned)
-        version = await self.health.retry("train", self.trainer.save)
-        alerts += self.trainer.take_alerts()
-        for skipped in outcome.skipped:
+        learners = self.learners
+        await self.health.retry("train", learners.sync)
+        unlearned = await self.health.retry("train", lambda: learners.unlearned(items))
+        alerts = self._judge(unlearned)
+        outcomes = learners.learn(unlearned)
+        versions = await self.health.retry("train", learners.save)
+        alerts += learners.take_alerts()
+        champion = outcomes.get(learners.champion)
+        for skipped in [] if champion is None else champion.skipped:
             source = next(r for r in records if r.offset == skipped.offset)
             why = RejectedInput(skipped.reason, stage="learn", code=skipped.code)
             dlq.append(reject(self.settings, self.metrics, source, why))
-        if version is not None:
+        lifecycle = await self._decide(alerts)
+        if versions or lifecycle:
             await self.health.retry("model", self.holder.refresh)
-        return [*self.publisher.alerts(alerts), *dlq]
+        return [*self.publisher.alerts([*alerts, *lifecycle]), *dlq]
 
-    def _judge_performance(
-        self, unlearned: Sequence[tuple[int, TrainingExample]]
-    ) -> list[dict[str, Any]]:
-        # performance is judged on published models: version 0 is the untrained one
-        fresh = [x for _, x in unlearned if x.model_version > 0]
-        if not (self.settings.monitoring.enabled and fresh):
+    def _judge(self, unlearned: dict[str, Batch]) -> list[dict[str, Any]]:
+        if not self.settings.monitoring.enabled:
             return []
         try:
-            alerts = self.performance.update(fresh, now_ms())
+            return self.learners.judge(unlearned, now_ms())
         except Exception as exc:  # judging must never stop learning
             self.metrics.task_errors.labels("performance").inc()
             log.exception("performance monitor skipped a batch: %s", describe(exc))
             return []
-        for metric, value in self.performance.metrics().items():
-            self.metrics.model_metric.labels(self.settings.model.name, metric).set(value)
-        return alerts
+
+    async def _decide(self, alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:  # an outage waits (a retraining trigger is not lost); a bug skips the batch
+            return await self.health.retry("lifecycle", lambda: self.learners.decide(alerts))
+        except Exception as exc:  # the policy must never stop learning: it decides again
+            self.metrics.task_errors.labels("lifecycle").inc()  # at the next batch
+            log.exception("lifecycle policy skipped a batch: %s", describe(exc))
+            return []
 
 
 def _bytes(value: Any) -> bytes:

@@ -37,6 +37,8 @@ def train_topic_name(settings: Settings) -> str:
 def topic_partitions(settings: Settings) -> dict[str, int]:
     """Every topic the worker uses, with its partition count."""
     topics = {name: settings.topics.partitions for name in settings.topics.names}
+    if settings.challenged:
+        topics[settings.topics.shadow] = settings.topics.partitions
     topics[train_topic_name(settings)] = 1  # one partition: one learner, in arrival order
     return topics
 
