@@ -1,15 +1,20 @@
 """The operator's commands on the stored model versions, as the lines the CLI prints.
 
 ``driftwatch model versions|promote|rollback`` (:mod:`stream.service.cli`) calls these on a
-:class:`~stream.model.snapshots.SnapshotStore`.
+:class:`~stream.model.snapshots.SnapshotStore`; ``driftwatch model lineup|history`` and
+``model promote --challenger`` on the :class:`~stream.model.lineup.Lineup`.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import orjson
+from redis.asyncio import Redis
 
+from stream.exceptions import DriftwatchError
+from stream.model.lineup import Entry, Lineup, lifecycle_alert
 from stream.model.snapshot_format import SnapshotInfo
 from stream.model.snapshots import SnapshotStore
 
@@ -63,3 +68,75 @@ async def rollback(store: SnapshotStore) -> str:
     before = await store.current_version()
     now = await store.rollback()
     return f"model {store.model_name!r}: rolled back from version {before} to {now} (pinned)"
+
+
+async def list_lineup(lineup: Lineup, redis: Redis) -> list[str]:
+    """Printable rows, header first, one per model of the lineup, the champion first, with
+    its comparison against the champion as the learner last exported it.
+
+    >>> print("\\n".join(await list_lineup(lineup, redis)))  # doctest: +SKIP
+      MODEL     ROLE        ORIGIN   VERSION  SINCE (UTC)          LABELS  CHAMPION  IT     P
+    * fraud     champion    config        41  -                         -         -  -      -
+      fraud.r1  challenger  retrain       12  2026-12-02 10:00:00    1200     0.612  0.704  3e-09
+    """
+    entries = await lineup.entries()
+    raw = cast(dict[bytes, bytes], await redis.hgetall(f"{lineup.prefix}:lineup:compare"))
+    verdicts = {k.decode(): orjson.loads(v) for k, v in raw.items()}
+    rows = [f"  {'MODEL':<16}  {'ROLE':<10}  {'ORIGIN':<7}  {'VERSION':>7}  "
+            f"{'SINCE (UTC)':<19}  {'LABELS':>6}  {'CHAMPION':>8}  {'IT':>6}  P"]  # fmt: skip
+    for e in sorted(entries.values(), key=lambda e: (e.role != "champion", e.name)):
+        store = SnapshotStore(redis, lineup.prefix, e.name, b"")
+        version = await store.current_version()
+        v = verdicts.get(e.name, {}) if e.role != "champion" else {}
+        since = _utc(e.since_ts) if e.since_ts else "-"
+        rows.append(
+            f"{'*' if e.role == 'champion' else ' '} {e.name:<16}  {e.role:<10}  {e.origin:<7}  "
+            f"{'-' if version is None else version:>7}  {since:<19}  "
+            f"{v.get('labels', '-'):>6}  {_num(v.get('champion_metric')):>8}  "
+            f"{_num(v.get('challenger_metric')):>6}  {_num(v.get('p_value'), '.2g')}"
+        )
+    return rows
+
+
+async def list_history(lineup: Lineup, count: int | None) -> list[str]:
+    """One line per lifecycle event, oldest first: time, action, model, message."""
+    return [
+        f"{_utc(a['ts'])}  {a['detector']:<8}  {a['subject']:<16}  {a['message']}"
+        for a in await lineup.history(count)
+    ]
+
+
+async def promote_challenger(lineup: Lineup, redis: Redis, name: str) -> dict[str, Any]:
+    """Make ``name`` the champion now (the operator's decision), recorded with the last
+    exported comparison as evidence; the ``model_lifecycle`` alert. Raises
+    :class:`~stream.exceptions.DriftwatchError` if ``name`` is not in the lineup or is
+    already the champion."""
+    raw = await redis.hget(f"{lineup.prefix}:lineup:compare", name)
+    comparison = orjson.loads(raw) if raw else {}
+    version = await SnapshotStore(redis, lineup.prefix, name, b"").current_version()
+
+    def alert(old: Entry) -> dict[str, Any]:
+        return lifecycle_alert(
+            "promoted", name, version=version, p_value=comparison.get("p_value"),
+            statistic=comparison.get("margin"),
+            evidence={"previous_champion": old.name, "by": "operator", **comparison},
+            message=f"model {name!r} promoted to champion over {old.name!r} by an operator; "
+            f"{old.name!r} is a challenger now (promote it back to roll back)",
+        )  # fmt: skip
+
+    try:
+        before = await lineup.promote(name, alert)
+    except KeyError:
+        names = sorted(await lineup.entries())
+        raise DriftwatchError(f"no model {name!r} in the lineup; it has {names}") from None
+    if before is None:
+        raise DriftwatchError(f"model {name!r} is the champion already")
+    return (await lineup.history(1))[-1]
+
+
+def _utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _num(value: Any, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)

@@ -97,9 +97,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Worker:
     health = Health(metrics)
     publisher = Publisher(settings, metrics, health)
     lag = LagSampler(metrics, lambda: AIOKafkaAdminClient(**client_options(settings)))
-    worker = Worker(
-        app, settings, redis, metrics, holder, learners, hub, health, publisher, lag
-    )
+    worker = Worker(app, settings, redis, metrics, holder, learners, hub, health, publisher, lag)
     _agents(worker)
     _background(worker)
     return worker

@@ -61,13 +61,28 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("what", choices=["predictions", "alerts", "dlq"])
     tail.add_argument("--from-beginning", action="store_true")
     tail.add_argument("--limit", type=_positive_int, default=None, help="stop after N messages")
-    model = sub.add_parser("model", help="list, promote or roll back model versions")
-    model.add_argument("action", choices=["versions", "promote", "rollback"])
+    model = sub.add_parser(
+        "model", help="model versions, the lineup of champion and challengers, its history"
+    )
+    model.add_argument("action", choices=["versions", "promote", "rollback", "lineup", "history"])
     model.add_argument(
         "version",
         nargs="?",
         type=_positive_int,
         help="promote: the version to serve (pinned); without one, follow the latest again",
+    )
+    model.add_argument(
+        "--model",
+        dest="model_name",
+        help="versions/promote/rollback: the model whose versions (default: the champion)",
+    )
+    model.add_argument(
+        "--challenger",
+        help="promote: make this model of the lineup the champion (the champion becomes a "
+        "challenger: promote it back to roll back)",
+    )
+    model.add_argument(
+        "--limit", type=_positive_int, default=None, help="history: the newest N events only"
     )
     ref = sub.add_parser("reference", help="pin the drift reference, or return to the default")
     ref.add_argument("action", choices=["pin", "unpin"])
@@ -151,31 +166,65 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "reference":
         return _reference_command(settings, args)
     if args.command == "model":
-        return _model_command(settings, args.action, args.version)
+        return _model_command(settings, args)
     raise AssertionError(f"unhandled command {args.command}")  # argparse guarantees a choice
 
 
-def _model_command(settings: Settings, action: str, version: int | None) -> int:
+def _model_command(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
     from stream.model import versions
+    from stream.model.lineup import Lineup, champion_of
     from stream.model.snapshots import SnapshotStore
     from stream.service.redis_client import redis_client
+
+    action = args.action
+    if args.challenger is not None and (action != "promote" or args.version is not None):
+        build_parser().error("--challenger goes with `model promote` and no version")
 
     async def go() -> list[str]:
         client = redis_client(settings)
         try:
-            store = SnapshotStore.from_settings(client, settings)
+            lineup = Lineup(client, settings.redis.prefix)
+            if action == "lineup":
+                return await versions.list_lineup(lineup, client)
+            if action == "history":
+                return await versions.list_history(lineup, args.limit) or ["(no lifecycle events)"]
+            if args.challenger is not None:
+                alert = await versions.promote_challenger(lineup, client, args.challenger)
+                await _publish_alert(settings, alert)
+                return [alert["message"]]
+            name = args.model_name
+            if name is None:  # the champion of the lineup, else the configured one
+                champion = champion_of(await lineup.entries())
+                name = settings.model.name if champion is None else champion.name
+            spec = settings.model.model_copy(update={"name": name})
+            store = SnapshotStore.from_settings(client, settings.for_model(spec))
             if action == "versions":
                 return await versions.list_versions(store)
             if action == "promote":
-                return [await versions.promote(store, version)]
+                return [await versions.promote(store, args.version)]
             return [await versions.rollback(store)]
         finally:
             await client.aclose()
 
     print("\n".join(asyncio.run(go())))
     return 0
+
+
+async def _publish_alert(settings: Settings, alert: dict[str, object]) -> None:
+    """Publish an operator's lifecycle alert on the alerts topic (acknowledged)."""
+    from stream.monitoring.alerts import alert_key
+    from stream.service.publish import encode_alert, new_producer
+
+    producer = new_producer(settings)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            settings.topics.alerts, encode_alert(dict(alert)), key=alert_key(dict(alert))
+        )
+    finally:
+        await producer.stop()
 
 
 def _reference_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -502,27 +502,34 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _one_champion(cls, data: Any) -> Any:
-        """``[model]`` alone is the one champion; ``[[models]]`` names it among the others."""
+        """``[model]`` alone is the one champion; ``[[models]]`` names it among the others.
+
+        Given with ``[[models]]``, ``[model]``'s fields override the champion's (so that
+        ``DRIFTWATCH_MODEL__<KEY>`` overrides the champion of a file's ``[[models]]``).
+        """
         if not isinstance(data, dict):
             return data
-        models = data.get("models")
+        model = data.get("model")
+        if isinstance(model, ModelSettings):
+            model = model.model_dump()
+        models = [
+            m.model_dump() if isinstance(m, ModelSettings) else m for m in data.get("models") or []
+        ]
         if not models:
-            model = data.get("model", {})
-            if isinstance(model, ModelSettings):
-                model = model.model_dump()
-            if isinstance(model, dict):
-                data = {**data, "models": [{**model, "role": "champion"}]}
-            return data
-        if "model" in data:
-            raise ValueError("configure either [model] (one model) or [[models]], not both")
-        dumped = [m.model_dump() if isinstance(m, ModelSettings) else m for m in models]
-        champions = [m for m in dumped if isinstance(m, dict) and m.get("role") == "champion"]
+            model = {**(model or {}), "role": "champion"}
+            return {**data, "model": model, "models": [model]}
+        roles = [m.get("role", "champion") if isinstance(m, dict) else None for m in models]
+        if not set(roles) <= {"champion", "challenger", "shadow"}:
+            return data  # reported by the field's own validation, naming the field
+        champions = [i for i, role in enumerate(roles) if role == "champion"]
         if len(champions) != 1:
-            names = [m.get("name") for m in champions]
+            names = [models[i].get("name") for i in champions]
             raise ValueError(
-                f"[[models]] needs exactly one model with role = \"champion\", got {names}"
+                f'[[models]] needs exactly one model with role = "champion", got {names}'
             )
-        return {**data, "model": champions[0]}
+        champion = {**models[champions[0]], **(model or {}), "role": "champion"}
+        models[champions[0]] = champion
+        return {**data, "model": champion, "models": models}
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

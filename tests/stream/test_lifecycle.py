@@ -1,0 +1,189 @@
+"""Champion and challengers, pure parts: the configuration, the lineup's entries, the paired
+comparison and its exact McNemar test, an example seen as another model served it."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import binomtest
+
+from stream.exceptions import ConfigError
+from stream.messages import TrainingExample
+from stream.model.compare import Comparison
+from stream.model.lifecycle import as_served_by
+from stream.model.lineup import Entry, configured
+from stream.service.config import ModelSettings, Settings, load_settings
+
+
+def test_a_single_model_section_is_the_one_champion() -> None:
+    s = Settings(model={"name": "fraud"})
+    assert [(m.name, m.role) for m in s.models] == [("fraud", "champion")]
+    assert not s.challenged
+    assert [(e.name, e.role) for e in configured(s)] == [("fraud", "champion")]
+
+
+def test_models_name_one_champion_and_keep_the_others() -> None:
+    s = Settings(
+        models=[
+            {"name": "tree", "role": "challenger", "pipeline": "hoeffding_tree"},
+            {"name": "lr", "role": "champion"},
+            {"name": "lr2", "role": "shadow", "learning_rate": 0.1},
+        ]
+    )
+    assert s.model.name == "lr" and s.challenged
+    assert [(e.name, e.role) for e in configured(s)] == [
+        ("lr", "champion"), ("tree", "challenger"), ("lr2", "shadow"),
+    ]  # fmt: skip
+    # the dumped settings (how tests and the environment pass them) read back the same
+    assert Settings(**s.model_dump(mode="json")) == s
+
+
+def test_a_model_section_overrides_the_champion_of_the_models() -> None:
+    s = Settings(
+        model={"publish_every": 50},
+        models=[{"name": "lr", "role": "champion"}, {"name": "b", "role": "shadow"}],
+    )
+    assert (s.model.name, s.model.publish_every) == ("lr", 50)
+    assert s.models[0].publish_every == 50
+
+
+@pytest.mark.parametrize(
+    ("models", "field"),
+    [
+        ([{"name": "a", "role": "challenger"}], "champion"),
+        ([{"name": "a", "role": "champion"}, {"name": "b", "role": "champion"}], "champion"),
+        ([{"name": "a", "role": "champion"}, {"name": "a", "role": "shadow"}], "distinct"),
+        (
+            [
+                {"name": "a", "role": "champion"},
+                {
+                    "name": "b",
+                    "role": "shadow",
+                    "task": "regression",
+                    "pipeline": "linear_regression",
+                },
+            ],
+            "task",
+        ),  # fmt: skip
+        ([{"name": "a", "role": "boss"}], "models.0.role"),
+    ],
+)
+def test_a_bad_lineup_stops_start_up_naming_the_problem(tmp_path, models, field) -> None:
+    lines = []
+    for m in models:
+        lines.append("[[models]]")
+        lines += [f'{k} = "{v}"' for k, v in m.items()]
+    path = tmp_path / "dw.toml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=field):
+        load_settings(path)
+
+
+def test_lifecycle_settings_refuse_a_minimum_beyond_the_window() -> None:
+    with pytest.raises(ValueError, match="min_labels"):
+        Settings(lifecycle={"min_labels": 600, "compare_window": 500})
+
+
+def test_the_shadow_topic_is_created_and_authorised_only_with_challengers() -> None:
+    from stream.service.kafka_access import required_acls
+    from stream.service.topics import topic_partitions
+
+    alone = Settings()
+    retraining = Settings(lifecycle={"retrain_on": ["concept_drift"]})
+    assert alone.topics.shadow not in topic_partitions(alone)
+    assert retraining.topics.shadow in topic_partitions(retraining)
+    written = {a.name for a in required_acls(retraining) if a.operation == "Write"}
+    assert retraining.topics.shadow in written
+    assert alone.topics.shadow not in {a.name for a in required_acls(alone)}
+
+
+def test_an_entry_reads_back_what_it_wrote() -> None:
+    e = Entry(ModelSettings(name="fraud.r3", role="challenger"), "challenger", "retrain", 5, 9)
+    assert Entry.decode(e.encode()) == e
+
+
+def test_an_example_is_seen_as_the_model_that_scored_it() -> None:
+    x = TrainingExample("e", {}, 1, 10, 20, 7, 0, 0.3, "a", {"b": (2, 1, 0.8)})
+    assert as_served_by(x, "a", "a") is x
+    b = as_served_by(x, "b", "a")
+    assert (b.model_version, b.prediction, b.score, b.y) == (2, 1, 0.8, 1)
+    old = TrainingExample("e", {}, 1, 10, 20, 7, 0, 0.3)  # stored before the lineup
+    assert old.outputs("fraud", "fraud") == (7, 0, 0.3)
+    assert old.outputs("other", "fraud") is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 1), st.integers(0, 1), st.integers(0, 1)), max_size=300),
+    st.integers(5, 120),
+)
+def test_the_comparison_equals_a_recount_of_its_window(pairs, window) -> None:
+    c = Comparison("binary", window)
+    for y, a, b in pairs:
+        assert c.add(y, a, b)
+    v = c.verdict()
+    kept = pairs[-window:]
+    assert v.n == len(kept) and c.total == len(pairs)
+    if not kept:
+        assert v.p_value == 1.0 and math.isnan(v.margin)
+        return
+    champion = sum(a == y for y, a, _ in kept) / len(kept)
+    challenger = sum(b == y for y, _, b in kept) / len(kept)
+    wins = sum(b == y != a for y, a, b in kept)
+    losses = sum(a == y != b for y, a, b in kept)
+    assert (v.wins, v.losses) == (wins, losses)
+    assert v.champion == pytest.approx(champion) and v.challenger == pytest.approx(challenger)
+    assert v.margin == pytest.approx(challenger - champion)
+    expected = (
+        binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins + losses else 1.0
+    )
+    assert v.p_value == pytest.approx(expected)
+
+
+def test_a_challenger_no_better_is_promoted_rarely() -> None:
+    """Under the null (two equally good models), the policy's test fires at most at its
+    level: 400 windows of 500 labels, each model right 70 % of the time, independently."""
+    rng = random.Random(5)
+    fired = 0
+    for _ in range(400):
+        c = Comparison("binary", 500)
+        for _ in range(500):
+            y = rng.random() < 0.5
+            a = y if rng.random() < 0.7 else not y
+            b = y if rng.random() < 0.7 else not y
+            c.add(int(y), int(a), int(b))
+        fired += c.verdict().beats(min_labels=500, margin=0.0, alpha=0.01)
+    assert fired <= 10  # expected 4 at alpha 0.01 (binomial 99.9th percentile: 11)
+
+
+def test_a_clearly_better_challenger_beats_the_champion() -> None:
+    rng = random.Random(3)
+    c = Comparison("binary", 1000)
+    for _ in range(600):
+        y = int(rng.random() < 0.5)
+        c.add(y, y if rng.random() < 0.6 else 1 - y, y if rng.random() < 0.8 else 1 - y)
+    v = c.verdict()
+    assert v.beats(500, 0.02, 0.01), v
+    assert not v.beats(700, 0.02, 0.01)  # not enough labels yet
+
+
+def test_a_regression_is_compared_on_absolute_errors() -> None:
+    c = Comparison("regression", 100)
+    for i in range(100):
+        c.add(float(i), float(i) + 2.0, float(i) + (0.5 if i % 4 else 3.0))
+    v = c.verdict()
+    assert v.champion == pytest.approx(2.0)
+    assert v.challenger == pytest.approx(0.75 * 0.5 + 0.25 * 3.0)
+    assert v.margin == pytest.approx((2.0 - v.challenger) / 2.0)
+    assert (v.wins, v.losses) == (75, 25)
+
+
+def test_a_label_that_does_not_fit_the_task_is_not_compared() -> None:
+    c = Comparison("binary", 10)
+    assert not c.add("maybe", 1, 0)
+    assert c.add(1, None, 1)  # a classifier without a prediction yet is wrong
+    assert c.verdict().wins == 1
