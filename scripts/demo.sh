@@ -41,6 +41,11 @@ export DRIFTWATCH_WORKER__APP_ID="driftwatch-$run" DRIFTWATCH_REDIS__PREFIX="$ru
 export DRIFTWATCH_TOPICS__EVENTS="$run.events" DRIFTWATCH_TOPICS__LABELS="$run.labels"
 export DRIFTWATCH_TOPICS__PREDICTIONS="$run.predictions" DRIFTWATCH_TOPICS__ALERTS="$run.alerts"
 export DRIFTWATCH_TOPICS__DLQ="$run.events.dlq" DRIFTWATCH_TOPICS__MONITOR="$run.monitor"
+export DRIFTWATCH_TOPICS__SHADOW="$run.predictions.shadow"
+# the demo adapts: a concept_drift or performance alert starts a fresh challenger, promoted
+# once it beats the served model on the same delayed labels (off in the sample config)
+export DRIFTWATCH_LIFECYCLE__RETRAIN_ON=${DRIFTWATCH_LIFECYCLE__RETRAIN_ON:-'["concept_drift", "performance"]'}
+export DRIFTWATCH_LIFECYCLE__AUTO_PROMOTE=${DRIFTWATCH_LIFECYCLE__AUTO_PROMOTE:-true}
 echo "[demo] topics $run.*; watch alerts with: DRIFTWATCH_TOPICS__ALERTS=$run.alerts driftwatch tail alerts" >&2
 # from the work directory: Faust keeps an (unused, here) `<app_id>-data` folder in the cwd
 (cd "$workdir" && exec driftwatch --log-level warning worker) > "$workdir/worker.log" 2>&1 &

@@ -181,14 +181,16 @@ class Learners:
     def verdicts(self) -> dict[str, Verdict]:
         return {name: c.verdict() for name, c in self.comparisons.items()}
 
-    async def decide(self, alerts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Export the verdicts, then apply the policy; the lifecycle alerts it raised."""
+    async def decide(self, alerts: Sequence[dict[str, Any]], ts: int) -> list[dict[str, Any]]:
+        """Export the verdicts, then apply the policy; the lifecycle alerts it raised.
+
+        ``ts``: the event time of the decision (the newest labelled event of the batch)."""
         verdicts = self.verdicts()
         await self._export(verdicts)
         out: list[dict[str, Any]] = []
         if self.policy.auto_promote:
-            out += await self._promote(verdicts)
-        out += await self._retire(verdicts)
+            out += await self._promote(verdicts, ts)
+        out += await self._retire(verdicts, ts)
         out += await self._retrain(alerts)
         if out:
             await self.sync()
@@ -212,7 +214,7 @@ class Learners:
                 pipe.hset(self.compare_key, mapping=mapping)  # type: ignore[arg-type]
                 await pipe.execute()
 
-    async def _promote(self, verdicts: dict[str, Verdict]) -> list[dict[str, Any]]:
+    async def _promote(self, verdicts: dict[str, Verdict], ts: int) -> list[dict[str, Any]]:
         p = self.policy
         winners = [
             (v.margin, name)
@@ -231,7 +233,7 @@ class Learners:
                     "alpha": p.alpha}  # fmt: skip
         alert = lifecycle_alert(
             "promoted", name, version=version, statistic=v.margin, p_value=v.p_value,
-            threshold=p.margin, evidence=evidence,
+            threshold=p.margin, evidence=evidence, ts=ts,
             message=f"model {name!r} promoted to champion over {champion!r}: "
             f"{_metric(v.challenger)} vs {_metric(v.champion)} on the same {v.n} labelled "
             f"events (McNemar p = {v.p_value:.2g}); {champion!r} is a challenger now",
@@ -241,7 +243,7 @@ class Learners:
         log.warning("%s", alert["message"])
         return [alert]
 
-    async def _retire(self, verdicts: dict[str, Verdict]) -> list[dict[str, Any]]:
+    async def _retire(self, verdicts: dict[str, Verdict], ts: int) -> list[dict[str, Any]]:
         out = []
         for name, v in verdicts.items():
             entry = self.entries[name]
@@ -251,7 +253,7 @@ class Learners:
             if compared < self.policy.retire_after:
                 continue
             alert = lifecycle_alert(
-                "retired", name, version=None, statistic=v.margin, p_value=v.p_value,
+                "retired", name, version=None, statistic=v.margin, p_value=v.p_value, ts=ts,
                 evidence={"champion": self.champion, **v.evidence(), "compared": compared},
                 message=f"model {name!r} retired: not better than {self.champion!r} after "
                 f"{compared} labelled events ({_metric(v.challenger)} vs {_metric(v.champion)})",
@@ -278,11 +280,13 @@ class Learners:
         champion = self.entries[self.champion]
         name = f"{self.settings.model.name}.r{await self.lineup.next_number()}"
         entry = Entry(
-            replace(champion.spec, name=name, role="challenger"), "challenger", "retrain",
+            champion.spec.model_copy(update={"name": name, "role": "challenger"}),
+            "challenger",
+            "retrain",
             since_ts=int(trigger["ts"]), started_at=now_ms(),
         )  # fmt: skip
         alert = lifecycle_alert(
-            "started", name, version=0,
+            "started", name, version=0, ts=entry.since_ts,
             evidence={"trigger": trigger["alert_id"], "trigger_kind": trigger["kind"],
                       "champion": self.champion, "learns_from_ts": entry.since_ts,
                       "pipeline": entry.spec.pipeline},

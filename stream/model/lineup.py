@@ -86,9 +86,7 @@ def configured(settings: Settings) -> list[Entry]:
     """The lineup the configuration asks for: ``settings.model`` as the champion, then the
     other models of ``settings.models``."""
     champion = settings.model.model_copy(update={"role": "champion"})
-    others = [
-        m for m in settings.models if m.role != "champion" and m.name != settings.model.name
-    ]
+    others = [m for m in settings.models if m.role != "champion" and m.name != settings.model.name]
     return [Entry(champion, "champion"), *(Entry(m, m.role) for m in others)]
 
 

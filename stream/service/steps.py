@@ -227,7 +227,8 @@ class LearnStep(_Step):
             source = next(r for r in records if r.offset == skipped.offset)
             why = RejectedInput(skipped.reason, stage="learn", code=skipped.code)
             dlq.append(reject(self.settings, self.metrics, source, why))
-        lifecycle = await self._decide(alerts)
+        newest = max((x.event_ts_ms for _, x in items), default=now_ms())
+        lifecycle = await self._decide(alerts, newest)
         if versions or lifecycle:
             await self.health.retry("model", self.holder.refresh)
         return [*self.publisher.alerts([*alerts, *lifecycle]), *dlq]
@@ -242,9 +243,9 @@ class LearnStep(_Step):
             log.exception("performance monitor skipped a batch: %s", describe(exc))
             return []
 
-    async def _decide(self, alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _decide(self, alerts: list[dict[str, Any]], ts: int) -> list[dict[str, Any]]:
         try:  # an outage waits (a retraining trigger is not lost); a bug skips the batch
-            return await self.health.retry("lifecycle", lambda: self.learners.decide(alerts))
+            return await self.health.retry("lifecycle", lambda: self.learners.decide(alerts, ts))
         except Exception as exc:  # the policy must never stop learning: it decides again
             self.metrics.task_errors.labels("lifecycle").inc()  # at the next batch
             log.exception("lifecycle policy skipped a batch: %s", describe(exc))

@@ -33,6 +33,7 @@ from stream.tools.demo_accuracy import (
     accuracy_table,
     adaptation_line,
     concept_change,
+    lifecycle_report,
     reference_predictions,
     scored_events,
 )
@@ -229,6 +230,7 @@ def summary(
         "",
         *accuracy_table(accuracy_slices(events, reference, opts.events, change)),
         *drift_report(opts, got.alerts, start_ms, step_ms),
+        *lifecycle_report(got.alerts, start_ms, step_ms, change),
         *(["", adaptation] if adaptation is not None else []),
     ]
     return "\n".join(lines)

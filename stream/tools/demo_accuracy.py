@@ -35,6 +35,8 @@ class ScoredEvent:
         The model version that served it.
     features
         The features as scored (the prediction's ``features``): what a reference learns from.
+    model
+        The model that served it (the prediction's ``model``).
     """
 
     i: int
@@ -42,6 +44,7 @@ class ScoredEvent:
     served: int
     version: int
     features: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
 
 
 def scored_events(
@@ -55,6 +58,7 @@ def scored_events(
             served=int(p["prediction"]),
             version=int(p["model_version"]),
             features=p.get("features") or {},
+            model=str(p.get("model", "")),
         )
         for event_id, p in predictions.items()
         if event_id in labels
@@ -112,7 +116,8 @@ class SliceAccuracy:
 
     ``best_constant`` is the accuracy of the best constant predictor of the slice (the share
     of its majority class); ``reference`` that of the reference learner (``None`` before the
-    concept change).
+    concept change). ``served_by``: each model that served events of the slice, in the order
+    they first did, with its lowest and highest version.
     """
 
     first: int
@@ -121,6 +126,7 @@ class SliceAccuracy:
     served: float
     best_constant: float
     reference: float | None
+    served_by: tuple[tuple[str, int, int], ...] = ()
 
 
 def accuracy_slices(
@@ -155,6 +161,9 @@ def _judge(
     majority = Counter(e.label for e in part).most_common(1)[0][1]
     ref = [reference[e.i] == e.label for e in part if e.i in reference]
     versions = [e.version for e in part]
+    by_model: dict[str, list[int]] = {}
+    for e in part:
+        by_model.setdefault(e.model, []).append(e.version)
     return SliceAccuracy(
         first=first,
         last=last,
@@ -162,23 +171,73 @@ def _judge(
         served=hits / len(part),
         best_constant=majority / len(part),
         reference=sum(ref) / len(ref) if ref else None,
+        served_by=tuple((m, min(v), max(v)) for m, v in by_model.items()),
     )
 
 
 def accuracy_table(slices: Sequence[SliceAccuracy]) -> list[str]:
     """The slices as table rows; the reference column is empty before the concept change."""
     rows = [
-        f"  {'events':<14} {'model version':<14} {'accuracy':>8} {'best constant':>15}"
-        f"{'reference':>12}"
+        f"  {'events':<14} {'accuracy':>8} {'best constant':>15}{'reference':>12}   "
+        "served by (model versions)"
     ]
     for s in slices:
-        ref = f"{s.reference:>12.3f}" if s.reference is not None else ""
-        versions = f"{s.versions[0]}-{s.versions[1]}"
+        ref = f"{s.reference:>12.3f}" if s.reference is not None else " " * 12
+        served_by = (
+            ", ".join(
+                f"{m or 'model'} {lo}-{hi}" if lo != hi else f"{m or 'model'} {lo}"
+                for m, lo, hi in s.served_by
+            )
+            or f"{s.versions[0]}-{s.versions[1]}"
+        )
         rows.append(
-            f"  {s.first:>6}-{s.last:<7} {versions:<14} {s.served:>8.3f} "
-            f"{s.best_constant:>15.3f}{ref}"
+            f"  {s.first:>6}-{s.last:<7} {s.served:>8.3f} {s.best_constant:>15.3f}{ref}   "
+            f"{served_by}"
         )
     return rows
+
+
+def lifecycle_report(
+    alerts: Sequence[Mapping[str, Any]], start_ms: int, step_ms: int, change: int | None
+) -> list[str]:
+    """The ``model_lifecycle`` alerts: what started, was promoted or retired, where (event
+    number, and delay after the concept change) and on what evidence.
+
+    >>> a = {"kind": "model_lifecycle", "detector": "promoted", "subject": "m.r1", "ts": 1500,
+    ...      "evidence": {"labels": 900, "challenger_metric": 0.7, "champion_metric": 0.6,
+    ...                   "p_value": 0.001, "previous_champion": "m"}}
+    >>> rows = lifecycle_report([a], 0, 1, change=1000)
+    >>> rows[2].split(": ")
+    ['      promoted  m.r1          at 1500 (+500)', 'over m, accuracy 0.700 vs 0.600 on the \
+same 900 labels, McNemar p = 0.001']
+    """
+    events = [a for a in alerts if a.get("kind") == "model_lifecycle"]
+    if not events:
+        return []
+    rows = ["", "  model lifecycle (model_lifecycle alerts; event number, delay after the "
+            "concept change)"]  # fmt: skip
+    for a in sorted(events, key=lambda a: int(a["ts"])):
+        at = (int(a["ts"]) - start_ms) // step_ms
+        delay = f" (+{at - change})" if change is not None and at >= change else ""
+        why = _why(a.get("evidence") or {}, a["detector"], start_ms, step_ms)
+        rows.append(f"      {a['detector']:<9} {a['subject']:<13} at {at}{delay}: {why}")
+    return rows
+
+
+def _why(ev: Mapping[str, Any], action: str, start_ms: int, step_ms: int) -> str:
+    if action == "started":
+        since = (int(ev.get("learns_from_ts", start_ms)) - start_ms) // step_ms
+        return f"on {ev.get('trigger_kind')} alert, learning from event {since}"
+    over = f"over {ev['previous_champion']}, " if "previous_champion" in ev else ""
+    challenger, champion = _fmt(ev.get("challenger_metric")), _fmt(ev.get("champion_metric"))
+    return (
+        f"{over}accuracy {challenger} vs {champion} on the same {ev.get('labels', '?')} "
+        f"labels, McNemar p = {_fmt(ev.get('p_value'), '.2g')}"
+    )
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
 
 
 ADAPTATION_AFTER = 3_000

@@ -27,6 +27,7 @@ def settings(kafka_bootstrap: str, redis_url: str, uid: str) -> Settings:
             alerts=f"alerts-{uid}",
             dlq=f"events.dlq-{uid}",
             monitor=f"monitor-{uid}",
+            shadow=f"predictions.shadow-{uid}",
             partitions=4,
         ),
         redis=RedisSettings(url=redis_url, prefix=f"test-{uid}"),
