@@ -12,6 +12,10 @@ Every row runs on the same local broker and Redis in the same run, so read the r
   monitoring subjects it chose), on card events like the demo's; monitoring on and off.
 - **worker, every subject**: a 10-feature LogReg, three features with 1m/1h/24h windows (18
   enriched features each), monitoring every raw and enriched feature and the predictions.
+- **+ 1 shadow challenger** (``--challenger``): the sample config, monitoring off, with a
+  second model (``[[models]]``, role ``challenger``) scored on every event in shadow.
+  *CPU µs/event* (the worker process's CPU time over the backlog, its monitors' child
+  process excluded) against the monitors-off row is the challenger's cost.
 
 For each row: N events are produced first, then the worker starts. *scorer* is N over the
 time from the first prediction to the last; *monitors behind* is how long after the last
@@ -26,6 +30,7 @@ The services are started if they are not running (``python3 scripts/services.py 
 and stopped again at the end.
 
     python scripts/bench_pipeline.py [--events 100000] [--batch-size 500] [--memory]
+                                     [--challenger]
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ def _topics(uid: str) -> dict[str, Any]:
         "alerts": f"bench-alerts-{uid}",
         "dlq": f"bench-dlq-{uid}",
         "monitor": f"bench-monitor-{uid}",
+        "shadow": f"bench-shadow-{uid}",
         "partitions": 4,
     }
 
@@ -241,6 +247,7 @@ class Row:
     sustained: float
     latencies_ms: list[float]
     rate: float  # the paced rate of the latency phase
+    cpu_us: float | None = None  # the worker process's CPU per event over the backlog
 
 
 async def paced_latencies(s: Settings, events: Events, n: int, rate: float) -> list[float]:
@@ -290,7 +297,9 @@ def run_worker(
     worker = WorkerProcess(s, workdir, {"DRIFTWATCH_SNAPSHOT_KEY": "bench"}, command, ready)
     worker.start()
     try:
+        cpu0 = _cpu_s(worker.pid)
         d = asyncio.run(drain(s, n, 600))
+        cpu_us = (_cpu_s(worker.pid) - cpu0) / n * 1e6
         behind: float | None = None
         done = d.last
         if command is None and s.monitoring.enabled:
@@ -302,7 +311,7 @@ def run_worker(
         lat = asyncio.run(paced_latencies(s, events, n, sustained / 2))
     finally:
         worker.stop()
-    return Row(name, scorer, behind, sustained, lat, sustained / 2)
+    return Row(name, scorer, behind, sustained, lat, sustained / 2, cpu_us)
 
 
 async def values_sent_to_monitors(s: Settings) -> int:
@@ -363,6 +372,12 @@ def _children(pid: int | None) -> list[int]:
     """The worker's child processes (the monitors' process)."""
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (its children excluded)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _memory_mib(pid: int | None) -> tuple[float, float]:
@@ -435,17 +450,23 @@ def print_table(n: int, rows: list[Row]) -> None:
     print(f"\nend-to-end, {n:,} events of backlog; latency at half each row's sustained rate")
     header = (
         f"{'':34}{'scorer/s':>10}{'monitors':>10}{'sustained':>11}{'latency at':>12}"
-        f"{'p50 ms':>8}{'p99 ms':>8}{'vs pass':>9}{'vs floor':>10}"
+        f"{'p50 ms':>8}{'p99 ms':>8}{'vs pass':>9}{'vs floor':>10}{'CPU us':>8}"
     )
     print(header)
-    print(f"{'':34}{'':>10}{'behind s':>10}{'events/s':>11}{'events/s':>12}")
+    print(f"{'':34}{'':>10}{'behind s':>10}{'events/s':>11}{'events/s':>12}{'':>43}{'/event':>8}")
     for r in rows:
         behind = "-" if r.behind_s is None else f"{r.behind_s:.1f}"
+        cpu = "-" if r.cpu_us is None else f"{r.cpu_us:.0f}"
         print(
             f"{r.name:34}{r.scorer:>10.0f}{behind:>10}{r.sustained:>11.0f}{r.rate:>12.0f}"
             f"{pct(r.latencies_ms, 50):>8.1f}{pct(r.latencies_ms, 99):>8.1f}"
-            f"{r.sustained / base:>9.3f}{r.sustained / floor:>10.3f}"
+            f"{r.sustained / base:>9.3f}{r.sustained / floor:>10.3f}{cpu:>8}"
         )
+    off = next((r for r in rows if r.name.endswith("monitors off")), None)
+    shadow = next((r for r in rows if "challenger" in r.name), None)
+    if off is not None and shadow is not None and off.cpu_us and shadow.cpu_us:
+        print(f"one shadow challenger: {shadow.cpu_us / off.cpu_us - 1:+.0%} CPU per event "
+              "(worker process, monitoring off)")  # fmt: skip
 
 
 def main() -> int:
@@ -458,6 +479,9 @@ def main() -> int:
         "--memory", action="store_true", help="also 1,000,000 events over 100,000 entities"
     )
     parser.add_argument("--memory-events", type=int, default=1_000_000, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--challenger", action="store_true", help="also the sample config with a shadow challenger"
+    )
     parser.add_argument(
         "--bootstrap", default=os.environ.get("DRIFTWATCH_TEST_KAFKA", "127.0.0.1:9092")
     )
@@ -490,6 +514,14 @@ def run(args: argparse.Namespace) -> None:
         )
         with tempfile.TemporaryDirectory() as tmp:
             rows.append(run_worker(name, s, cards, n, Path(tmp)))
+    if args.challenger:
+        s = sample_settings(f"c{uid}", args.bootstrap, args.redis, size, False)
+        challenger = s.model.model_copy(update={"name": "challenger", "role": "challenger"})
+        s = Settings.model_validate(
+            {**s.model_dump(mode="json"), "models": [s.model.model_dump(), challenger.model_dump()]}
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(run_worker("  + 1 shadow challenger (off)", s, cards, n, Path(tmp)))
     s = bench_settings(f"a{uid}", args.bootstrap, args.redis, size)
     with tempfile.TemporaryDirectory() as tmp:
         every = f"worker, every subject ({len(monitored_subjects(s))})"
