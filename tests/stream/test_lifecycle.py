@@ -3,12 +3,14 @@ comparison and its exact McNemar test, an example seen as another model served i
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redis import exceptions as redis_errors
 from scipy.stats import binomtest
 
 from stream.exceptions import ConfigError
@@ -17,6 +19,9 @@ from stream.model.compare import Comparison
 from stream.model.lifecycle import as_served_by
 from stream.model.lineup import Entry, configured
 from stream.service.config import ModelSettings, Settings, load_settings
+from stream.service.metrics import Metrics
+from stream.service.resilience import Health
+from stream.service.steps import LearnStep
 
 
 def test_a_single_model_section_is_the_one_champion() -> None:
@@ -187,3 +192,35 @@ def test_a_label_that_does_not_fit_the_task_is_not_compared() -> None:
     assert not c.add("maybe", 1, 0)
     assert c.add(1, None, 1)  # a classifier without a prediction yet is wrong
     assert c.verdict().wins == 1
+
+
+class _Policy:
+    """Stands in for :class:`Learners` in the learn step: its decide() fails as told."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def decide(self, alerts: list, ts: int) -> list[dict]:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return [{"kind": "model_lifecycle", "ts": ts}]
+
+
+def _learn_step(policy: _Policy, metrics: Metrics) -> LearnStep:
+    health = Health(metrics, backoff_start_s=0.001)
+    return LearnStep(Settings(), metrics, health, policy, None, None)  # type: ignore[arg-type]
+
+
+def test_an_outage_during_the_policy_waits_and_the_trigger_is_not_lost() -> None:
+    policy = _Policy(redis_errors.ConnectionError("down"), redis_errors.TimeoutError("slow"))
+    out = asyncio.run(_learn_step(policy, Metrics())._decide([{"kind": "concept_drift"}], 7))
+    assert out == [{"kind": "model_lifecycle", "ts": 7}] and policy.calls == 3
+
+
+def test_a_bug_in_the_policy_skips_one_batch_and_learning_goes_on() -> None:
+    metrics = Metrics()
+    out = asyncio.run(_learn_step(_Policy(ValueError("bug")), metrics)._decide([], 7))
+    assert out == []
+    assert metrics.task_errors.labels("lifecycle")._value.get() == 1
