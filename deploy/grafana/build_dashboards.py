@@ -283,6 +283,58 @@ def model() -> dict[str, Any]:
             description="Over the last labels (monitoring.performance_window).",
             width=24,
         ),
+        row("Champion and challengers"),
+        panel(
+            "Lineup",
+            [("max by (model, role) (driftwatch_model_role)", "{{model}} {{role}}")],
+            kind="stat",
+            description="Each model of the lineup and its role: the champion's predictions "
+            "are served, the others' go to the shadow topic.",
+            width=8,
+        ),
+        panel(
+            "Challenger vs champion, same labelled events",
+            [
+                (
+                    "max by (model, champion) "
+                    '(driftwatch_challenger_comparison{stat="challenger_metric"})',
+                    "{{model}}",
+                ),
+                (
+                    'max by (champion) (driftwatch_challenger_comparison{stat="champion_metric"})',
+                    "champion {{champion}}",
+                ),
+            ],
+            description="Accuracy (MAE for a regression) of each challenger and of the "
+            "champion over the last lifecycle.compare_window labelled events both scored.",
+            width=8,
+        ),
+        panel(
+            "Comparison evidence",
+            [
+                (
+                    'max by (model) (driftwatch_challenger_comparison{stat="p_value"})',
+                    "{{model}} McNemar p",
+                ),
+                (
+                    'max by (model) (driftwatch_challenger_comparison{stat="labels"})',
+                    "{{model}} labels",
+                ),
+            ],
+            description="The exact McNemar test's one-sided p-value (left) and the labels "
+            "compared (right); the policy promotes below lifecycle.alpha with at least "
+            "lifecycle.min_labels labels and the margin.",
+            width=8,
+            fieldConfig={
+                "defaults": {},
+                "overrides": [
+                    {
+                        "matcher": {"id": "byRegexp", "options": ".*labels"},
+                        "properties": [{"id": "custom.axisPlacement", "value": "right"}],
+                    }
+                ],
+            },
+        ),
         row("Labels"),
         panel("Label lag", quantiles("driftwatch_label_lag_seconds"), unit="s"),
         panel(
