@@ -46,6 +46,7 @@ export DRIFTWATCH_TOPICS__SHADOW="$run.predictions.shadow"
 # once it beats the served model on the same delayed labels (off in the sample config)
 export DRIFTWATCH_LIFECYCLE__RETRAIN_ON=${DRIFTWATCH_LIFECYCLE__RETRAIN_ON:-'["concept_drift", "performance"]'}
 export DRIFTWATCH_LIFECYCLE__AUTO_PROMOTE=${DRIFTWATCH_LIFECYCLE__AUTO_PROMOTE:-true}
+export DRIFTWATCH_LIFECYCLE__COMPARE_WINDOW=${DRIFTWATCH_LIFECYCLE__COMPARE_WINDOW:-1000}
 echo "[demo] topics $run.*; watch alerts with: DRIFTWATCH_TOPICS__ALERTS=$run.alerts driftwatch tail alerts" >&2
 # from the work directory: Faust keeps an (unused, here) `<app_id>-data` folder in the cwd
 (cd "$workdir" && exec driftwatch --log-level warning worker) > "$workdir/worker.log" 2>&1 &

@@ -283,7 +283,7 @@ class Learners:
             champion.spec.model_copy(update={"name": name, "role": "challenger"}),
             "challenger",
             "retrain",
-            since_ts=int(trigger["ts"]), started_at=now_ms(),
+            since_ts=_event_time(trigger), started_at=now_ms(),
         )  # fmt: skip
         alert = lifecycle_alert(
             "started", name, version=0, ts=entry.since_ts,
@@ -298,6 +298,13 @@ class Learners:
             return []
         log.warning("%s", alert["message"])
         return [alert]
+
+
+def _event_time(alert: dict[str, Any]) -> int:
+    """The event time an alert judged up to: its window's last event (a performance alert's
+    ``ts`` is the label time of its check, up to a label delay later), else its ``ts``."""
+    to_ts = (alert.get("window") or {}).get("to_ts")
+    return int(to_ts if to_ts is not None else alert["ts"])
 
 
 def _metric(value: float) -> str:
