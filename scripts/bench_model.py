@@ -260,9 +260,12 @@ def bench_process(specs: list[FeatureSpec], args: argparse.Namespace) -> None:
     empty_redis()
     pairs = list(zip(valid, asyncio.run(enrich_all(keep=True)), strict=True))
     for name, served in (("scoring, River per event", river), ("scoring, snapshot", model)):
-        processor.model = lambda m=served: m  # type: ignore[misc]
-        timed(name, lambda: each(lambda p: processor._score(p[0], p[1].results), pairs))
-    scored = [s for v, a in pairs for s in processor._score(v, a.results)[0]]
+
+        def score_all(m: Any = served) -> Any:
+            return each(lambda p: processor._score(m, p[0], p[1].results), pairs)
+
+        timed(name, score_all)
+    scored = [s for v, a in pairs for s in processor._score(model, v, a.results)[0]]
     records: list[tuple[str, Any, Any]] = [
         ("records, frozen (before)", FrozenValidEvent, FrozenScoredEvent),
         ("records, slots", ValidEvent, ScoredEvent),

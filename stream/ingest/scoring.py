@@ -71,7 +71,10 @@ class EventProcessor:
         applied = await self.features.enrich([_feature_input(ev) for _, ev in valid])
         t1 = time.perf_counter()
         self.metrics.redis_seconds.labels("features").observe(t1 - t0)
-        scored, pending, unscorable, shadow = self._score(valid, applied.results)
+        # the served model is read once: a promotion during the batch's awaits must not
+        # name one model with the other's version
+        model = self.model()
+        scored, pending, unscorable, shadow = self._score(model, valid, applied.results)
         t2 = time.perf_counter()
         self.metrics.batch_seconds.labels("features_and_scoring").observe(t2 - t1)
         # an event that carries its label is learned now: nothing waits for a label
@@ -89,7 +92,7 @@ class EventProcessor:
         self._count(len(valid), scored, applied, examples[len(examples) - len(claimed) :])
         for name, n in Counter(name for p in pending for name in p.shadow).items():
             self.metrics.shadow_predictions.labels(name).inc(n)
-        outgoing = [*self._dead_letters(rejects), *self._predictions(scored), *shadow]
+        outgoing = [*self._dead_letters(rejects), *self._predictions(model.name, scored), *shadow]
         return BatchResult(outgoing, scored, examples, len(rejects))
 
     def _validate(
@@ -106,9 +109,11 @@ class EventProcessor:
         return valid, rejects
 
     def _score(
-        self, valid: Sequence[tuple[Incoming, ValidEvent]], results: Sequence[EventResult]
+        self,
+        model: OnlineModel,
+        valid: Sequence[tuple[Incoming, ValidEvent]],
+        results: Sequence[EventResult],
     ) -> tuple[list[ScoredEvent], list[PendingPrediction], list[Rejected], list[Outgoing]]:
-        model = self.model()
         xs: list[dict[str, float | str]] = [
             {**ev.values, **result.enriched} for (_, ev), result in zip(valid, results, strict=True)
         ]
@@ -173,8 +178,7 @@ class EventProcessor:
     def _dead_letters(self, rejects: Sequence[Rejected]) -> list[Outgoing]:
         return [reject(self.settings, self.metrics, msg, exc) for msg, exc in rejects]
 
-    def _predictions(self, scored: Sequence[ScoredEvent]) -> list[Outgoing]:
-        model = self.model()
+    def _predictions(self, model: str, scored: Sequence[ScoredEvent]) -> list[Outgoing]:
         topic = self.settings.topics.predictions
         processed = now_ms()
         return [
@@ -185,7 +189,7 @@ class EventProcessor:
                     s.event.event_id,
                     s.event.entity_id,
                     s.event.ts_ms,
-                    model.name,
+                    model,
                     s.model_version,
                     s.prediction,
                     s.proba,
