@@ -83,6 +83,15 @@ async def produce_with_delayed_labels(
         await producer.stop()
 
 
+async def last_versions(s: Settings, models: list[str]) -> dict[str, int]:
+    """The last version number handed out per model (its ``seq``)."""
+    redis = aioredis.from_url(s.redis.url)
+    try:
+        return {m: int(await redis.get(f"{s.redis.prefix}:model:{m}:seq") or 0) for m in models}
+    finally:
+        await redis.aclose()
+
+
 async def history(s: Settings) -> tuple[list[dict[str, Any]], str | None]:
     redis = aioredis.from_url(s.redis.url)
     try:
@@ -184,7 +193,11 @@ def test_a_drift_triggered_challenger_is_promoted_and_rolled_back(
     assert max(Counter((p["event_id"], p["model"]) for p in served).values()) <= 2
     models = Counter(p["model"] for p in served)
     assert set(models) == {champion, challenger}, models
-    assert all(p["model_version"] >= 0 for p in served)
+    # each prediction names the model and a version of that model (not the other's)
+    last = asyncio.run(last_versions(s, [champion, challenger]))
+    for model in (champion, challenger):
+        versions = [p["model_version"] for p in outputs if p["model"] == model]
+        assert min(versions) >= 0 and max(versions) <= last[model], (model, max(versions), last)
     # after the rollback every event is served by the old champion
     after = [by_event[e["event_id"]] for e, _ in events[N:]]
     assert {p["model"] for p in after} == {champion}, Counter(p["model"] for p in after)
