@@ -262,10 +262,10 @@ def bench_process(specs: list[FeatureSpec], args: argparse.Namespace) -> None:
     for name, served in (("scoring, River per event", river), ("scoring, snapshot", model)):
 
         def score_all(m: Any = served) -> Any:
-            return each(lambda p: processor._score(m, p[0], p[1].results), pairs)
+            return each(lambda p: processor._score([m], p[0], p[1].results), pairs)
 
         timed(name, score_all)
-    scored = [s for v, a in pairs for s in processor._score(model, v, a.results)[0]]
+    scored = [s for v, a in pairs for s in processor._score([model], v, a.results)[0]]
     records: list[tuple[str, Any, Any]] = [
         ("records, frozen (before)", FrozenValidEvent, FrozenScoredEvent),
         ("records, slots", ValidEvent, ScoredEvent),

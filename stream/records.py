@@ -69,6 +69,7 @@ class ScoredEvent:
     score: float
     model_version: int
     partition: int | None = None  # events-topic partition the event came from
+    model: str = ""  # the model that served it
 
 
 @dataclass

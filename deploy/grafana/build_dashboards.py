@@ -335,6 +335,14 @@ def model() -> dict[str, Any]:
                 ],
             },
         ),
+        panel(
+            "A/B arms: what each model served",
+            [('max by (model) (driftwatch_arm_metric{stat="metric"})', "{{model}}")],
+            description="Accuracy (MAE for a regression) of the predictions each model served "
+            "to its share of the entities (serve_share), over its last labels. Without A/B "
+            "the champion is the one arm.",
+            width=24,
+        ),
         row("Labels"),
         panel("Label lag", quantiles("driftwatch_label_lag_seconds"), unit="s"),
         panel(

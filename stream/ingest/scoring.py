@@ -34,6 +34,7 @@ from stream.messages import (
     dead_letter_key,
 )
 from stream.model.online import OnlineModel
+from stream.model.served import arm_of
 from stream.records import BatchResult, Incoming, Outgoing, ScoredEvent, ValidEvent
 from stream.service.config import Settings
 from stream.service.metrics import Metrics
@@ -52,11 +53,13 @@ class EventProcessor:
         model: Callable[[], OnlineModel],
         metrics: Metrics,
         shadows: Callable[[], Sequence[OnlineModel]] = list,
+        arms: Callable[[], Sequence[tuple[float, float, str]]] = list,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.model = model
         self.shadows = shadows
+        self.arms = arms
         self.metrics = metrics
         self.features = FeatureStore(redis, settings)
         self.predictions = PredictionStore(redis, settings.redis.prefix, settings.labels.horizon_s)
@@ -73,8 +76,8 @@ class EventProcessor:
         self.metrics.redis_seconds.labels("features").observe(t1 - t0)
         # the served model is read once: a promotion during the batch's awaits must not
         # name one model with the other's version
-        model = self.model()
-        scored, pending, unscorable, shadow = self._score(model, valid, applied.results)
+        models = [self.model(), *self.shadows()]
+        scored, pending, unscorable, shadow = self._score(models, valid, applied.results)
         t2 = time.perf_counter()
         self.metrics.batch_seconds.labels("features_and_scoring").observe(t2 - t1)
         # an event that carries its label is learned now: nothing waits for a label
@@ -92,7 +95,7 @@ class EventProcessor:
         self._count(len(valid), scored, applied, examples[len(examples) - len(claimed) :])
         for name, n in Counter(name for p in pending for name in p.shadow).items():
             self.metrics.shadow_predictions.labels(name).inc(n)
-        outgoing = [*self._dead_letters(rejects), *self._predictions(model.name, scored), *shadow]
+        outgoing = [*self._dead_letters(rejects), *self._predictions(scored), *shadow]
         return BatchResult(outgoing, scored, examples, len(rejects))
 
     def _validate(
@@ -110,60 +113,68 @@ class EventProcessor:
 
     def _score(
         self,
-        model: OnlineModel,
+        models: Sequence[OnlineModel],
         valid: Sequence[tuple[Incoming, ValidEvent]],
         results: Sequence[EventResult],
     ) -> tuple[list[ScoredEvent], list[PendingPrediction], list[Rejected], list[Outgoing]]:
+        """Score every model (champion first); each event is served by its arm's model.
+
+        The other models' outputs are kept for the label join and published to the shadow
+        topic; a non-finite one is left out (the event was served: nothing to dead-letter).
+        An event whose served output is not finite is dead-lettered.
+        """
         xs: list[dict[str, float | str]] = [
             {**ev.values, **result.enriched} for (_, ev), result in zip(valid, results, strict=True)
         ]
         # the whole batch at once: a linear pipeline scores it as arrays (model.linear_snapshot)
-        outs = model.predict_many(xs)
+        outs = [model.predict_many(xs) for model in models]
+        serving = self._serving(models, valid)
         scored: list[ScoredEvent] = []
         pending: list[PendingPrediction] = []
         unscorable: list[Rejected] = []
+        messages: list[Outgoing] = []
+        topic = self.settings.topics.shadow
         processed = now_ms()
-        version = model.version
-        shadow, messages = self._shadow_score(valid, xs, processed)
-        for (msg, ev), x, out, others in zip(valid, xs, outs, shadow, strict=True):
+        for j, ((msg, ev), x, k) in enumerate(zip(valid, xs, serving, strict=True)):
+            model, out = models[k], outs[k][j]
             if not _finite(out.score, out.proba):
-                unscorable.append((msg, _non_finite(out.score, version)))
+                unscorable.append((msg, _non_finite(out.score, model.version)))
                 continue
+            others: dict[str, Outputs] = {}
+            for i in range(len(models)):
+                if i == k or not _finite(outs[i][j].score, outs[i][j].proba):
+                    continue
+                other, o = models[i], outs[i][j]
+                others[other.name] = (other.version, o.prediction, o.score)
+                value = Prediction(
+                    ev.event_id, ev.entity_id, ev.ts_ms, other.name, other.version,
+                    o.prediction, o.proba, o.score, x, processed,
+                ).encode()  # fmt: skip
+                messages.append(Outgoing(topic, ev.entity_id.encode(), value))
             scored.append(
-                ScoredEvent(ev, x, out.prediction, out.proba, out.score, version, msg.partition)
-            )
+                ScoredEvent(
+                    ev, x, out.prediction, out.proba, out.score, model.version, msg.partition,
+                    model.name,
+                )
+            )  # fmt: skip
             pending.append(
                 PendingPrediction(
-                    ev.event_id, ev.entity_id, ev.ts_ms, x, version, out.prediction, out.score,
-                    processed, model.name, others,
+                    ev.event_id, ev.entity_id, ev.ts_ms, x, model.version, out.prediction,
+                    out.score, processed, model.name, others,
                 )
             )  # fmt: skip
         return scored, pending, unscorable, messages
 
-    def _shadow_score(
-        self,
-        valid: Sequence[tuple[Incoming, ValidEvent]],
-        xs: Sequence[dict[str, float | str]],
-        processed: int,
-    ) -> tuple[list[dict[str, Outputs]], list[Outgoing]]:
-        """Every other model's outputs per event (kept for the label join) and their
-        predictions for the shadow topic. A non-finite output is left out: the event was
-        served, so nothing is dead-lettered."""
-        shadow: list[dict[str, Outputs]] = [{} for _ in xs]
-        messages: list[Outgoing] = []
-        topic = self.settings.topics.shadow
-        for model in self.shadows():
-            for (_, ev), x, out, kept in zip(valid, xs, model.predict_many(xs), shadow,
-                                             strict=True):  # fmt: skip
-                if not _finite(out.score, out.proba):
-                    continue
-                kept[model.name] = (model.version, out.prediction, out.score)
-                value = Prediction(
-                    ev.event_id, ev.entity_id, ev.ts_ms, model.name, model.version,
-                    out.prediction, out.proba, out.score, x, processed,
-                ).encode()  # fmt: skip
-                messages.append(Outgoing(topic, ev.entity_id.encode(), value))
-        return shadow, messages
+    def _serving(
+        self, models: Sequence[OnlineModel], valid: Sequence[tuple[Incoming, ValidEvent]]
+    ) -> list[int]:
+        """Per event, the index in ``models`` of the model that serves it: its entity's A/B
+        arm (:func:`stream.model.served.arm_of`), else the champion (0)."""
+        arms = [(lo, hi, i) for lo, hi, name in self.arms() for i, m in enumerate(models)
+                if m.name == name]  # fmt: skip
+        if not arms:
+            return [0] * len(valid)
+        return [arm_of(ev.entity_id, arms) for _, ev in valid]
 
     async def _store(
         self, waiting: Sequence[PendingPrediction]
@@ -178,7 +189,7 @@ class EventProcessor:
     def _dead_letters(self, rejects: Sequence[Rejected]) -> list[Outgoing]:
         return [reject(self.settings, self.metrics, msg, exc) for msg, exc in rejects]
 
-    def _predictions(self, model: str, scored: Sequence[ScoredEvent]) -> list[Outgoing]:
+    def _predictions(self, scored: Sequence[ScoredEvent]) -> list[Outgoing]:
         topic = self.settings.topics.predictions
         processed = now_ms()
         return [
@@ -189,7 +200,7 @@ class EventProcessor:
                     s.event.event_id,
                     s.event.entity_id,
                     s.event.ts_ms,
-                    model,
+                    s.model,
                     s.model_version,
                     s.prediction,
                     s.proba,

@@ -137,3 +137,40 @@ class Comparison:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+class Arms:
+    """What each A/B arm served, judged on its labels: accuracy (MAE for a regression) of the
+    served predictions over each arm's last ``window`` labelled events.
+
+    >>> arms = Arms("binary", window=4)
+    >>> for y, p in [(1, 1), (1, 0), (0, 0)]:
+    ...     _ = arms.add("a", y, p)
+    >>> _ = arms.add("b", 1, 1)
+    >>> {arm: (round(value, 3), n) for arm, (value, n) in arms.metrics().items()}
+    {'a': (0.667, 3), 'b': (1.0, 1)}
+    """
+
+    def __init__(self, task: Task, window: int) -> None:
+        self.task = task
+        self.window = window
+        self._losses: dict[str, deque[float]] = {}
+        self._judge = Comparison(task, 1)  # its loss function
+
+    def add(self, arm: str, y: Any, prediction: Any) -> bool:
+        try:
+            loss = self._judge._loss(coerce_label(y, self.task), prediction)
+        except (RejectedInput, TypeError, ValueError):
+            return False
+        if not math.isfinite(loss):
+            return False
+        self._losses.setdefault(arm, deque(maxlen=self.window)).append(loss)
+        return True
+
+    def metrics(self) -> dict[str, tuple[float, int]]:
+        """Per arm: (accuracy or MAE, labels)."""
+        out = {}
+        for arm, losses in self._losses.items():
+            mean = sum(losses) / len(losses)
+            out[arm] = (mean if self._judge.regression else 1.0 - mean, len(losses))
+        return out

@@ -34,7 +34,7 @@ import orjson
 from redis.asyncio import Redis
 
 from stream.messages import TrainingExample
-from stream.model.compare import Comparison, Verdict
+from stream.model.compare import Arms, Comparison, Verdict
 from stream.model.lineup import Entry, Lineup, champion_of, configured, lifecycle_alert
 from stream.model.snapshots import SnapshotStore
 from stream.model.trainer import Learned, Trainer
@@ -78,6 +78,7 @@ class Learners:
         self.trainers: dict[str, Trainer] = {}
         self.performance: dict[str, PerformanceMonitor] = {}
         self.comparisons: dict[str, Comparison] = {}
+        self.arms = Arms(settings.model.task, self.policy.compare_window)
         self.champion = settings.model.name
         self._seeded = False
         self._follow()
@@ -154,6 +155,8 @@ class Learners:
             for metric, value in monitor.metrics().items():
                 self.metrics.model_metric.labels(name, metric).set(value)
         for _, x in unlearned.get(self.champion, []):
+            if x.model_version > 0:  # what was served, by the model that served it
+                self.arms.add(x.model or served, x.y, x.prediction)
             mine = x.outputs(self.champion, served)
             if mine is None:
                 continue
@@ -198,6 +201,9 @@ class Learners:
 
     async def _export(self, verdicts: dict[str, Verdict]) -> None:
         m = self.metrics
+        for arm, (value, n) in self.arms.metrics().items():
+            m.arm_metric.labels(arm, "metric").set(value)
+            m.arm_metric.labels(arm, "labels").set(n)
         m.challenger_metric.clear()
         for name, v in verdicts.items():
             stats = {"champion_metric": v.champion, "challenger_metric": v.challenger,

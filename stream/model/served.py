@@ -10,7 +10,9 @@ so the worker's refresh task and steps treat it as one holder.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -23,6 +25,50 @@ from stream.model.snapshots import SnapshotStore
 from stream.service.config import ModelSettings, Settings
 
 log = logging.getLogger(__name__)
+
+
+def arm_point(entity_id: str) -> float:
+    """The entity's stable place in [0, 1) for the A/B split (BLAKE2b of its id): the same on
+    every worker, in every process and across restarts (unlike Python's ``hash``).
+
+    >>> arm_point("card-1") == arm_point("card-1"), 0 <= arm_point("card-2") < 1
+    (True, True)
+    """
+    digest = hashlib.blake2b(entity_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def arm_of(entity_id: str, arms: Sequence[tuple[float, float, int]]) -> int:
+    """The index whose interval ``[lo, hi)`` holds the entity's point; 0 (the champion) when
+    none does.
+
+    >>> arm_of("card-1", [(0.0, 1.0, 3)]), arm_of("card-1", [(0.0, 0.0, 3)])
+    (3, 0)
+    """
+    point = arm_point(entity_id)
+    for lo, hi, index in arms:
+        if lo <= point < hi:
+            return index
+    return 0
+
+
+def arm_intervals(entries: Mapping[str, Entry]) -> list[tuple[float, float, str]]:
+    """The A/B arms of a lineup: each challenger with a ``serve_share``, by name, takes the
+    next interval of that width from 0; the champion serves the rest.
+
+    >>> from stream.service.config import ModelSettings as M
+    >>> e = {n: Entry(M(name=n, role="challenger", serve_share=s), "challenger")
+    ...      for n, s in (("b", 0.1), ("a", 0.2), ("c", 0.0))}
+    >>> [(round(lo, 2), round(hi, 2), n) for lo, hi, n in arm_intervals(e)]
+    [(0.0, 0.2, 'a'), (0.2, 0.3, 'b')]
+    """
+    out, lo = [], 0.0
+    for name in sorted(entries):
+        e = entries[name]
+        if e.role == "challenger" and e.spec.serve_share > 0:
+            out.append((lo, lo + e.spec.serve_share, name))
+            lo += e.spec.serve_share
+    return out
 
 
 class ModelSet:
@@ -49,6 +95,7 @@ class ModelSet:
         self._holders: dict[str, ModelHolder] = {settings.model.name: primary}
         self._champion = settings.model.name
         self._live = {settings.model.name}  # the holders of models in the lineup
+        self._arms: list[tuple[float, float, str]] = []
         self._first_refresh = False
 
     def _holder(self, spec: ModelSettings) -> ModelHolder:
@@ -77,6 +124,11 @@ class ModelSet:
     def models(self) -> list[OnlineModel]:
         """The champion's model, then the others'."""
         return [self.model, *self.shadows]
+
+    @property
+    def arms(self) -> list[tuple[float, float, str]]:
+        """The A/B arms: ``(lo, hi, model)``; entities outside them go to the champion."""
+        return self._arms
 
     @property
     def names(self) -> list[str]:
@@ -119,6 +171,7 @@ class ModelSet:
                 log.info("model %s left the lineup: no longer scored", name)
                 changed = True
         self._live = set(entries) or {self.primary.initial.name}
+        self._arms = arm_intervals(entries)
         champion = champion_of(entries)
         if champion is not None and champion.name != self._champion:
             log.info("serving model %s (was %s)", champion.name, self._champion)

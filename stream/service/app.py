@@ -108,7 +108,12 @@ def _agents(w: Worker) -> None:
     topics = settings.topics
     train = TrainingTopic(train_topic_name(settings), settings.model.name)
     scorer = EventProcessor(
-        settings, w.redis, lambda: w.holder.model, m, shadows=lambda: w.holder.shadows
+        settings,
+        w.redis,
+        lambda: w.holder.model,
+        m,
+        shadows=lambda: w.holder.shadows,
+        arms=lambda: w.holder.arms,
     )
     joiner = LabelProcessor(settings, w.redis, m)
     n = topics.partitions

@@ -283,6 +283,9 @@ ModelRole = Literal["champion", "challenger", "shadow"]
 class ModelSettings(_Frozen):
     name: str = Field(default="model", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     role: ModelRole = "champion"
+    # A/B: the share of entities (a stable hash of entity_id) a challenger serves itself;
+    # the champion serves the rest (README, "Champion and challengers")
+    serve_share: float = Field(default=0.0, ge=0.0, lt=1.0)
     task: Literal["binary", "multiclass", "regression"] = "binary"
     pipeline: Literal[
         "logistic_regression", "softmax_regression", "hoeffding_tree", "linear_regression"
@@ -536,6 +539,15 @@ class Settings(BaseSettings):
         models = [m.name for m in self.models]
         if len(set(models)) != len(models):
             raise ValueError(f"model names must be distinct, got {models}")
+        serving = {m.name: m.serve_share for m in self.models if m.serve_share > 0}
+        if any(m.role != "challenger" for m in self.models if m.name in serving):
+            raise ValueError(
+                f"only a challenger serves a share of the entities (serve_share), got {serving} "
+                f"with roles {[m.role for m in self.models if m.name in serving]}"
+            )
+        if sum(serving.values()) >= 1:
+            raise ValueError(f"the challengers' serve_share must leave the champion some "
+                             f"entities, got {serving}")  # fmt: skip
         tasks = {m.name: m.task for m in self.models if m.task != self.model.task}
         if tasks:
             raise ValueError(

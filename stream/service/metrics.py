@@ -219,6 +219,13 @@ class Metrics:
             ["model", "champion", "stat"],
             registry=r,
         )
+        self.arm_metric = Gauge(
+            f"{p}arm_metric",
+            "A/B arms: accuracy (MAE for a regression) of the predictions each model served, "
+            "over its last lifecycle.compare_window labels (stat metric), and those labels",
+            ["model", "stat"],
+            registry=r,
+        )
         self.shadow_predictions = Counter(
             f"{p}shadow_predictions",
             "Predictions of challengers and shadows, published to the shadow topic",

@@ -108,9 +108,9 @@ class ScoreStep(_Step):
         now = now_ms()
         observe_many(m.event_latency, [max(0.0, (now - s.event.ts_ms) / 1000.0) for s in scored])
         observe_many(m.score.labels(model.name), [s.score for s in scored])
-        counts = Counter(m.prediction_label(model.task, s.prediction) for s in scored)
-        for prediction, k in counts.items():
-            m.predictions.labels(model.name, prediction).inc(k)
+        counts = Counter((s.model, m.prediction_label(model.task, s.prediction)) for s in scored)
+        for (name, prediction), k in counts.items():  # by the model that served (A/B arms)
+            m.predictions.labels(name or model.name, prediction).inc(k)
 
 
 class WatchStep(_Step):

@@ -140,7 +140,8 @@ def accuracy_slices(
 
     >>> events = [ScoredEvent(i, int(i % 10 < 7), 1, 3) for i in range(20)]
     >>> accuracy_slices(events, {}, 20, chunks=2)[0]
-    SliceAccuracy(first=0, last=9, versions=(3, 3), served=0.7, best_constant=0.7, reference=None)
+    SliceAccuracy(first=0, last=9, versions=(3, 3), served=0.7, best_constant=0.7, \
+reference=None, served_by=(('', 3, 3),))
     """
     starts = {k * n // chunks for k in range(chunks)}
     if change is not None and 0 < change < n:

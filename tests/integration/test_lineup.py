@@ -230,3 +230,19 @@ def test_a_shadow_is_never_promoted_by_the_policy(redis_url, config, keys_cleane
             await client.aclose()
 
     assert asyncio.run(go()) == []
+
+
+async def test_each_arm_is_judged_on_what_it_served(redis, config, keys_cleaned) -> None:
+    metrics = Metrics()
+    learners = Learners(config, redis, metrics)
+    await learners.sync()
+    # entities of b's arm: b served (right 3 in 4); the others: a served (right 1 in 2)
+    batch = [
+        (i, TrainingExample(f"e{i}", {}, 1, i, i, 3, int(i % 4 != 0), 0.5, "b", {"a": (4, 0, 0.1)}))
+        for i in range(40)
+    ] + [example(i, 1, i % 2, {"b": 1}, 100 + i) for i in range(40, 80)]
+    learners.judge({"a": batch}, now=0)
+    assert learners.arms.metrics() == {"b": (0.75, 40), "a": (0.5, 40)}
+    await learners.decide([], ts=200)
+    assert metrics.arm_metric.labels("b", "metric")._value.get() == 0.75
+    assert metrics.arm_metric.labels("a", "labels")._value.get() == 40

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from collections import Counter
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,6 +20,7 @@ from stream.messages import TrainingExample
 from stream.model.compare import Comparison
 from stream.model.lifecycle import as_served_by
 from stream.model.lineup import Entry, configured
+from stream.model.served import arm_of, arm_point
 from stream.service.config import ModelSettings, Settings, load_settings
 from stream.service.metrics import Metrics
 from stream.service.resilience import Health
@@ -224,3 +227,76 @@ def test_a_bug_in_the_policy_skips_one_batch_and_learning_goes_on() -> None:
     out = asyncio.run(_learn_step(_Policy(ValueError("bug")), metrics)._decide([], 7))
     assert out == []
     assert metrics.task_errors.labels("lifecycle")._value.get() == 1
+
+
+def test_only_challengers_serve_a_share_and_they_leave_the_champion_some() -> None:
+    champion = {"name": "a", "role": "champion"}
+    with pytest.raises(ValueError, match="only a challenger"):
+        Settings(models=[champion, {"name": "b", "role": "shadow", "serve_share": 0.1}])
+    with pytest.raises(ValueError, match="leave the champion"):
+        Settings(
+            models=[
+                champion,
+                *({"name": n, "role": "challenger", "serve_share": 0.5} for n in "bc"),
+            ]
+        )
+    s = Settings(models=[champion, {"name": "b", "role": "challenger", "serve_share": 0.25}])
+    assert s.models[1].serve_share == 0.25
+
+
+def test_an_entity_keeps_its_arm_and_the_arms_get_their_shares() -> None:
+    points = [arm_point(f"card-{i}") for i in range(20_000)]
+    assert points[:50] == [arm_point(f"card-{i}") for i in range(50)]  # stable
+    arms = [(0.0, 0.2, 1), (0.2, 0.3, 2)]
+    served = Counter(arm_of(f"card-{i}", arms) for i in range(20_000))
+    assert served[1] / 20_000 == pytest.approx(0.2, abs=0.015)
+    assert served[2] / 20_000 == pytest.approx(0.1, abs=0.01)
+    assert served[0] / 20_000 == pytest.approx(0.7, abs=0.015)
+
+
+def _models() -> list:
+    from stream.model.online import create_model
+
+    champion = create_model(ModelSettings(name="a"), [])
+    challenger = create_model(ModelSettings(name="b", role="challenger"), [])
+    champion.version, challenger.version = 7, 2
+    return [champion, challenger]
+
+
+def test_each_event_is_served_by_its_entitys_arm_and_scored_in_shadow_by_the_other() -> None:
+    from types import SimpleNamespace
+
+    import redis.asyncio as aioredis
+
+    from stream.ingest.scoring import EventProcessor
+    from stream.records import Incoming, ValidEvent
+
+    s = Settings(models=[{"name": "a"}, {"name": "b", "role": "challenger", "serve_share": 0.3}])
+    models = _models()
+    arms = [(0.0, 0.3, "b")]
+    processor = EventProcessor(s, aioredis.Redis(), lambda: models[0], Metrics(),
+                               shadows=lambda: models[1:], arms=lambda: arms)  # fmt: skip
+    valid = [
+        (
+            Incoming("events", 0, i, None, b""),
+            ValidEvent(f"e{i}", f"card-{i}", i, {}, None, (), frozenset()),
+        )
+        for i in range(400)
+    ]
+    results = [SimpleNamespace(enriched={}) for _ in valid]
+    scored, pending, unscorable, shadow = processor._score(models, valid, results)  # type: ignore[arg-type]
+    assert not unscorable and len(scored) == len(pending) == 400 == len(shadow)
+    for (_, ev), s_, p in zip(valid, scored, pending, strict=True):
+        arm = "b" if arm_point(ev.entity_id) < 0.3 else "a"
+        other = "a" if arm == "b" else "b"
+        assert (s_.model, p.model, p.model_version) == (arm, arm, {"a": 7, "b": 2}[arm])
+        assert set(p.shadow) == {other} and p.shadow[other][0] == {"a": 7, "b": 2}[other]
+    served_by_b = sum(s_.model == "b" for s_ in scored)
+    assert 80 < served_by_b < 160  # 30 % of 400
+    names = Counter(orjson.loads(m.value)["model"] for m in shadow)
+    assert names == {"a": served_by_b, "b": 400 - served_by_b}
+    messages = processor._predictions(scored)
+    assert Counter(orjson.loads(m.value)["model"] for m in messages) == {
+        "b": served_by_b,
+        "a": 400 - served_by_b,
+    }
