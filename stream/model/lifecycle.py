@@ -11,12 +11,14 @@ The training topic has one partition, so one worker learns, and that worker alon
 - each challenger and shadow is compared with the champion on the same labelled events
   (:mod:`stream.model.compare`), and the verdicts are exported and kept in Redis
   (``{p}:lineup:compare``) for ``driftwatch model lineup`` and the operator's promotions;
-- the policy (``[lifecycle]``): a champion's alert of a kind in ``retrain_on`` starts a
-  fresh challenger of the champion's settings that learns from the alert's event time on
-  (at most ``max_challengers`` at a time, none while the youngest has fewer than
-  ``min_labels`` compared labels); with ``auto_promote`` a challenger (never a shadow) whose
-  verdict beats the champion is promoted, the champion becoming a challenger; a retrained
-  challenger that has not won after ``retire_after`` compared labels is retired.
+- the policy (``[lifecycle]``): a champion's alert of a kind in ``retrain_on`` (a
+  ``data_drift`` alert of one of ``retrain_subjects``, handed over by the monitors through
+  Redis, :meth:`Lineup.hand_over`) starts a fresh challenger of the champion's settings
+  that learns from the alert's event time on (at most ``max_challengers`` at a time, none
+  while the youngest has fewer than ``min_labels`` compared labels); with ``auto_promote`` a
+  challenger (never a shadow) whose verdict beats the champion is promoted, the champion
+  becoming a challenger; a retrained challenger that has not won after ``retire_after``
+  compared labels is retired.
 
 Every such step is a ``model_lifecycle`` alert, published and kept in the lineup's history.
 The comparisons start empty after the learner moves to another worker (a restart or
@@ -194,7 +196,10 @@ class Learners:
         if self.policy.auto_promote:
             out += await self._promote(verdicts, ts)
         out += await self._retire(verdicts, ts)
-        out += await self._retrain(alerts)
+        handed, last = await self.lineup.handed_over()
+        out += await self._retrain([*alerts, *handed])
+        if last is not None:  # acted on (a challenger started, or the bounds said no)
+            await self.lineup.acted_on(last)
         if out:
             await self.sync()
         return out
@@ -273,6 +278,7 @@ class Learners:
         triggers = [
             a for a in alerts
             if a["kind"] in self.policy.retrain_on and a["status"] == "firing"
+            and (a["kind"] != "data_drift" or a["subject"] in self.policy.retrain_subjects)
         ]  # fmt: skip
         if not triggers:
             return []

@@ -7,6 +7,9 @@ Keys, for ``{p}`` = the Redis prefix::
     {p}:lineup:seq      INCR counter: the number of the last retrained challenger
     {p}:lifecycle       stream: one entry per lifecycle event (field ``alert``: the
                         ``model_lifecycle`` alert, JSON), ``driftwatch model history``
+    {p}:lineup:triggers stream: data_drift alerts of ``lifecycle.retrain_subjects``, handed
+                        by the monitors to the learner (field ``alert``)
+    {p}:lineup:triggers:seen  the last of them the learner has acted on
 
 The configuration seeds the lineup (:meth:`Lineup.seed`): a configured model not in it yet
 joins with its configured role, except that a second champion joins as a challenger; a
@@ -109,6 +112,8 @@ class Lineup:
         self.key = f"{prefix}:lineup"
         self.seq_key = f"{prefix}:lineup:seq"
         self.history_key = f"{prefix}:lifecycle"
+        self.triggers_key = f"{prefix}:lineup:triggers"
+        self.seen_key = f"{prefix}:lineup:triggers:seen"
 
     def changes_key(self, model: str) -> str:
         """The model's changes stream (:class:`~stream.model.snapshots.SnapshotStore`)."""
@@ -187,6 +192,28 @@ class Lineup:
             return True, [("hdel", name), ("history", alert)]
 
         return await self._transaction(change)
+
+    async def hand_over(self, alerts: Sequence[dict[str, Any]]) -> None:
+        """The monitors' side: pass data_drift alerts on to the learner's policy."""
+        if not alerts:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for alert in alerts:
+                pipe.xadd(self.triggers_key, {"alert": orjson.dumps(alert)}, maxlen=HISTORY_KEPT)
+            await pipe.execute()
+
+    async def handed_over(self) -> tuple[list[dict[str, Any]], bytes | None]:
+        """The learner's side: the alerts handed over since the last :meth:`acted_on`, and
+        the id to pass it."""
+        seen = cast(bytes | None, await self.redis.get(self.seen_key))
+        start = b"(" + seen if seen else b"-"
+        raw = cast(list[Any], await self.redis.xrange(self.triggers_key, min=start, count=100))
+        if not raw:
+            return [], None
+        return [orjson.loads(fields[b"alert"]) for _, fields in raw], raw[-1][0]
+
+    async def acted_on(self, last: bytes) -> None:
+        await self.redis.set(self.seen_key, last)
 
     async def history(self, count: int | None = None) -> list[dict[str, Any]]:
         """The lifecycle events, oldest first (the newest ``count`` if given)."""

@@ -320,7 +320,7 @@ class ModelSettings(_Frozen):
         return self
 
 
-RetrainTrigger = Literal["concept_drift", "performance"]
+RetrainTrigger = Literal["concept_drift", "performance", "data_drift"]
 
 
 class LifecycleSettings(_Frozen):
@@ -339,10 +339,21 @@ class LifecycleSettings(_Frozen):
     margin: float = Field(default=0.02, ge=0, le=1)
     alpha: float = Field(default=0.01, gt=0, lt=1)
     # alerts of the champion that start a fresh challenger of its pipeline, learning from
-    # the alert's event time on (empty: none)
+    # the alert's event time on (empty: none); data_drift only on `retrain_subjects`
     retrain_on: tuple[RetrainTrigger, ...] = ()
+    retrain_subjects: tuple[str, ...] = ()
     max_challengers: int = Field(default=2, ge=1)  # live retrained challengers at most
     retire_after: int = Field(default=5000, ge=10)  # compared labels a retrained one gets
+
+    @model_validator(mode="after")
+    def _subjects_for_data_drift(self) -> LifecycleSettings:
+        if ("data_drift" in self.retrain_on) != bool(self.retrain_subjects):
+            raise ValueError(
+                "retrain_on includes data_drift exactly when retrain_subjects names the "
+                f"subjects whose data_drift alerts start a challenger; got retrain_on "
+                f"{list(self.retrain_on)}, retrain_subjects {list(self.retrain_subjects)}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _window_holds_min(self) -> LifecycleSettings:

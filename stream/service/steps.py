@@ -17,6 +17,7 @@ from stream.exceptions import RejectedInput
 from stream.ingest.scoring import EventProcessor, LabelProcessor, reject
 from stream.messages import TrainingExample
 from stream.model.lifecycle import Batch, Learners
+from stream.model.lineup import Lineup
 from stream.model.served import ModelSet
 from stream.monitoring.hub import MonitorHub, monitor_messages
 from stream.monitoring.subjects import monitored_subjects
@@ -132,10 +133,27 @@ class WatchStep(_Step):
         super().__init__(settings, metrics, health)
         self.hub = hub
         self.publisher = publisher
+        self.lineup = Lineup(hub.redis, settings.redis.prefix)
+        lifecycle = settings.lifecycle
+        self.triggers = (
+            set(lifecycle.retrain_subjects) if "data_drift" in lifecycle.retrain_on else set()
+        )
+
+    async def _hand_over(self, alerts: Sequence[dict[str, Any]]) -> None:
+        """Hand the data_drift alerts that start retraining to the learner (before they are
+        published: a redelivered batch raises them again, with the same alert_id)."""
+        triggers = [
+            a for a in alerts
+            if a["kind"] == "data_drift" and a["status"] == "firing"
+            and a["subject"] in self.triggers
+        ]  # fmt: skip
+        if triggers:
+            await self.health.retry("lifecycle", lambda: self.lineup.hand_over(triggers))
 
     async def process(self, records: Sequence[Incoming]) -> list[Outgoing]:
         items = [(r.partition or 0, r.offset or 0, r.value or b"") for r in records]
         alerts, poisoned = await self.health.retry("monitor", lambda: self.hub.apply(items))
+        await self._hand_over(alerts)
         topic = self.settings.topics.monitor
         dlq = [
             self.dead_letter(Incoming(topic, part, off, None, _bytes(value)), p.error, "monitor")
@@ -153,6 +171,7 @@ class WatchStep(_Step):
         A tick whose release raised alerts saves at the next one, once they are published
         (a state saved with an alert not yet published would never raise it again)."""
         alerts = await self.health.retry("monitor", self.hub.flush)
+        await self._hand_over(alerts)
         if not alerts:
             await self.health.retry("monitor_save", self.hub.save)
         return self.publisher.alerts(alerts)

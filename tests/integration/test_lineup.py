@@ -246,3 +246,43 @@ async def test_each_arm_is_judged_on_what_it_served(redis, config, keys_cleaned)
     await learners.decide([], ts=200)
     assert metrics.arm_metric.labels("b", "metric")._value.get() == 0.75
     assert metrics.arm_metric.labels("a", "labels")._value.get() == 40
+
+
+async def test_a_data_drift_alert_of_a_chosen_subject_starts_a_challenger_once(
+    redis, config, keys_cleaned
+) -> None:
+    from types import SimpleNamespace
+
+    from stream.service.resilience import Health
+    from stream.service.steps import WatchStep
+
+    chosen = config.model_copy(
+        update={
+            "models": (config.models[0],),
+            "lifecycle": config.lifecycle.model_copy(
+                update={"retrain_on": ("data_drift",), "retrain_subjects": ("amount",)}
+            ),
+        }
+    )
+    metrics = Metrics()
+    watch = WatchStep(chosen, metrics, Health(metrics), SimpleNamespace(redis=redis), None)  # type: ignore[arg-type]
+
+    def drift(subject: str, to_ts: int) -> dict[str, Any]:
+        alert_id = f"data_drift:{subject}:ks:{to_ts}"
+        return {"kind": "data_drift", "status": "firing", "subject": subject, "ts": to_ts,
+                "alert_id": alert_id, "window": {"to_ts": to_ts}}  # fmt: skip
+
+    # the monitors hand over only the chosen subject's firing alerts
+    await watch._hand_over([drift("hour", 500), {**drift("amount", 600), "status": "resolved"}])
+    learners = Learners(chosen, redis, Metrics())
+    await learners.sync()
+    assert await learners.decide([], ts=700) == []
+    await watch._hand_over([drift("amount", 800)])
+    out = await learners.decide([], ts=900)
+    assert [(a["detector"], a["subject"]) for a in out] == [("started", "a.r1")]
+    assert out[0]["evidence"]["trigger_kind"] == "data_drift"
+    assert learners.entries["a.r1"].since_ts == 800
+    # acted on: the next batch does not start another one from the same alert
+    batch = [example(i, 1, 1, {"a.r1": 1}, 1000 + i) for i in range(30)]
+    learners.judge({"a": batch}, now=0)  # a.r1 is no longer young
+    assert await learners.decide([], ts=1100) == []

@@ -300,3 +300,12 @@ def test_each_event_is_served_by_its_entitys_arm_and_scored_in_shadow_by_the_oth
         "b": served_by_b,
         "a": 400 - served_by_b,
     }
+
+
+def test_data_drift_retraining_needs_its_subjects_and_only_it_does() -> None:
+    with pytest.raises(ValueError, match="retrain_subjects"):
+        Settings(lifecycle={"retrain_on": ["data_drift"]})
+    with pytest.raises(ValueError, match="retrain_subjects"):
+        Settings(lifecycle={"retrain_on": ["performance"], "retrain_subjects": ["amount"]})
+    s = Settings(lifecycle={"retrain_on": ["data_drift"], "retrain_subjects": ["amount"]})
+    assert s.lifecycle.retrain_subjects == ("amount",)
