@@ -85,11 +85,6 @@ class Learners:
         self._seeded = False
         self._follow()
 
-    @property
-    def trainer(self) -> Trainer:
-        """The champion's trainer."""
-        return self.trainers[self.champion]
-
     def new_trainer(self, entry: Entry) -> Trainer:
         s = self.settings.for_model(entry.spec)
         return Trainer(s, SnapshotStore.from_settings(self.redis, s), self.metrics)
