@@ -94,6 +94,53 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("FROM", "TO"),
         help="event-time range (epoch ms or ISO-8601) of the predictions topic",
     )
+    replay = sub.add_parser(
+        "replay",
+        help="run an event-time range of the events and labels through the scoring code into "
+        "separate topics, and print the model's metrics over it",
+    )
+    replay.set_defaults(replay_parser=replay)  # for the errors found once the config is read
+    replay.add_argument(
+        "--from",
+        dest="start",
+        required=True,
+        metavar="TIME",
+        help="start of the event-time range (epoch ms or ISO-8601), included",
+    )
+    replay.add_argument(
+        "--to",
+        dest="end",
+        required=True,
+        metavar="TIME",
+        help="end of the event-time range, excluded",
+    )
+    replay.add_argument(
+        "--model",
+        dest="model_name",
+        metavar="NAME",
+        help="the model of the lineup or config to replay (default: the champion)",
+    )
+    replay.add_argument(
+        "--version",
+        type=_positive_int,
+        metavar="N",
+        help="score with this stored version, frozen (default: a fresh model "
+        "that learns each label as it arrives)",
+    )
+    replay.add_argument(
+        "--prefix",
+        metavar="P",
+        help="Redis prefix of the replay's state (default: {prefix}:replay:{id})",
+    )
+    replay.add_argument(
+        "--suffix",
+        default=".replay",
+        metavar="S",
+        help="appended to the output topics' names (default: .replay)",
+    )
+    replay.add_argument(
+        "--keep-state", action="store_true", help="keep the replay's Redis state afterwards"
+    )
     return parser
 
 
@@ -167,6 +214,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return _reference_command(settings, args)
     if args.command == "model":
         return _model_command(settings, args)
+    if args.command == "replay":
+        return _replay_command(settings, args)
     raise AssertionError(f"unhandled command {args.command}")  # argparse guarantees a choice
 
 
@@ -322,6 +371,22 @@ def tune_gc(threshold: int) -> None:
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(threshold, gen1, gen2)
+
+
+def _replay_command(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from stream.tools.replay import replay_options, run_replay
+
+    try:
+        options = replay_options(
+            settings, args.start, args.end, prefix=args.prefix, suffix=args.suffix,
+            model=args.model_name, version=args.version, keep_state=args.keep_state,
+        )  # fmt: skip
+    except ValueError as exc:
+        args.replay_parser.error(str(exc))  # usage, exit 2
+    print("\n".join(asyncio.run(run_replay(settings, options))))
+    return 0
 
 
 if __name__ == "__main__":
