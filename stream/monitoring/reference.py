@@ -29,6 +29,7 @@ from stream.messages import SubjectKind
 from stream.monitoring.subjects import value_of
 from stream.service.config import Settings
 from stream.service.kafka_security import client_options
+from stream.service.topics import partitions_of
 from stream.timestamps import to_epoch_ms
 
 
@@ -94,9 +95,8 @@ async def read_topic(settings: Settings, start: str, end: str) -> list[dict[str,
     )
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        if not tps:
-            raise DriftwatchError(f"topic {topic!r} does not exist")
+        partitions = await partitions_of(settings, [topic])
+        tps = [TopicPartition(topic, p) for p in partitions[topic]]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         # record time (when a worker published) >= event time: start at the first record

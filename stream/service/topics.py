@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -19,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.structs import TopicPartition
 
+from stream.exceptions import DriftwatchError
 from stream.service.config import KafkaSettings, Settings
 from stream.service.kafka_security import client_options
 
@@ -129,3 +131,19 @@ async def wait_consumed(kafka: Settings | str, group: str, topic: str, wait_s: f
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def partitions_of(settings: Settings, topics: Sequence[str]) -> dict[str, list[int]]:
+    """Each topic's partition numbers, from the broker's metadata (a consumer that has not
+    subscribed knows none yet). Raises :class:`~stream.exceptions.DriftwatchError` naming the
+    topics that do not exist."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    missing = [d["topic"] for d in described if d.get("error_code", 0) or not d["partitions"]]
+    if missing:
+        raise DriftwatchError(f"topics {missing} do not exist")
+    return {d["topic"]: sorted(p["partition"] for p in d["partitions"]) for d in described}

@@ -59,6 +59,7 @@ from stream.service.kafka_security import client_options
 from stream.service.metrics import Metrics
 from stream.service.publish import new_producer, publish
 from stream.service.redis_client import redis_client
+from stream.service.topics import partitions_of
 from stream.service.units import parse_instant
 from stream.timestamps import to_epoch_ms
 from stream.tools.demo import Progress
@@ -416,17 +417,13 @@ async def _prepare_topics(settings: Settings, inputs: Sequence[str]) -> list[Top
     admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
-        described = await admin.describe_topics(list(inputs))
-        missing = [d["topic"] for d in described if d.get("error_code", 0) or not d["partitions"]]
-        if missing:
-            raise DriftwatchError(f"topics {missing} do not exist")
+        parts = await partitions_of(settings, inputs)
         existing = set(await admin.list_topics())
         outputs = [settings.topics.predictions, settings.topics.dlq]
         new = [NewTopic(n, settings.topics.partitions, 1) for n in outputs if n not in existing]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):  # another replay won the race
                 await admin.create_topics(new)
-        parts = {d["topic"]: sorted(p["partition"] for p in d["partitions"]) for d in described}
         return [TopicPartition(name, p) for name in inputs for p in parts[name]]
     finally:
         await admin.close()
