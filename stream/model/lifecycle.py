@@ -225,7 +225,9 @@ class Learners:
         winners = [
             (v.margin, name)
             for name, v in verdicts.items()
-            if self.entries[name].role == "challenger" and v.beats(p.min_labels, p.margin, p.alpha)
+            if self.entries[name].role == "challenger"
+            and not self.entries[name].held  # an operator demoted it
+            and v.beats(p.min_labels, p.margin, p.alpha)
         ]
         if not winners:
             return []

@@ -62,6 +62,9 @@ class Entry:
         Event time from which it learns (a retrained challenger: the alert's); 0: all.
     started_at
         Wall clock (epoch ms) at which it joined the lineup.
+    held
+        An operator demoted it (promoted another over it): the automatic policy does not
+        promote it again; an operator's promotion does.
     """
 
     spec: ModelSettings
@@ -69,6 +72,7 @@ class Entry:
     origin: Origin = "config"
     since_ts: int = 0
     started_at: int = 0
+    held: bool = False
 
     @property
     def name(self) -> str:
@@ -158,8 +162,11 @@ class Lineup:
         """A new number for a retrained challenger's name."""
         return int(await self.redis.incr(self.seq_key))
 
-    async def promote(self, name: str, alert: Callable[[Entry], dict[str, Any]]) -> Entry | None:
-        """Make ``name`` the champion; the champion before becomes a challenger.
+    async def promote(
+        self, name: str, alert: Callable[[Entry], dict[str, Any]], hold: bool = False
+    ) -> Entry | None:
+        """Make ``name`` the champion; the champion before becomes a challenger (``held``
+        with ``hold``: an operator's decision the policy does not undo).
 
         ``alert`` builds the lifecycle alert from the champion before. Returns that champion,
         or None if ``name`` already is the champion. Raises ``KeyError`` if ``name`` is not
@@ -173,9 +180,9 @@ class Lineup:
             old = champion_of(entries)
             if old is not None and old.name == name:
                 return None, []
-            ops: list[Any] = [("hset", name, replace(new, role="champion"))]
+            ops: list[Any] = [("hset", name, replace(new, role="champion", held=False))]
             if old is not None:
-                ops.append(("hset", old.name, replace(old, role="challenger")))
+                ops.append(("hset", old.name, replace(old, role="challenger", held=hold)))
                 ops.append(("notify", old.name))
             ops += [("notify", name), ("history", alert(old or new))]
             return old, ops

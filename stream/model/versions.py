@@ -121,11 +121,12 @@ async def promote_challenger(lineup: Lineup, redis: Redis, name: str) -> dict[st
             statistic=comparison.get("margin"),
             evidence={"previous_champion": old.name, "by": "operator", **comparison},
             message=f"model {name!r} promoted to champion over {old.name!r} by an operator; "
-            f"{old.name!r} is a challenger now (promote it back to roll back)",
+            f"{old.name!r} is a challenger now, never promoted by the policy (promote it back "
+            "to roll back)",
         )  # fmt: skip
 
     try:
-        before = await lineup.promote(name, alert)
+        before = await lineup.promote(name, alert, hold=True)
     except KeyError:
         names = sorted(await lineup.entries())
         raise DriftwatchError(f"no model {name!r} in the lineup; it has {names}") from None

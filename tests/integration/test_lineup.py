@@ -212,6 +212,27 @@ async def test_the_policy_promotes_a_significantly_better_challenger_only(
     assert set(exported) == {b"b"}  # the last export, before the promotion
 
 
+async def test_the_policy_never_undoes_an_operators_rollback(redis, config, keys_cleaned) -> None:
+    from stream.model.versions import promote_challenger
+
+    learners = Learners(config, redis, Metrics())
+    await learners.sync()
+    # the operator promotes b, then rolls back to a: b is held
+    await promote_challenger(learners.lineup, redis, "b")
+    await promote_challenger(learners.lineup, redis, "a")
+    await learners.sync()
+    assert learners.champion == "a" and learners.entries["b"].held
+    batch = [example(i, 1, 0, {"b": 1}, 100 + i) for i in range(40)]  # b right, a wrong
+    learners.judge({"a": batch}, now=0)
+    assert learners.verdicts()["b"].beats(20, 0.02, 0.01)
+    assert await learners.decide([], ts=200) == []
+    assert learners.champion == "a"
+    # the operator may still promote it; then it is no longer held
+    await promote_challenger(learners.lineup, redis, "b")
+    entries = await learners.lineup.entries()
+    assert entries["b"].role == "champion" and not entries["b"].held and entries["a"].held
+
+
 def test_a_shadow_is_never_promoted_by_the_policy(redis_url, config, keys_cleaned) -> None:
     shadowed = config.model_copy(
         update={"models": (config.models[0], ModelSettings(name="b", role="shadow"))}
