@@ -54,7 +54,7 @@ def lifecycle_settings(settings: Settings) -> Settings:
                     "min_labels": 300,
                     "compare_window": 1000,
                 }
-            )
+            ),
         }
     )
 
