@@ -86,12 +86,15 @@ def connection_options(redis: RedisSettings) -> dict[str, Any]:
 
 def acl_rules(prefix: str) -> str:
     """The Redis ACL rules of a worker's user: its key prefix only, no channels, the data,
-    scripting and connection commands without the dangerous ones (``ACL SETUSER``).
+    scripting, transaction (MULTI, WATCH: the lineup) and connection commands without the
+    dangerous ones (``ACL SETUSER``).
 
-    >>> acl_rules("dw")
-    'resetkeys ~dw:* resetchannels -@all +@read +@write +@scripting +@connection -@dangerous'
+    >>> acl_rules("dw").split()
+    ... # doctest: +NORMALIZE_WHITESPACE
+    ['resetkeys', '~dw:*', 'resetchannels', '-@all', '+@read', '+@write', '+@scripting',
+     '+@transaction', '+@connection', '-@dangerous']
     """
     return (
         f"resetkeys ~{prefix}:* resetchannels "
-        "-@all +@read +@write +@scripting +@connection -@dangerous"
+        "-@all +@read +@write +@scripting +@transaction +@connection -@dangerous"
     )

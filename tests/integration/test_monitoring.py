@@ -150,7 +150,9 @@ def test_concept_change_raises_a_performance_alert(settings: Settings, worker_fa
     perf = [a for a in alerts if a["kind"] == "performance" and a["status"] == "firing"]
     assert perf, [(a["kind"], a["subject"]) for a in alerts]
     assert any(a["subject"] in a["message"] for a in perf)
-    assert {a["kind"] for a in alerts} >= {"performance", "concept_drift"}
+    assert {a["kind"] for a in alerts} >= {"performance", "concept_drift"}, [
+        (a["kind"], a["subject"], a["status"], index_of(a["ts"]), a.get("evidence")) for a in alerts
+    ]
 
 
 def test_stationary_stream_raises_no_alert_at_the_defaults(

@@ -59,11 +59,17 @@ def observed_settings(settings: Settings) -> Settings:
     """The sample features and model of driftwatch.toml, /metrics on a free local port."""
     sample = load_settings(REPO / "driftwatch.toml")
     worker = settings.worker.model_copy(update={"metrics_address": f"127.0.0.1:{free_port()}"})
+    champion = sample.model.model_copy(update={"publish_every": 200})
+    # a challenger in shadow, so that the champion-and-challengers panels have data
+    challenger = champion.model_copy(
+        update={"name": f"{champion.name}-fast", "role": "challenger", "learning_rate": 0.2}
+    )
     return settings.model_copy(
         update={
             "features": sample.features,
             "windows": sample.windows,
-            "model": sample.model.model_copy(update={"publish_every": 200}),
+            "model": champion,
+            "models": (champion, challenger),
             # small reference and windows so that drift, alerts, quality and performance
             # metrics all have data within this short stream
             "monitoring": sample.monitoring.model_copy(
