@@ -63,8 +63,8 @@ class Entry:
     started_at
         Wall clock (epoch ms) at which it joined the lineup.
     held
-        An operator demoted it (promoted another over it): the automatic policy does not
-        promote it again; an operator's promotion does.
+        It was in the lineup when an operator promoted another model: the automatic policy
+        does not promote it (an operator's promotion does).
     """
 
     spec: ModelSettings
@@ -165,8 +165,9 @@ class Lineup:
     async def promote(
         self, name: str, alert: Callable[[Entry], dict[str, Any]], hold: bool = False
     ) -> Entry | None:
-        """Make ``name`` the champion; the champion before becomes a challenger (``held``
-        with ``hold``: an operator's decision the policy does not undo).
+        """Make ``name`` the champion; the champion before becomes a challenger. With
+        ``hold`` (an operator's decision) every other model of the lineup is ``held``: the
+        policy promotes only challengers started afterwards.
 
         ``alert`` builds the lifecycle alert from the champion before. Returns that champion,
         or None if ``name`` already is the champion. Raises ``KeyError`` if ``name`` is not
@@ -184,6 +185,11 @@ class Lineup:
             if old is not None:
                 ops.append(("hset", old.name, replace(old, role="challenger", held=hold)))
                 ops.append(("notify", old.name))
+            if hold:  # the operator decided: no model of the lineup now undoes that
+                others = [
+                    e for n, e in entries.items() if n != name and (old is None or n != old.name)
+                ]
+                ops += [("hset", e.name, replace(e, held=True)) for e in others if not e.held]
             ops += [("notify", name), ("history", alert(old or new))]
             return old, ops
 

@@ -121,8 +121,8 @@ async def promote_challenger(lineup: Lineup, redis: Redis, name: str) -> dict[st
             statistic=comparison.get("margin"),
             evidence={"previous_champion": old.name, "by": "operator", **comparison},
             message=f"model {name!r} promoted to champion over {old.name!r} by an operator; "
-            f"{old.name!r} is a challenger now, never promoted by the policy (promote it back "
-            "to roll back)",
+            f"{old.name!r} is a challenger now (promote it back to roll back); the policy "
+            "promotes only challengers started from now on",
         )  # fmt: skip
 
     try:

@@ -217,11 +217,20 @@ async def test_the_policy_never_undoes_an_operators_rollback(redis, config, keys
 
     learners = Learners(config, redis, Metrics())
     await learners.sync()
-    # the operator promotes b, then rolls back to a: b is held
+    # the operator promotes b, a retrained c starts, the operator rolls back to a: b and c
+    # are held; a challenger started afterwards is not
     await promote_challenger(learners.lineup, redis, "b")
+    started = lifecycle_alert("started", "c", version=0, message="m", evidence={})
+    c = Entry(ModelSettings(name="c", role="challenger"), "challenger", "retrain", since_ts=1)
+    assert await learners.lineup.start(c, started)
     await promote_challenger(learners.lineup, redis, "a")
+    d = Entry(ModelSettings(name="d", role="challenger"), "challenger", "retrain", since_ts=2)
+    assert await learners.lineup.start(d, {**started, "subject": "d"})
     await learners.sync()
-    assert learners.champion == "a" and learners.entries["b"].held
+    assert learners.champion == "a"
+    assert {n: e.held for n, e in learners.entries.items()} == {
+        "a": False, "b": True, "c": True, "d": False
+    }  # fmt: skip
     batch = [example(i, 1, 0, {"b": 1}, 100 + i) for i in range(40)]  # b right, a wrong
     learners.judge({"a": batch}, now=0)
     assert learners.verdicts()["b"].beats(20, 0.02, 0.01)
