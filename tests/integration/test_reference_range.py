@@ -24,6 +24,7 @@ def test_the_predictions_of_a_range_are_read_from_every_partition(settings: Sett
     asyncio.run(produce(s.kafka.bootstrap, s.topics.predictions, records))
     got = asyncio.run(reference.read_topic(s, "1000100", "1000199"))
     assert sorted(r["event_id"] for r in got) == sorted(f"e{i}" for i in range(100, 200))
-    missing = s.model_copy(update={"topics": s.topics.model_copy(update={"predictions": "nope-x"})})
+    topics = s.topics.model_copy(update={"predictions": f"{s.topics.predictions}-missing"})
+    missing = s.model_copy(update={"topics": topics})
     with pytest.raises(DriftwatchError, match="do not exist"):
         asyncio.run(reference.read_topic(missing, "1000100", "1000199"))
