@@ -226,7 +226,7 @@ class Learners:
             (v.margin, name)
             for name, v in verdicts.items()
             if self.entries[name].role == "challenger"
-            and not self.entries[name].held  # an operator demoted it
+            and not self.entries[name].held  # there when an operator promoted a model
             and v.beats(p.min_labels, p.margin, p.alpha)
         ]
         if not winners:

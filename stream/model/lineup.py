@@ -182,14 +182,12 @@ class Lineup:
             if old is not None and old.name == name:
                 return None, []
             ops: list[Any] = [("hset", name, replace(new, role="champion", held=False))]
+            for e in entries.values():  # the operator decided (hold): no model now undoes it
+                role = "challenger" if e is old else e.role
+                if e is not new and (role, e.held or hold) != (e.role, e.held):
+                    ops.append(("hset", e.name, replace(e, role=role, held=e.held or hold)))
             if old is not None:
-                ops.append(("hset", old.name, replace(old, role="challenger", held=hold)))
                 ops.append(("notify", old.name))
-            if hold:  # the operator decided: no model of the lineup now undoes that
-                others = [
-                    e for n, e in entries.items() if n != name and (old is None or n != old.name)
-                ]
-                ops += [("hset", e.name, replace(e, held=True)) for e in others if not e.held]
             ops += [("notify", name), ("history", alert(old or new))]
             return old, ops
 
