@@ -8,26 +8,27 @@ events 5 ms apart in event time, 5 % of them up to 60 s out of order, processed 
 of 500 like the worker does (no Redis: the pure logic only). Few entities means full
 windows; many entities means mostly first events (new states every batch).
 
-The Redis paths are timed up to the bytes redis-py would send (its ``pack_command``, which
-is pure Python for asyncio connections), without a server: the feature store's conditional
-write (``FeatureStore.write_args``) and the staging of the pending predictions for the label
-join (``PendingPrediction`` built, ``PredictionStore.stage`` on a pipeline). The baselines
-are the previous layouts, kept below: 4 + 2 arguments per entity and marker, 3 per
-prediction, frozen ``PendingPrediction``.
+The Redis paths compare the previous layout of the feature store's conditional write
+(``FeatureStore.write_args``) and of the pending predictions' store-or-claim
+(``PredictionStore.store_args``), every stored value inside one JSON array argument decoded
+by the script, with the current one, one argument per value: the client's CPU up to the
+bytes the worker sends (hiredis packing, ``stream.service.redis_client``), and with
+``--redis URL`` the server's CPU per event running each script (a scratch Redis: its
+command statistics are reset; the keys written are deleted).
 
-    .venv/bin/python scripts/bench_features.py [--events 100000] [--batch 500]
+    .venv/bin/python scripts/bench_features.py [--events 100000] [--batch 500] [--redis URL]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import functools
 import gc
 import random
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,12 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stream.features.state import decode_state, encode_state, new_state  # noqa: E402
-from stream.features.store import FeatureStore, Loaded, marker  # noqa: E402
+from stream.features.store import _WRITE_IF_UNCHANGED, FeatureStore, Loaded, marker  # noqa: E402
 from stream.features.windows import BatchUpdate, FeatureInput, update_batch  # noqa: E402
 from stream.labels.join import PendingPrediction  # noqa: E402
-from stream.labels.store import PredictionStore  # noqa: E402
+from stream.labels.store import _STORE_OR_CLAIM, PredictionStore  # noqa: E402
 from stream.service.config import FeatureSpec, Settings, WindowSettings  # noqa: E402
+from stream.service.redis_client import hiredis_packing  # noqa: E402
 
 SPEC = FeatureSpec(name="amount", windows=("1m", "1h", "24h"))
 
@@ -85,81 +87,40 @@ def run(events: list[FeatureInput], batch: int) -> tuple[float, float]:
 
 # --- the Redis write paths -----------------------------------------------------------------
 
-# The previous conditional write: per entity KEYS = state key, marker keys; ARGV = expected
-# generation, state, state TTL, n, then (marker, TTL) per marker.
-_LEGACY_WRITE = """
-local k, a, e = 1, 1, 0
+# The previous layouts: every stored value inside one JSON array argument, decoded by the
+# script with cjson (the KEYS are the same).
+_JSON_WRITE = """
+local state_ttl, marker_ttl = ARGV[1], ARGV[2]
+local k = 1
 local conflicts = {}
-while k <= #KEYS do
-  e = e + 1
-  local n = tonumber(ARGV[a + 3])
+for e, entity in ipairs(cjson.decode(ARGV[3])) do
+  local markers = entity[3]
   local stored = redis.call('GET', KEYS[k])
   local g = 0
   if stored then g = tonumber(string.match(stored, '^{"v":%d+,"g":(%d+)') or '0') end
-  if g == tonumber(ARGV[a]) then
-    redis.call('SET', KEYS[k], ARGV[a + 1], 'EX', ARGV[a + 2])
-    for j = 1, n do
-      redis.call('SET', KEYS[k + j], ARGV[a + 2 + 2 * j], 'EX', ARGV[a + 3 + 2 * j])
+  if g == entity[1] then
+    redis.call('SET', KEYS[k], entity[2], 'EX', state_ttl)
+    for j = 1, #markers do
+      redis.call('SET', KEYS[k + j], markers[j], 'EX', marker_ttl)
     end
   else
     conflicts[#conflicts + 1] = e
   end
-  k = k + 1 + n
-  a = a + 4 + 2 * n
+  k = k + 1 + #markers
 end
 return conflicts
 """
 
-
-def legacy_write_args(store: FeatureStore, update: BatchUpdate) -> tuple[list[str], list[Any]]:
-    """The previous ``FeatureStore.write_args``."""
-    markers: dict[str, list[tuple[str, float]]] = {}
-    for result in update.results:
-        since = update.applied_since.get(result.event_id)
-        if since is not None and result.applied:
-            markers.setdefault(result.entity_id, []).append((result.event_id, since))
-    keys: list[str] = []
-    args: list[Any] = []
-    for entity, state in update.states.items():
-        marks = markers.get(entity, [])
-        keys.append(store.state_key(entity))
-        keys.extend(store.seen_key(event_id) for event_id, _ in marks)
-        args += (state["g"] - 1, encode_state(state), store.state_ttl_s, len(marks))
-        for _, since in marks:
-            args += (marker(since), store._dedupe_ttl_s)
-    return keys, args
-
-
-@dataclass(frozen=True)
-class LegacyPendingPrediction:
-    """The previous PendingPrediction: frozen, encoded from its ``__dict__``."""
-
-    event_id: str
-    entity_id: str
-    ts_ms: int
-    x: dict[str, float | str]
-    model_version: int
-    prediction: int | float | str | None
-    score: float
-    processed_at_ms: int
-
-    def encode(self) -> bytes:
-        return orjson.dumps(self.__dict__)
-
-
-# The previous store-or-claim: ARGV = [ttl, (value, score, member) * n], run as a registered
-# script on the pipeline (EVALSHA, after a SCRIPT EXISTS round trip).
-_LEGACY_STORE = """
+_JSON_STORE = """
 local out = {}
-local n = (#KEYS - 2) / 2
-for i = 1, n do
+for i, p in ipairs(cjson.decode(ARGV[2])) do
   local label = redis.call('GETDEL', KEYS[2 * i + 2])
   if label then
-    redis.call('ZREM', KEYS[2], ARGV[3 * i + 1])
+    redis.call('ZREM', KEYS[2], p[3])
     out[i] = label
   else
-    redis.call('SET', KEYS[2 * i + 1], ARGV[3 * i - 1], 'EX', ARGV[1])
-    redis.call('ZADD', KEYS[1], ARGV[3 * i], ARGV[3 * i + 1])
+    redis.call('SET', KEYS[2 * i + 1], p[1], 'EX', ARGV[1])
+    redis.call('ZADD', KEYS[1], p[2], p[3])
     out[i] = false
   end
 end
@@ -167,16 +128,33 @@ return out
 """
 
 
-async def legacy_stage(
-    store: PredictionStore, script: Any, pipe: Any, preds: Sequence[LegacyPendingPrediction]
-) -> None:
-    """The previous ``PredictionStore.stage``."""
+def json_write_args(store: FeatureStore, update: BatchUpdate) -> tuple[list[str], list[Any]]:
+    """The previous ``FeatureStore.write_args``: one JSON argument for the stored values."""
+    markers: dict[str, list[tuple[str, float]]] = {}
+    for result in update.results:
+        since = update.applied_since.get(result.event_id)
+        if since is not None and result.applied:
+            markers.setdefault(result.entity_id, []).append((result.event_id, since))
+    keys: list[str] = []
+    entities: list[tuple[int, str, list[str]]] = []
+    for entity, state in update.states.items():
+        marks = markers.get(entity, [])
+        keys.append(store.state_key(entity))
+        keys.extend(store.seen_key(event_id) for event_id, _ in marks)
+        encoded = [marker(since).decode() for _, since in marks]
+        entities.append((state["g"] - 1, encode_state(state).decode(), encoded))
+    return keys, [store.state_ttl_s, store._dedupe_ttl_s, orjson.dumps(entities)]
+
+
+def json_store_args(
+    store: PredictionStore, preds: Sequence[PendingPrediction]
+) -> tuple[list[str], list[Any]]:
+    """The previous ``PredictionStore.store_args``: one JSON argument for the predictions."""
     keys = [store.pending_key, store.parked_key]
-    args: list[Any] = [store.ttl]
+    entries = [(p.encode().decode(), p.processed_at_ms, p.event_id) for p in preds]
     for p in preds:
         keys += (store.key(p.event_id), store.label_key(p.event_id))
-        args += (p.encode(), p.processed_at_ms, p.event_id)
-    await script(keys=keys, args=args, client=pipe)
+    return keys, [store.ttl, orjson.dumps(entries)]
 
 
 def write_updates(store: FeatureStore, events: list[FeatureInput], batch: int) -> list[Any]:
@@ -204,60 +182,67 @@ def best_us(run: Callable[[], Any], n: int, repeat: int) -> float:
     return min(times) / n / 1000
 
 
-def bench_redis_paths(events: list[FeatureInput], batch: int, repeat: int) -> None:
-    """µs per event of the client's CPU on the two Redis writes, previous vs current."""
+def bench_redis_paths(
+    events: list[FeatureInput], batch: int, repeat: int, redis_url: str | None
+) -> None:
+    """µs per event of the two Redis writes, previous (one JSON argument) vs current (one
+    argument per value): the client's CPU up to the packed bytes, with the worker's hiredis
+    packing; with ``redis_url``, also the server's (its ``INFO commandstats``)."""
     client = aioredis.Redis()  # never connected: scripts are registered, commands packed
-    conn = aioredis.Connection()
+    conn = hiredis_packing(aioredis.Connection)()
     store = FeatureStore(client, Settings(features=(SPEC,)))
-    updates = write_updates(store, events, batch)
-    legacy_sha = client.register_script(_LEGACY_WRITE).sha
-    feature_sha = store._write.sha
-
-    def legacy(update: BatchUpdate) -> tuple[list[str], list[Any]]:
-        return legacy_write_args(store, update)
-
-    def write(build: Callable[[BatchUpdate], tuple[list[str], list[Any]]], sha: str) -> None:
-        for update in updates:
-            keys, args = build(update)
-            conn.pack_command("EVALSHA", sha, len(keys), *keys, *args)
-
-    def arguments(build: Callable[[BatchUpdate], tuple[list[str], list[Any]]]) -> float:
-        return sum(len(k) + len(a) for k, a in map(build, updates)) / len(events)
-
-    n = len(events)
-    print(f"\nRedis write paths, client CPU up to the packed bytes, {n} events, batch {batch},")
-    print(f"1 feature x 3 windows, µs per event (best of {repeat}), before -> after:")
-    before = best_us(lambda: write(legacy, legacy_sha), n, repeat)
-    after = best_us(lambda: write(store.write_args, feature_sha), n, repeat)
-    print(f"  feature-store write   {before:6.2f} -> {after:6.2f}   (arguments per event "
-          f"{arguments(legacy):.1f} -> {arguments(store.write_args):.1f})")  # fmt: skip
-
     predictions = PredictionStore(client, "dw", horizon_s=3600)
-    legacy_script = client.register_script(_LEGACY_STORE)
+    updates = write_updates(store, events, batch)
     scored = [
-        (r.event_id, r.entity_id, r.ts_ms, {"amount": 1.0, **r.enriched}, 3, 0, 0.25, r.ts_ms + 5)
+        PendingPrediction(r.event_id, r.entity_id, r.ts_ms, {"amount": 1.0, **r.enriched}, 3, 0,
+                          0.25, r.ts_ms + 5)
         for u in updates
         for r in u.results
-    ]
+    ]  # fmt: skip
     chunks = [scored[i : i + batch] for i in range(0, len(scored), batch)]
+    Build = Callable[[Any], tuple[list[str], list[Any]]]
+    paths: list[tuple[str, str, str, Build, Build, list[Any]]] = [
+        ("feature-store write", _JSON_WRITE, _WRITE_IF_UNCHANGED,
+         lambda u: json_write_args(store, u), store.write_args, updates),
+        ("pending predictions", _JSON_STORE, _STORE_OR_CLAIM,
+         lambda c: json_store_args(predictions, c), predictions.store_args, chunks),
+    ]  # fmt: skip
+    n = len(events)
+    print(f"\nRedis write paths, {n} events, batch {batch}, 1 feature x 3 windows, µs per event")
+    print(f"(client: best of {repeat}, up to the packed bytes), previous -> current:")
+    for name, old_script, new_script, old, new, items in paths:
 
-    def stage(cls: Any, run: Callable[[Any, list[Any]], Any]) -> None:
-        async def go() -> None:
-            for chunk in chunks:
-                preds = [cls(*fields) for fields in chunk]  # as EventProcessor._score builds them
-                pipe = client.pipeline(transaction=False)
-                await run(pipe, preds)
-                conn.pack_commands([args for args, _ in pipe.command_stack])
+        def pack(build: Build, script: str, items: list[Any] = items) -> None:
+            for item in items:
+                keys, args = build(item)
+                conn.pack_command("EVAL", script, len(keys), *keys, *args)
 
-        asyncio.run(go())
+        before = best_us(functools.partial(pack, old, old_script), n, repeat)
+        after = best_us(functools.partial(pack, new, new_script), n, repeat)
+        line = f"  {name:20}  client {before:5.2f} -> {after:5.2f}"
+        if redis_url is not None:
+            server = [server_us(redis_url, build, script, items, n)
+                      for build, script in ((old, old_script), (new, new_script))]  # fmt: skip
+            line += f"   server {server[0]:5.2f} -> {server[1]:5.2f}"
+        print(line)
 
-    def legacy_staged(pipe: Any, preds: list[Any]) -> Any:
-        return legacy_stage(predictions, legacy_script, pipe, preds)
 
-    before = best_us(lambda: stage(LegacyPendingPrediction, legacy_staged), n, repeat)
-    after = best_us(lambda: stage(PendingPrediction, predictions.stage), n, repeat)
-    print(f"  pending predictions   {before:6.2f} -> {after:6.2f}   "
-          f"(arguments per event 5 -> 2; round trips per batch 2 -> 1)")  # fmt: skip
+def server_us(redis_url: str, build: Any, script: str, items: list[Any], n: int) -> float:
+    """The server's µs per event running ``script`` on ``items`` (``EVAL`` in commandstats,
+    the calls the script makes included), on keys deleted afterwards."""
+    import redis as sync_redis
+
+    r = sync_redis.Redis.from_url(redis_url)
+    sha = r.script_load(script)
+    prefix = f"bench-features-{uuid.uuid4().hex[:8]}"
+    r.config_resetstat()
+    for item in items:
+        keys, args = build(item)
+        r.evalsha(sha, len(keys), *(f"{prefix}:{k}" for k in keys), *args)
+    usec = int(r.info("commandstats")["cmdstat_evalsha"]["usec"])
+    for key in r.scan_iter(f"{prefix}:*", count=10_000):
+        r.delete(key)
+    return usec / n
 
 
 def main() -> None:
@@ -268,6 +253,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--redis-entities", type=int, default=1_000,
                         help="entities of the Redis write paths' events")  # fmt: skip
+    parser.add_argument("--redis", metavar="URL",
+                        help="also the server's CPU on the write paths (a scratch Redis: its "
+                             "command statistics are reset)")  # fmt: skip
     args = parser.parse_args()
     print(f"1 feature x 3 windows x 6 aggregates, batch {args.batch}, µs per event")
     print(f"(best of {args.repeat} runs of {args.events} events):")
@@ -277,7 +265,7 @@ def main() -> None:
         update, codec = min(r[0] for r in runs), min(r[1] for r in runs)
         print(f"  {entities:>7} entities: update_batch {update:5.1f}, state codec {codec:5.1f}")
     events = make_events(min(args.events, 20_000), args.redis_entities)
-    bench_redis_paths(events, args.batch, max(args.repeat, 5))
+    bench_redis_paths(events, args.batch, max(args.repeat, 5), args.redis)
 
 
 if __name__ == "__main__":

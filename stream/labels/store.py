@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
@@ -30,39 +29,40 @@ from stream.labels.join import PendingPrediction
 from stream.messages import Label
 from stream.timestamps import now_ms as wall_clock_ms
 
-# KEYS = [pending, parked, (pred_key, label_key) * n]; ARGV = [ttl, JSON [[value, score,
-# member] * n]]: one argument for the n predictions rather than 3n (the client's packing of
-# each argument cost more than its encoding). The value is stored as the JSON string holds it.
-# Returns, per prediction, the parked label it claimed or false.
+# KEYS = [pending, parked, (pred_key, label_key) * n]; ARGV = [ttl, (value, score, member) * n].
+# Every value is its own argument, stored as sent: one JSON array of them cost the server a
+# cjson decode of every prediction (a third of Redis's CPU per event), and hiredis packs the
+# arguments in C on the client (stream.service.redis_client). Returns, per prediction, the
+# parked label it claimed or false.
 _STORE_OR_CLAIM = """
 local out = {}
-for i, p in ipairs(cjson.decode(ARGV[2])) do
+for i = 1, (#KEYS - 2) / 2 do
   local label = redis.call('GETDEL', KEYS[2 * i + 2])
   if label then
-    redis.call('ZREM', KEYS[2], p[3])
+    redis.call('ZREM', KEYS[2], ARGV[3 * i + 1])
     out[i] = label
   else
-    redis.call('SET', KEYS[2 * i + 1], p[1], 'EX', ARGV[1])
-    redis.call('ZADD', KEYS[1], p[2], p[3])
+    redis.call('SET', KEYS[2 * i + 1], ARGV[3 * i - 1], 'EX', ARGV[1])
+    redis.call('ZADD', KEYS[1], ARGV[3 * i], ARGV[3 * i + 1])
     out[i] = false
   end
 end
 return out
 """
 
-# KEYS = [pending, parked, (pred_key, label_key) * n]; ARGV = [ttl, now_ms, JSON [[label,
-# member] * n]] (one argument for the labels, as above). Returns, per label, the stored
-# prediction it took or false (then the label is parked).
+# KEYS = [pending, parked, (pred_key, label_key) * n]; ARGV = [ttl, now_ms, (label, member)
+# * n] (one argument per value, as above). Returns, per label, the stored prediction it took
+# or false (then the label is parked).
 _TAKE_OR_PARK = """
 local out = {}
-for i, l in ipairs(cjson.decode(ARGV[3])) do
+for i = 1, (#KEYS - 2) / 2 do
   local pred = redis.call('GETDEL', KEYS[2 * i + 1])
   if pred then
-    redis.call('ZREM', KEYS[1], l[2])
+    redis.call('ZREM', KEYS[1], ARGV[2 * i + 2])
     out[i] = pred
   else
-    redis.call('SET', KEYS[2 * i + 2], l[1], 'EX', ARGV[1])
-    redis.call('ZADD', KEYS[2], ARGV[2], l[2])
+    redis.call('SET', KEYS[2 * i + 2], ARGV[2 * i + 1], 'EX', ARGV[1])
+    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2 * i + 2])
     out[i] = false
   end
 end
@@ -126,21 +126,23 @@ class PredictionStore:
         pipe.eval(_STORE_OR_CLAIM, len(keys), *keys, *args)  # queued, not yet sent
         return True
 
-    def store_args(self, preds: Sequence[PendingPrediction]) -> tuple[list[str], list[bytes | int]]:
+    def store_args(
+        self, preds: Sequence[PendingPrediction]
+    ) -> tuple[list[str], list[bytes | int | str]]:
         """KEYS and ARGV of the store-or-claim script for ``preds``.
 
         >>> store = PredictionStore(aioredis.Redis(), "dw", horizon_s=3600)
         >>> p = PendingPrediction("e1", "c1", 1000, {"a": 1.5}, 3, 0, 0.25, 1001)
         >>> keys, args = store.store_args([p])
-        >>> keys, args[0], [(v == p.encode().decode(), s, m) for v, s, m in orjson.loads(args[1])]
-        (['dw:pending', 'dw:parked', 'dw:pred:e1', 'dw:label:e1'], 3600, [(True, 1001, 'e1')])
+        >>> keys, args[0], args[1] == p.encode(), args[2:]
+        (['dw:pending', 'dw:parked', 'dw:pred:e1', 'dw:label:e1'], 3600, True, [1001, 'e1'])
         """
         keys = [self.pending_key, self.parked_key]
-        # the values as str: orjson would refuse bytes; they are UTF-8 JSON from orjson
-        entries = [(p.encode().decode(), p.processed_at_ms, p.event_id) for p in preds]
+        args: list[bytes | int | str] = [self.ttl]
         for p in preds:
             keys += (self.key(p.event_id), self.label_key(p.event_id))
-        return keys, [self.ttl, orjson.dumps(entries)]
+            args += (p.encode(), p.processed_at_ms, p.event_id)
+        return keys, args
 
     @staticmethod
     def claimed(
@@ -166,10 +168,10 @@ class PredictionStore:
             return {}
         keys = [self.pending_key, self.parked_key]
         parked_at = wall_clock_ms() if now_ms is None else now_ms
-        entries = [(label.model_dump_json(), label.event_id) for label in labels]
+        args: list[bytes | int | str] = [self.ttl, parked_at]
         for label in labels:
             keys += (self.key(label.event_id), self.label_key(label.event_id))
-        args: list[bytes | int] = [self.ttl, parked_at, orjson.dumps(entries)]
+            args += (label.model_dump_json(), label.event_id)
         reply = await self._take(keys=keys, args=args)
         return {
             label.event_id: PendingPrediction.decode(raw)

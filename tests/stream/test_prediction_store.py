@@ -72,10 +72,9 @@ def test_take_parks_with_the_callers_clock() -> None:
         "dw:pred:e2",
         "dw:label:e2",
     ]
-    # one JSON argument for the labels: each stored as its JSON, parked under its event id
-    assert args[:2] == [3600, 1_234] and orjson.loads(args[2]) == [
-        [label.model_dump_json(), label.event_id] for label in labels
-    ]
+    # per label: its JSON, stored as it is, then the event id it is parked under
+    assert args == [3600, 1_234, labels[0].model_dump_json(), "e1",
+                    labels[1].model_dump_json(), "e2"]  # fmt: skip
 
 
 class FakePipeline:
@@ -98,13 +97,11 @@ def test_store_or_claim_is_one_eval_with_the_parked_set() -> None:
     # EVAL, not a registered script: a pipeline would first send SCRIPT EXISTS for it
     [(script, n, *rest)] = pipe.queued
     assert script == store_module._STORE_OR_CLAIM and n == 6
-    keys, (ttl, entries) = rest[:n], rest[n:]
+    keys, args = rest[:n], rest[n:]
     assert keys == ["dw:pending", "dw:parked", "dw:pred:e1", "dw:label:e1", "dw:pred:e2",
                     "dw:label:e2"]  # fmt: skip
-    # the script stores each value as the JSON string holds it: the bytes of encode()
-    assert ttl == 11 and orjson.loads(entries) == [
-        [p.encode().decode(), 2_000, p.event_id] for p in preds
-    ]
+    # per prediction: the bytes of encode() (stored as they are), its score and member
+    assert args == [11, preds[0].encode(), 2_000, "e1", preds[1].encode(), 2_000, "e2"]
 
 
 def test_a_pending_prediction_is_stored_as_before_and_decodes_back() -> None:
