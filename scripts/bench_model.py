@@ -151,17 +151,20 @@ class InMemoryRedis:
 
     def register_script(self, _source: str) -> Callable[..., Any]:
         async def write(keys: list[str], args: list[Any]) -> list[int]:
-            k = 0
+            k, a, entity = 0, 2, 0
             conflicts = []
             # the layout of stream.features.store._WRITE_IF_UNCHANGED
-            for entity, (expected, state, markers) in enumerate(orjson.loads(args[2]), 1):
+            while a < len(args):
+                entity += 1
+                expected, n, state = args[a : a + 3]
                 if stored_generation(self.data.get(keys[k])) == expected:
-                    self.data[keys[k]] = state.encode()
-                    for j, mark in enumerate(markers, 1):
-                        self.data[keys[k + j]] = mark.encode()
+                    self.data[keys[k]] = state
+                    for j in range(1, n + 1):
+                        self.data[keys[k + j]] = args[a + 2 + j]
                 else:
                     conflicts.append(entity)
-                k += 1 + len(markers)
+                k += 1 + n
+                a += 3 + n
             return conflicts
 
         return write
