@@ -3,8 +3,9 @@
 
 Every row runs on the same local broker and Redis in the same run, so read the ratios:
 
-- **aiokafka passthrough**: consume, republish unchanged, commit after the acks; the most
-  a Python Kafka client moves here.
+- **aiokafka passthrough** (``scripts/aiokafka_passthrough.py``, in its own process as the
+  worker is): consume, republish unchanged, commit after the acks; the most a Python Kafka
+  client moves here.
 - **Faust echo (floor)**: ``scripts/faust_echo.py``, a Faust agent republishing the raw
   events with the worker's Faust settings: the most a worker on Faust's per-message path
   could move (the worker reads events and labels off that path, ``stream/service/batches.py``).
@@ -67,6 +68,9 @@ from stream.service.kafka_security import client_options  # noqa: E402
 from stream.service.topics import ensure_topics  # noqa: E402
 from stream.tools.synthetic import CardStream  # noqa: E402
 from tests.integration.worker_process import ASSIGNED_LINE, WorkerProcess  # noqa: E402
+
+sys.path.insert(0, str(REPO / "scripts"))
+from aiokafka_passthrough import READY as PASSTHROUGH_READY  # noqa: E402
 
 N_FEATURES = 10
 WINDOWED = 3
@@ -211,34 +215,6 @@ async def drain(
     return Drained(first, last, latencies)
 
 
-async def passthrough(s: Settings, stop: asyncio.Event) -> None:
-    """The baseline: consume, produce the value unchanged, commit after the sends are acked."""
-    consumer = AIOKafkaConsumer(
-        s.topics.events,
-        group_id=f"bench-pass-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        **client_options(s),
-    )
-    producer = AIOKafkaProducer(linger_ms=5, acks="all", **client_options(s))
-    await consumer.start()
-    await producer.start()
-    try:
-        while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=100, max_records=500)
-            futures = [
-                await producer.send(s.topics.predictions, rec.value, key=rec.key)
-                for records in batches.values()
-                for rec in records
-            ]
-            if futures:
-                await asyncio.gather(*futures)
-                await consumer.commit()
-    finally:
-        await producer.stop()
-        await consumer.stop()
-
-
 @dataclass
 class Row:
     name: str
@@ -269,19 +245,6 @@ async def paced_latencies(s: Settings, events: Events, n: int, rate: float) -> l
     return (await reader).latencies_ms
 
 
-async def run_passthrough(s: Settings, events: Events, n: int) -> Row:
-    await ensure_topics(s)
-    await produce(s, events, n)
-    stop = asyncio.Event()
-    task = asyncio.create_task(passthrough(s, stop))
-    d = await drain(s, n, 600)
-    eps = n / max(d.last - d.first, 1e-9)
-    lat = await paced_latencies(s, events, n, eps / 2)
-    stop.set()
-    await task
-    return Row("aiokafka passthrough", eps, None, eps, lat, eps / 2)
-
-
 def run_worker(
     name: str,
     s: Settings,
@@ -289,11 +252,12 @@ def run_worker(
     n: int,
     workdir: Path,
     command: Sequence[str] | None = None,
+    ready: str = ASSIGNED_LINE,
 ) -> Row:
+    """One row: ``n`` events produced, then the worker (or ``command``, logging ``ready``
+    once it consumes) started in its own process and timed on them."""
     asyncio.run(ensure_topics(s))
     asyncio.run(produce(s, events, n))
-    # Faust's own consumer logs this when it gets the partitions (the echo has no other)
-    ready = "Setting newly assigned partitions" if command else ASSIGNED_LINE
     worker = WorkerProcess(s, workdir, {"DRIFTWATCH_SNAPSHOT_KEY": "bench"}, command, ready)
     worker.start()
     try:
@@ -501,10 +465,15 @@ def run(args: argparse.Namespace) -> None:
     n, size = args.events, args.batch_size
     cards = card_events(1000)
     on = lambda tag: sample_settings(f"{tag}{uid}", args.bootstrap, args.redis, size, True)  # noqa: E731
-    rows = [asyncio.run(run_passthrough(on("p"), cards, n))]
-    echo = [sys.executable, str(REPO / "scripts" / "faust_echo.py")]
-    with tempfile.TemporaryDirectory() as tmp:
-        rows.append(run_worker("faust echo (floor)", on("f"), cards, n, Path(tmp), echo))
+    rows = []
+    for name, script, ready, tag in (
+        ("aiokafka passthrough", "aiokafka_passthrough.py", PASSTHROUGH_READY, "p"),
+        # Faust's own consumer logs this when it gets the partitions (the echo has no other)
+        ("faust echo (floor)", "faust_echo.py", "Setting newly assigned partitions", "f"),
+    ):
+        command = [sys.executable, str(REPO / "scripts" / script)]
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(run_worker(name, on(tag), cards, n, Path(tmp), command, ready))
     for name, monitoring in (
         ("worker, sample config, monitors on", True),
         ("worker, sample config, monitors off", False),
