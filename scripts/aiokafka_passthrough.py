@@ -64,7 +64,7 @@ async def passthrough(s: Settings, stop: asyncio.Event) -> None:
         await consumer.stop()
 
 
-class _Ready(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Ready(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: object) -> None:
         pass
 

@@ -179,3 +179,17 @@ async def test_a_batch_waits_up_to_the_linger_to_fill() -> None:
     assert counts(full) == {0: 100}  # full long before the linger ends
     offsets = [r.offset for r in full[TopicPartition("events", 0)]]
     assert offsets == list(range(100))
+
+
+async def test_commits_wait_out_the_interval_and_a_settle_commits_what_waited() -> None:
+    batches = BatchConsumer(Settings(), {"events": Plain()}, None, Health(Metrics()), None)  # type: ignore[arg-type]
+    consumer = Committing()
+    tp = TopicPartition("events", 0)
+    for offset in (10, 20, 30):  # three batches acknowledged in quick succession
+        acked = asyncio.get_running_loop().create_future()
+        acked.set_result(None)
+        batches._publishing.append((acked, {tp: offset}))
+        await batches._settle_oldest(consumer, lazy=True)  # type: ignore[arg-type]
+    assert consumer.commits == [{tp: 10}]  # 20 and 30 came within the interval: they wait
+    await batches.settle(consumer)  # type: ignore[arg-type]  # idle, revoked or stopping
+    assert consumer.commits == [{tp: 10}, {tp: 30}]
