@@ -12,6 +12,7 @@ updates are idempotent on event id, and metrics are counted only after the last 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import Counter
@@ -78,12 +79,16 @@ class EventProcessor:
         # name one model with the other's version
         models = [self.model(), *self.shadows()]
         scored, pending, unscorable, shadow = self._score(models, valid, applied.results)
-        t2 = time.perf_counter()
-        self.metrics.batch_seconds.labels("features_and_scoring").observe(t2 - t1)
+        self.metrics.batch_seconds.labels("features_and_scoring").observe(time.perf_counter() - t1)
         # an event that carries its label is learned now: nothing waits for a label
         waiting = [p for s, p in zip(scored, pending, strict=True) if s.event.label is None]
-        claimed = await self._store(waiting)
-        self.metrics.redis_seconds.labels("write").observe(time.perf_counter() - t2)
+        # Redis stores the predictions while the messages are built (they do not depend on
+        # which labels the store claims); the task is awaited whatever happens meanwhile
+        storing = asyncio.ensure_future(self._store(waiting))
+        try:
+            messages = self._predictions(scored)
+        finally:
+            claimed = await storing
         rejects += unscorable
         examples = [
             example_from(p, s.event.label, s.event.ts_ms)
@@ -95,7 +100,7 @@ class EventProcessor:
         self._count(len(valid), scored, applied, examples[len(examples) - len(claimed) :])
         for name, n in Counter(name for p in pending for name in p.shadow).items():
             self.metrics.shadow_predictions.labels(name).inc(n)
-        outgoing = [*self._dead_letters(rejects), *self._predictions(scored), *shadow]
+        outgoing = [*self._dead_letters(rejects), *messages, *shadow]
         return BatchResult(outgoing, scored, examples, len(rejects))
 
     def _validate(
@@ -180,10 +185,12 @@ class EventProcessor:
         self, waiting: Sequence[PendingPrediction]
     ) -> list[tuple[PendingPrediction, Label]]:
         """Store the predictions for the label join, or claim the labels that overtook them."""
+        start = time.perf_counter()
         pipe = self.redis.pipeline(transaction=False)
         if not await self.predictions.stage(pipe, waiting):
             return []
         replies = await pipe.execute()
+        self.metrics.redis_seconds.labels("write").observe(time.perf_counter() - start)
         return self.predictions.claimed(replies[-1], waiting)
 
     def _dead_letters(self, rejects: Sequence[Rejected]) -> list[Outgoing]:
