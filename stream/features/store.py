@@ -25,12 +25,13 @@ state that won (one more round trip each time; counted as conflicts).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from stream.exceptions import StateConflictError
 from stream.features.state import (
@@ -42,6 +43,7 @@ from stream.features.state import (
 )
 from stream.features.windows import BatchUpdate, EventResult, FeatureInput, update_batch
 from stream.service.config import Settings
+from stream.service.redis_client import overlapped
 
 # KEYS = per entity its state key, then the marker keys of its events. ARGV = the state TTL,
 # the marker TTL, then per entity its expected generation, its number of markers, its state
@@ -228,20 +230,44 @@ class FeatureStore:
             args.extend(marker(since) for _, since in marks)
         return keys, args
 
-    async def write(self, update: BatchUpdate) -> list[str]:
+    async def write(
+        self,
+        update: BatchUpdate,
+        meanwhile: Callable[[Sequence[EventResult]], object] | None = None,
+    ) -> list[str]:
         """Write ``update`` where nobody changed the state since it was read (one round trip).
 
-        Returns the entities that conflicted: nothing of theirs was written.
+        Returns the entities that conflicted: nothing of theirs was written. ``meanwhile``
+        (see :meth:`enrich`) runs on the update's results while the server writes.
         """
         if not update.states:
+            if meanwhile is not None:
+                meanwhile(update.results)
             return []
         keys, args = self.write_args(update)
-        reply = await self._write(keys=keys, args=args)
+        if meanwhile is None:
+            reply = await self._write(keys=keys, args=args)
+        else:
+            results = update.results
+            command = ("EVALSHA", self._write.sha, len(keys), *keys, *args)
+            try:
+                reply, _ = await overlapped(self.redis, command, lambda: meanwhile(results))
+            except NoScriptError:  # the server lost its scripts (restarted, flushed)
+                reply = await self._write(keys=keys, args=args)  # sends the script again
         entities = list(update.states)
         return [entities[int(i) - 1] for i in reply]
 
-    async def enrich(self, events: Sequence[FeatureInput]) -> Applied:
+    async def enrich(
+        self,
+        events: Sequence[FeatureInput],
+        meanwhile: Callable[[Sequence[EventResult]], object] | None = None,
+    ) -> Applied:
         """Load, update and write a batch; re-apply the entities another writer changed.
+
+        ``meanwhile`` is called with the batch's results as first computed, while their
+        write is in flight: the caller's work on them overlaps Redis's. The results returned
+        differ from those only if an entity conflicted (``Applied.conflicts`` > 0). If it
+        raises, the write is waited for and the exception raised.
 
         Raises
         ------
@@ -257,7 +283,8 @@ class FeatureStore:
         applied: dict[str, float] = {}
         pending, conflicts = events, 0
         for _ in range(MAX_CONFLICT_ROUNDS):
-            conflicted = set(await self.write(update))
+            conflicted = set(await self.write(update, meanwhile))
+            meanwhile = None
             _keep_written(update, conflicted, states, applied)
             if not conflicted:
                 merged = BatchUpdate(tuple(results), states, applied, tuple(resets))

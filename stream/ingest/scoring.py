@@ -12,7 +12,6 @@ updates are idempotent on event id, and metrics are counted only after the last 
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections import Counter
@@ -42,6 +41,7 @@ from stream.service.metrics import Metrics
 from stream.timestamps import now_ms
 
 Rejected = tuple[Incoming, RejectedInput]
+Scored = tuple[list[ScoredEvent], list[PendingPrediction], list[Rejected], list[Outgoing]]
 
 
 class EventProcessor:
@@ -71,24 +71,32 @@ class EventProcessor:
         valid, rejects = self._validate(batch, now_ms())
         if not valid:
             return BatchResult(self._dead_letters(rejects), [], [], len(rejects))
-        t0 = time.perf_counter()
-        applied = await self.features.enrich([_feature_input(ev) for _, ev in valid])
-        t1 = time.perf_counter()
-        self.metrics.redis_seconds.labels("features").observe(t1 - t0)
         # the served model is read once: a promotion during the batch's awaits must not
         # name one model with the other's version
         models = [self.model(), *self.shadows()]
-        scored, pending, unscorable, shadow = self._score(models, valid, applied.results)
-        self.metrics.batch_seconds.labels("features_and_scoring").observe(time.perf_counter() - t1)
+        early: list[Scored] = []
+
+        def score(results: Sequence[EventResult]) -> None:  # while Redis writes the windows
+            early.append(self._score(models, valid, results))
+
+        t0 = time.perf_counter()
+        applied = await self.features.enrich([_feature_input(ev) for _, ev in valid], score)
+        self.metrics.redis_seconds.labels("features").observe(time.perf_counter() - t0)
+        # an entity another writer had changed was re-applied: its events score again
+        rescore = applied.conflicts or not early
+        scored, pending, unscorable, shadow = (
+            self._score(models, valid, applied.results) if rescore else early[0]
+        )
+        self.metrics.batch_seconds.labels("features_and_scoring").observe(time.perf_counter() - t0)
         # an event that carries its label is learned now: nothing waits for a label
         waiting = [p for s, p in zip(scored, pending, strict=True) if s.event.label is None]
         # Redis stores the predictions while the messages are built (they do not depend on
-        # which labels the store claims); the task is awaited whatever happens meanwhile
-        storing = asyncio.ensure_future(self._store(waiting))
-        try:
-            messages = self._predictions(scored)
-        finally:
-            claimed = await storing
+        # which labels the store claims)
+        start = time.perf_counter()
+        claimed, messages = await self.predictions.store_or_claim(
+            waiting, lambda: self._predictions(scored)
+        )
+        self.metrics.redis_seconds.labels("write").observe(time.perf_counter() - start)
         rejects += unscorable
         examples = [
             example_from(p, s.event.label, s.event.ts_ms)
@@ -121,7 +129,7 @@ class EventProcessor:
         models: Sequence[OnlineModel],
         valid: Sequence[tuple[Incoming, ValidEvent]],
         results: Sequence[EventResult],
-    ) -> tuple[list[ScoredEvent], list[PendingPrediction], list[Rejected], list[Outgoing]]:
+    ) -> Scored:
         """Score every model (champion first); each event is served by its arm's model.
 
         The other models' outputs are kept for the label join and published to the shadow
@@ -180,18 +188,6 @@ class EventProcessor:
         if not arms:
             return [0] * len(valid)
         return [arm_of(ev.entity_id, arms) for _, ev in valid]
-
-    async def _store(
-        self, waiting: Sequence[PendingPrediction]
-    ) -> list[tuple[PendingPrediction, Label]]:
-        """Store the predictions for the label join, or claim the labels that overtook them."""
-        start = time.perf_counter()
-        pipe = self.redis.pipeline(transaction=False)
-        if not await self.predictions.stage(pipe, waiting):
-            return []
-        replies = await pipe.execute()
-        self.metrics.redis_seconds.labels("write").observe(time.perf_counter() - start)
-        return self.predictions.claimed(replies[-1], waiting)
 
     def _dead_letters(self, rejects: Sequence[Rejected]) -> list[Outgoing]:
         return [reject(self.settings, self.metrics, msg, exc) for msg, exc in rejects]

@@ -20,13 +20,14 @@ from the Redis clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
 from stream.labels.join import PendingPrediction
 from stream.messages import Label
+from stream.service.redis_client import overlapped
 from stream.timestamps import now_ms as wall_clock_ms
 
 # KEYS = [pending, parked, (pred_key, label_key) * n]; ARGV = [ttl, (value, score, member) * n].
@@ -82,6 +83,8 @@ end
 return forgotten
 """
 
+T = TypeVar("T")
+
 #: Parked labels forgotten per script call, so that one call never blocks Redis for long.
 SWEEP_CHUNK = 1_000
 
@@ -112,19 +115,23 @@ class PredictionStore:
     def ttl(self) -> int:
         return max(1, math.ceil(self.horizon_s))
 
-    async def stage(self, pipe: Pipeline, preds: Sequence[PendingPrediction]) -> bool:
-        """Queue the store-or-claim of ``preds`` on ``pipe``; False if there is nothing.
+    async def store_or_claim(
+        self, preds: Sequence[PendingPrediction], meanwhile: Callable[[], T]
+    ) -> tuple[list[tuple[PendingPrediction, Label]], T]:
+        """Store ``preds`` for the label join, or claim the labels already parked for them
+        (one round trip); ``meanwhile()`` runs while the server works, and its result is
+        returned with the predictions whose label was waiting, and that label.
 
-        Queued as ``EVAL`` with the script's text, not ``EVALSHA``: a pipeline that runs a
-        registered script first asks the server whether it has it (``SCRIPT EXISTS``, one
-        more round trip per batch), while ``EVAL`` needs none and survives a server that
-        lost its scripts. The server caches the compiled script by its hash either way.
+        Sent as ``EVAL`` with the script's text, not ``EVALSHA``: it needs no ``SCRIPT
+        EXISTS`` or ``NOSCRIPT`` round trip and survives a server that lost its scripts. The
+        server caches the compiled script by its hash either way.
         """
         if not preds:
-            return False
+            return [], meanwhile()
         keys, args = self.store_args(preds)
-        pipe.eval(_STORE_OR_CLAIM, len(keys), *keys, *args)  # queued, not yet sent
-        return True
+        command = ("EVAL", _STORE_OR_CLAIM, len(keys), *keys, *args)
+        reply, done = await overlapped(self.redis, command, meanwhile)
+        return self.claimed(reply, preds), done
 
     def store_args(
         self, preds: Sequence[PendingPrediction]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
@@ -13,6 +14,8 @@ if HIREDIS_AVAILABLE:
     import hiredis
 
 from stream.service.config import RedisSettings, Settings
+
+T = TypeVar("T")
 
 SOCKET_CONNECT_TIMEOUT_S = 5.0
 SOCKET_TIMEOUT_S = 30.0
@@ -112,3 +115,28 @@ def acl_rules(prefix: str) -> str:
         f"resetkeys ~{prefix}:* resetchannels "
         "-@all +@read +@write +@scripting +@transaction +@connection -@dangerous"
     )
+
+
+async def overlapped(
+    redis: aioredis.Redis, command: Sequence[Any], meanwhile: Callable[[], T]
+) -> tuple[Any, T]:
+    """Send ``command``, run ``meanwhile`` while the server works on it, then read the reply.
+
+    redis-py sends a command and reads its reply in one await: the caller's CPU work cannot
+    overlap the server's. A batch's feature-window write and its predictions' store keep
+    Redis busy for milliseconds each, during which the scorer can score and build its
+    messages. The reply is read even if ``meanwhile`` raises (the connection goes back to
+    the pool with nothing pending), then its exception is raised; an error reply raises
+    ``ResponseError``, a connection error drops the connection (redis-py's handling).
+    """
+    pool = redis.connection_pool
+    conn = await pool.get_connection()
+    try:
+        await conn.send_command(*command)
+        try:
+            done = meanwhile()
+        finally:
+            reply = await conn.read_response()
+    finally:
+        await pool.release(conn)
+    return reply, done

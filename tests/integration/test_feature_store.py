@@ -287,3 +287,28 @@ async def watch_server(url: str, client: aioredis.Redis, wire: Wire, action: Any
     finally:
         await watcher.aclose()
     return Sent(result, seen)
+
+
+async def test_work_meanwhile_runs_once_the_write_is_sent_and_survives_lost_scripts(
+    wired: tuple[aioredis.Redis, Wire], feature_settings: Settings
+) -> None:
+    client, wire = wired
+    store = FeatureStore(client, feature_settings)
+    events = card_stream(41, seed=3)
+    await store.enrich(events[:1])
+    seen: list[tuple[int, int]] = []
+
+    def meanwhile(results: Sequence[EventResult]) -> None:
+        seen.append((wire.round_trips, len(results)))  # the write is on its way by now
+
+    wire.reset()
+    applied = await store.enrich(events[1:21], meanwhile)
+    assert seen == [(2, 20)] and wire.commands == ["MGET", "EVALSHA"]
+
+    await client.script_flush()  # a restarted server: the write's script is gone
+    seen.clear()
+    applied = await store.enrich(events[21:], meanwhile)
+    assert [n for _, n in seen] == [20]  # called once, not again for the script resent
+    expected = recompute_offline(events, SPECS, feature_settings.windows)
+    assert_close(applied.results, expected[21:])
+    assert applied.conflicts == 0

@@ -22,9 +22,8 @@ def pred(event_id: str) -> PendingPrediction:
 
 
 async def store(ps: PredictionStore, preds: list[PendingPrediction]) -> list:
-    pipe = ps.redis.pipeline(transaction=False)
-    await ps.stage(pipe, preds)
-    return ps.claimed((await pipe.execute())[-1], preds)
+    claimed, _ = await ps.store_or_claim(preds, lambda: None)
+    return claimed
 
 
 def test_label_after_prediction_and_label_before_prediction(redis_url: str, uid: str) -> None:

@@ -77,31 +77,78 @@ def test_take_parks_with_the_callers_clock() -> None:
                     labels[1].model_dump_json(), "e2"]  # fmt: skip
 
 
-class FakePipeline:
-    """Records the commands queued on it."""
+class FakeConnection:
+    """Records what is sent and read, in order; replies ``reply``."""
 
-    def __init__(self) -> None:
-        self.queued: list[tuple[Any, ...]] = []
+    def __init__(self, reply: Any, log: list[str]) -> None:
+        self.reply = reply
+        self.log = log
+        self.sent: list[tuple[Any, ...]] = []
 
-    def eval(self, *args: Any) -> FakePipeline:
-        self.queued.append(args)
-        return self
+    async def send_command(self, *args: Any) -> None:
+        self.sent.append(args)
+        self.log.append("sent")
+
+    async def read_response(self) -> Any:
+        self.log.append("read")
+        return self.reply
 
 
-def test_store_or_claim_is_one_eval_with_the_parked_set() -> None:
-    redis, pipe = FakeRedis(), FakePipeline()
+class FakePool:
+    def __init__(self, conn: FakeConnection) -> None:
+        self.conn = conn
+        self.released: list[FakeConnection] = []
+
+    async def get_connection(self) -> FakeConnection:
+        return self.conn
+
+    async def release(self, conn: FakeConnection) -> None:
+        self.released.append(conn)
+
+
+def test_store_or_claim_is_one_eval_sent_before_the_work_meanwhile() -> None:
+    redis, log = FakeRedis(), []
+    parked = Label(event_id="e2", label=1)
+    conn = FakeConnection([None, parked.model_dump_json().encode()], log)
+    redis.connection_pool = FakePool(conn)  # type: ignore[attr-defined]
     store = PredictionStore(redis, "dw", horizon_s=10.5)  # type: ignore[arg-type]
     preds = [pending("e1"), pending("e2")]
-    assert asyncio.run(store.stage(pipe, preds))  # type: ignore[arg-type]
-    assert not asyncio.run(store.stage(pipe, []))  # type: ignore[arg-type]
-    # EVAL, not a registered script: a pipeline would first send SCRIPT EXISTS for it
-    [(script, n, *rest)] = pipe.queued
-    assert script == store_module._STORE_OR_CLAIM and n == 6
+
+    def meanwhile() -> int:
+        log.append("meanwhile")
+        return 7
+
+    claimed, done = asyncio.run(store.store_or_claim(preds, meanwhile))
+    # the server works on the store while the scorer works: sent, then the work, then read
+    assert log == ["sent", "meanwhile", "read"] and done == 7
+    assert [(p.event_id, label) for p, label in claimed] == [("e2", parked)]
+    # EVAL with the script's text: no SCRIPT EXISTS or NOSCRIPT round trip
+    [(command, script, n, *rest)] = conn.sent
+    assert (command, script, n) == ("EVAL", store_module._STORE_OR_CLAIM, 6)
     keys, args = rest[:n], rest[n:]
     assert keys == ["dw:pending", "dw:parked", "dw:pred:e1", "dw:label:e1", "dw:pred:e2",
                     "dw:label:e2"]  # fmt: skip
     # per prediction: the bytes of encode() (stored as they are), its score and member
     assert args == [11, preds[0].encode(), 2_000, "e1", preds[1].encode(), 2_000, "e2"]
+    assert redis.connection_pool.released == [conn]  # type: ignore[attr-defined]
+
+    # nothing to store: nothing sent, the work done all the same
+    assert asyncio.run(store.store_or_claim([], lambda: 8)) == ([], 8) and len(conn.sent) == 1
+
+
+def test_the_reply_is_read_when_the_work_meanwhile_fails() -> None:
+    redis, log = FakeRedis(), []
+    conn = FakeConnection([None], log)
+    redis.connection_pool = FakePool(conn)  # type: ignore[attr-defined]
+    store = PredictionStore(redis, "dw", horizon_s=60)  # type: ignore[arg-type]
+
+    def broken() -> None:
+        raise ValueError("a bug in the messages")
+
+    with pytest.raises(ValueError, match="a bug"):
+        asyncio.run(store.store_or_claim([pending("e1")], broken))
+    # nothing left pending on the connection it gives back
+    assert log == ["sent", "read"] and redis.connection_pool.released == [conn]  # type: ignore[attr-defined]
 
 
 def test_a_pending_prediction_is_stored_as_before_and_decodes_back() -> None:
