@@ -35,6 +35,13 @@ OPERATIONS = {"Read": 3, "Write": 4, "Create": 5, "Describe": 8}
 Operation = Literal["Read", "Write", "Create", "Describe"]
 COORDINATOR_TRIES = 20
 
+#: DescribeGroups errors of a coordinator that cannot answer yet (14 COORDINATOR_LOAD_IN_
+#: PROGRESS: a restarted broker loading its offsets, 15 COORDINATOR_NOT_AVAILABLE, 16
+#: NOT_COORDINATOR): asked again until the start-up check's timeout, never read as missing
+#: rights (their operations field is empty, which read as "no ACLs" and stopped a worker on
+#: a healthy broker restarted with many groups).
+_COORDINATOR_BUSY = frozenset({14, 15, 16})
+
 
 @dataclass(frozen=True)
 class Acl:
@@ -155,22 +162,29 @@ async def _topic_operations(
 
 
 async def _group_operations(admin: AIOKafkaAdminClient, group: str) -> int:
-    for attempt in range(COORDINATOR_TRIES):
+    """The authorized-operations bit field of ``group``; asks again while its coordinator
+    is not ready (the start-up check's timeout bounds the wait)."""
+    attempt = 0
+    while True:
         try:
             coordinator = await admin.find_coordinator(group)
-            break
         except GroupAuthorizationFailedError:  # no Describe (nor Read) on the group
             return 0
         except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
             # a fresh cluster creates __consumer_offsets on the first FindCoordinator
-            if attempt == COORDINATOR_TRIES - 1:
+            attempt += 1
+            if attempt == COORDINATOR_TRIES:
                 raise
             await asyncio.sleep(0.5)
-    response = await admin._send_request(_DescribeGroupsRequest(group), coordinator)  # noqa: SLF001
-    for error_code, name, *_, operations in response.groups:
-        if name == group:
+            continue
+        response = await admin._send_request(_DescribeGroupsRequest(group), coordinator)  # noqa: SLF001
+        answer = [(code, ops) for code, name, *_, ops in response.groups if name == group]
+        if not answer:
+            return 0
+        error_code, operations = answer[0]
+        if error_code not in _COORDINATOR_BUSY:
             return 0 if error_code == 30 else int(operations)  # 30: GROUP_AUTHORIZATION_FAILED
-    return 0
+        await asyncio.sleep(0.5)  # a restarted broker still loading its groups: ask again
 
 
 class _DescribeGroupsRequest_v3(RequestStruct):
