@@ -45,6 +45,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from stream.records import Incoming, Outgoing
 from stream.service.config import Settings
+from stream.service.group_offsets import committed_offsets
 from stream.service.kafka_security import client_options
 from stream.service.lag import LagSampler, aiokafka_source
 from stream.service.publish import Publisher
@@ -75,6 +76,10 @@ MAX_POLL_INTERVAL_MS = 1_000_000
 
 #: Longest wait of one fetch when nothing arrives; a fetch returns as soon as records do.
 POLL_TIMEOUT_MS = 500
+
+#: Seconds BatchConsumer.resume_from_legacy waits for a group's coordinator that is still
+#: loading (a restarted broker) before the unseen partitions start at the earliest offset.
+LEGACY_LOOKUP_S = 30.0
 
 #: Seconds between two ticks of a :class:`Checkpointed` step.
 TICK_S = 1.0
@@ -409,20 +414,19 @@ class BatchConsumer:
         await admin.start()
         try:
             tps = sorted(assigned)
-            ours = await admin.list_consumer_group_offsets(self.group, partitions=tps)
-            fresh = [tp for tp in tps if tp not in ours or ours[tp].offset < 0]
+            ours = await committed_offsets(admin, self.group, tps, LEGACY_LOOKUP_S)
+            fresh = [tp for tp in tps if tp not in ours]
             if not fresh:
                 return
             legacy = self.settings.worker.app_id
-            theirs = await admin.list_consumer_group_offsets(legacy, partitions=fresh)
+            theirs = await committed_offsets(admin, legacy, fresh, LEGACY_LOOKUP_S)
         finally:
             await admin.close()
         for tp in fresh:
-            meta = theirs.get(tp)
-            if meta is not None and meta.offset >= 0:
-                consumer.seek(tp, meta.offset)
+            if tp in theirs:
+                consumer.seek(tp, theirs[tp])
                 log.info("%s[%d]: starting at offset %d, where group %s had committed",
-                         tp.topic, tp.partition, meta.offset, legacy)  # fmt: skip
+                         tp.topic, tp.partition, theirs[tp], legacy)  # fmt: skip
 
 
 def forever(consumer: BatchConsumer, health: Health) -> Callable[[], Coroutine[Any, Any, None]]:

@@ -26,6 +26,7 @@ from aiokafka.structs import TopicPartition
 from faust.exceptions import FaustError
 from faust.types import TP
 
+from stream.service.group_offsets import committed_offsets
 from stream.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -151,10 +152,9 @@ class LagSampler:
             await admin.start()
             self._admin = admin
         wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps]
-        offsets = await self._admin.list_consumer_group_offsets(group, partitions=wanted)
-        return {
-            (p.topic, p.partition): meta.offset for p, meta in offsets.items() if meta.offset >= 0
-        }
+        # a busy coordinator skips the sample (wait 0): its empty answer is not "no commits"
+        offsets = await committed_offsets(self._admin, group, wanted, wait_s=0.0)
+        return {(p.topic, p.partition): offset for p, offset in offsets.items()}
 
 
 def _export(metrics: Metrics, lags: Mapping[TP, int], exported: set[TP]) -> None:

@@ -22,6 +22,7 @@ from aiokafka.structs import TopicPartition
 
 from stream.exceptions import DriftwatchError
 from stream.service.config import KafkaSettings, Settings
+from stream.service.group_offsets import committed_offsets
 from stream.service.kafka_security import client_options
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,10 @@ async def wait_consumed(kafka: Settings | str, group: str, topic: str, wait_s: f
         deadline = time.monotonic() + wait_s
         while True:
             ends = await consumer.end_offsets(tps)
-            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-            # a partition the group never committed is at -1 (or absent): nothing consumed
-            done = {tp: max(committed[tp].offset, 0) if tp in committed else 0 for tp in tps}
+            left = max(0.0, deadline - time.monotonic())
+            committed = await committed_offsets(admin, group, tps, left)
+            # a partition the group never committed is absent: nothing consumed
+            done = {tp: committed.get(tp, 0) for tp in tps}
             behind = {tp: ends[tp] - done[tp] for tp in tps}
             if all(v <= 0 for v in behind.values()):
                 return

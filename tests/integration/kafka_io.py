@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
+from stream.service import group_offsets
 from stream.service.topics import wait_consumed  # noqa: F401 - re-exported for the tests
 
 
@@ -140,10 +141,10 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        committed = await admin.list_consumer_group_offsets(group)
+        committed = await group_offsets.committed_offsets(admin, group)
     finally:
         await admin.close()
-    return {tp.partition: m.offset for tp, m in committed.items() if tp.topic == topic}
+    return {tp.partition: offset for tp, offset in committed.items() if tp.topic == topic}
 
 
 class Collector:
