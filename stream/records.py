@@ -70,6 +70,15 @@ class ScoredEvent:
     model_version: int
     partition: int | None = None  # events-topic partition the event came from
     model: str = ""  # the model that served it
+    offset: int | None = None  # and its offset there
+
+    @property
+    def claimant(self) -> str:
+        """The id of the record the event came from (``partition:offset``; empty if
+        unknown): the label join lets it claim its label again (stream.labels.store)."""
+        if self.partition is None or self.offset is None:
+            return ""
+        return f"{self.partition}:{self.offset}"
 
 
 @dataclass

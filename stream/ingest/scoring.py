@@ -63,7 +63,9 @@ class EventProcessor:
         self.arms = arms
         self.metrics = metrics
         self.features = FeatureStore(redis, settings)
-        self.predictions = PredictionStore(redis, settings.redis.prefix, settings.labels.horizon_s)
+        self.predictions = PredictionStore(
+            redis, settings.redis.prefix, settings.labels.horizon_s, settings.windows.dedupe_ttl_s
+        )
         self.limits = Limits.from_settings(settings.worker)
 
     async def process(self, batch: Sequence[Incoming]) -> BatchResult:
@@ -89,12 +91,15 @@ class EventProcessor:
         )
         self.metrics.batch_seconds.labels("features_and_scoring").observe(time.perf_counter() - t0)
         # an event that carries its label is learned now: nothing waits for a label
-        waiting = [p for s, p in zip(scored, pending, strict=True) if s.event.label is None]
+        waiting = [(s, p) for s, p in zip(scored, pending, strict=True) if s.event.label is None]
         # Redis stores the predictions while the messages are built (they do not depend on
-        # which labels the store claims)
+        # which labels the store claims); a claim is repeatable by the same record, so a
+        # batch that fails from here on and is processed again joins its labels again
         start = time.perf_counter()
         claimed, messages = await self.predictions.store_or_claim(
-            waiting, lambda: self._predictions(scored)
+            [p for _, p in waiting],
+            lambda: self._predictions(scored),
+            [s.claimant for s, _ in waiting],
         )
         self.metrics.redis_seconds.labels("write").observe(time.perf_counter() - start)
         rejects += unscorable
@@ -167,7 +172,7 @@ class EventProcessor:
             scored.append(
                 ScoredEvent(
                     ev, x, out.prediction, out.proba, out.score, model.version, msg.partition,
-                    model.name,
+                    model.name, msg.offset,
                 )
             )  # fmt: skip
             pending.append(

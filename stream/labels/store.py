@@ -30,23 +30,43 @@ from stream.messages import Label
 from stream.service.redis_client import overlapped
 from stream.timestamps import now_ms as wall_clock_ms
 
-# KEYS = [pending, parked, (pred_key, label_key) * n]; ARGV = [ttl, (value, score, member) * n].
-# Every value is its own argument, stored as sent: one JSON array of them cost the server a
-# cjson decode of every prediction (a third of Redis's CPU per event), and hiredis packs the
-# arguments in C on the client (stream.service.redis_client). Returns, per prediction, the
-# parked label it claimed or false.
+# KEYS = [pending, parked, (pred_key, label_key) * n]; ARGV = [ttl, claim_ttl, (value, score,
+# member, claimant) * n]. Every value is its own argument, stored as sent: one JSON array of
+# them cost the server a cjson decode of every prediction (a third of Redis's CPU per event),
+# and hiredis packs the arguments in C on the client (stream.service.redis_client). Returns,
+# per prediction, the parked label it claimed or false.
+#
+# A claimed label is not deleted but replaced by a claim mark, NUL claimant LF label, for
+# claim_ttl: the claimant (the event's partition:offset) may claim it again. A batch that
+# fails after its claim (a reply lost with the connection, a crash before its outputs were
+# acknowledged) is processed again from the same records, and its label joins again instead
+# of being gone. Another copy of the event (another record) finds the mark and waits for a
+# label like any event. An empty claimant deletes the label at once.
 _STORE_OR_CLAIM = """
 local out = {}
 for i = 1, (#KEYS - 2) / 2 do
-  local label = redis.call('GETDEL', KEYS[2 * i + 2])
-  if label then
-    redis.call('ZREM', KEYS[2], ARGV[3 * i + 1])
-    out[i] = label
-  else
-    redis.call('SET', KEYS[2 * i + 1], ARGV[3 * i - 1], 'EX', ARGV[1])
-    redis.call('ZADD', KEYS[1], ARGV[3 * i], ARGV[3 * i + 1])
-    out[i] = false
+  local label_key, member, claimant = KEYS[2 * i + 2], ARGV[4 * i + 1], ARGV[4 * i + 2]
+  local label = redis.call('GET', label_key)
+  local found = false
+  if label and string.byte(label, 1) == 0 then
+    local mark = '\\0' .. claimant .. '\\n'
+    if claimant ~= '' and string.sub(label, 1, #mark) == mark then
+      found = string.sub(label, #mark + 1)
+    end
+  elseif label then
+    redis.call('ZREM', KEYS[2], member)
+    if claimant ~= '' then
+      redis.call('SET', label_key, '\\0' .. claimant .. '\\n' .. label, 'EX', ARGV[2])
+    else
+      redis.call('DEL', label_key)
+    end
+    found = label
   end
+  if not found then
+    redis.call('SET', KEYS[2 * i + 1], ARGV[4 * i - 1], 'EX', ARGV[1])
+    redis.call('ZADD', KEYS[1], ARGV[4 * i], member)
+  end
+  out[i] = found
 end
 return out
 """
@@ -90,10 +110,20 @@ SWEEP_CHUNK = 1_000
 
 
 class PredictionStore:
-    def __init__(self, redis: aioredis.Redis, prefix: str, horizon_s: float) -> None:
+    """The Redis side of the label join (see the module docstring).
+
+    ``claim_ttl_s``: how long a claimed label stays claimable again by the record that
+    claimed it (the scorer passes ``windows.dedupe_ttl``, the redelivery delay the feature
+    windows' dedupe assumes too).
+    """
+
+    def __init__(
+        self, redis: aioredis.Redis, prefix: str, horizon_s: float, claim_ttl_s: float = 0.0
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.horizon_s = horizon_s
+        self.claim_ttl = max(1, math.ceil(claim_ttl_s))
         self._take = redis.register_script(_TAKE_OR_PARK)
         self._forget = redis.register_script(_FORGET_PARKED)
 
@@ -116,11 +146,19 @@ class PredictionStore:
         return max(1, math.ceil(self.horizon_s))
 
     async def store_or_claim(
-        self, preds: Sequence[PendingPrediction], meanwhile: Callable[[], T]
+        self,
+        preds: Sequence[PendingPrediction],
+        meanwhile: Callable[[], T],
+        claimants: Sequence[str] | None = None,
     ) -> tuple[list[tuple[PendingPrediction, Label]], T]:
         """Store ``preds`` for the label join, or claim the labels already parked for them
         (one round trip); ``meanwhile()`` runs while the server works, and its result is
         returned with the predictions whose label was waiting, and that label.
+
+        ``claimants``: per prediction, the id of the record it was scored from
+        (``"{partition}:{offset}"``; empty: none). The same claimant gets a label it claimed
+        before again, for ``claim_ttl`` seconds: a batch processed again after a failure
+        past its claim joins its labels again (see ``_STORE_OR_CLAIM``).
 
         Sent as ``EVAL`` with the script's text, not ``EVALSHA``: it needs no ``SCRIPT
         EXISTS`` or ``NOSCRIPT`` round trip and survives a server that lost its scripts. The
@@ -128,27 +166,29 @@ class PredictionStore:
         """
         if not preds:
             return [], meanwhile()
-        keys, args = self.store_args(preds)
+        keys, args = self.store_args(preds, claimants)
         command = ("EVAL", _STORE_OR_CLAIM, len(keys), *keys, *args)
         reply, done = await overlapped(self.redis, command, meanwhile)
         return self.claimed(reply, preds), done
 
     def store_args(
-        self, preds: Sequence[PendingPrediction]
+        self, preds: Sequence[PendingPrediction], claimants: Sequence[str] | None = None
     ) -> tuple[list[str], list[bytes | int | str]]:
         """KEYS and ARGV of the store-or-claim script for ``preds``.
 
-        >>> store = PredictionStore(aioredis.Redis(), "dw", horizon_s=3600)
+        >>> store = PredictionStore(aioredis.Redis(), "dw", horizon_s=3600, claim_ttl_s=600)
         >>> p = PendingPrediction("e1", "c1", 1000, {"a": 1.5}, 3, 0, 0.25, 1001)
-        >>> keys, args = store.store_args([p])
-        >>> keys, args[0], args[1] == p.encode(), args[2:]
-        (['dw:pending', 'dw:parked', 'dw:pred:e1', 'dw:label:e1'], 3600, True, [1001, 'e1'])
+        >>> keys, args = store.store_args([p], ["2:41"])
+        >>> keys
+        ['dw:pending', 'dw:parked', 'dw:pred:e1', 'dw:label:e1']
+        >>> args[:2], args[2] == p.encode(), args[3:]  # TTLs, then value, score, member, claimant
+        ([3600, 600], True, [1001, 'e1', '2:41'])
         """
         keys = [self.pending_key, self.parked_key]
-        args: list[bytes | int | str] = [self.ttl]
-        for p in preds:
+        args: list[bytes | int | str] = [self.ttl, self.claim_ttl]
+        for p, claimant in zip(preds, claimants or [""] * len(preds), strict=True):
             keys += (self.key(p.event_id), self.label_key(p.event_id))
-            args += (p.encode(), p.processed_at_ms, p.event_id)
+            args += (p.encode(), p.processed_at_ms, p.event_id, claimant)
         return keys, args
 
     @staticmethod

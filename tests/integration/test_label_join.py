@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from stream.ingest.scoring import EventProcessor, LabelProcessor
 from stream.labels.join import PendingPrediction
 from stream.labels.store import PredictionStore
 from stream.messages import Label
+from stream.model.online import create_model
+from stream.records import Incoming
+from stream.service.config import Settings
+from stream.service.metrics import Metrics
+from stream.timestamps import now_ms
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +80,55 @@ def test_concurrent_sides_join_each_pair_once(redis_url: str, uid: str) -> None:
         return joined
 
     assert asyncio.run(go()) == 2000
+
+
+def test_a_claimed_label_is_claimed_again_by_its_record_only(redis_url: str, uid: str) -> None:
+    """A batch that fails after its claim (the reply lost with the connection, a crash before
+    its outputs were acknowledged) is processed again from the same records: its label must
+    join again, not be gone. Another copy of the event (another record) does not get it."""
+
+    async def go() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        ps = PredictionStore(client, f"test-{uid}", horizon_s=60, claim_ttl_s=120)
+        assert await ps.take([Label(event_id="e2", label=1)]) == {}  # parked
+        for _ in range(2):  # the first attempt, then its retry
+            claimed, _ = await ps.store_or_claim([pred("e2")], lambda: None, ["3:10"])
+            assert [(p.event_id, lb.label) for p, lb in claimed] == [("e2", 1)]
+            assert await client.zcard(ps.parked_key) == 0
+            assert await client.exists(ps.key("e2")) == 0  # joined: no prediction waits
+        assert 0 < await client.ttl(ps.label_key("e2")) <= 120
+        # the same event in another record (a producer's duplicate) waits like any event
+        claimed, _ = await ps.store_or_claim([pred("e2")], lambda: None, ["3:11"])
+        assert claimed == [] and await client.exists(ps.key("e2")) == 1
+        # the sweep does not count the claimed label unmatched
+        assert await ps.sweep_expired(SCORED_AT + 10**9) == (1, 0)
+        await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_an_event_batch_processed_again_after_its_claim_joins_its_label_again(
+    redis_url: str, uid: str
+) -> None:
+    """EventProcessor end to end on real Redis: the same batch twice (as a retry after a
+    failure past the claim) yields the training example both times."""
+    settings = Settings(
+        redis={"url": redis_url, "prefix": f"test-{uid}"},
+        features=[{"name": "amount", "windows": ["1h"], "aggregates": ["count"]}],
+    )
+    model = create_model(settings.model, settings.features)
+
+    async def go() -> list[list[str]]:
+        client = aioredis.Redis.from_url(redis_url)
+        processor = EventProcessor(settings, client, lambda: model, Metrics())
+        labels = LabelProcessor(settings, client, Metrics())
+        now = now_ms()
+        label = Incoming("labels", 0, 0, None, orjson.dumps({"event_id": "e1", "label": 1}))
+        assert (await labels.process([label]))[0] == []  # overtook its event: parked
+        event = {"event_id": "e1", "entity_id": "c1", "ts": now, "features": {"amount": 5.0}}
+        batch = [Incoming("events", 2, 41, b"c1", orjson.dumps(event))]
+        runs = [await processor.process(batch) for _ in range(2)]
+        await client.aclose()
+        return [[ex.event_id for ex in run.examples] for run in runs]
+
+    assert asyncio.run(go()) == [["e1"], ["e1"]]

@@ -118,7 +118,7 @@ def test_store_or_claim_is_one_eval_sent_before_the_work_meanwhile() -> None:
         log.append("meanwhile")
         return 7
 
-    claimed, done = asyncio.run(store.store_or_claim(preds, meanwhile))
+    claimed, done = asyncio.run(store.store_or_claim(preds, meanwhile, ["0:7", ""]))
     # the server works on the store while the scorer works: sent, then the work, then read
     assert log == ["sent", "meanwhile", "read"] and done == 7
     assert [(p.event_id, label) for p, label in claimed] == [("e2", parked)]
@@ -128,8 +128,10 @@ def test_store_or_claim_is_one_eval_sent_before_the_work_meanwhile() -> None:
     keys, args = rest[:n], rest[n:]
     assert keys == ["dw:pending", "dw:parked", "dw:pred:e1", "dw:label:e1", "dw:pred:e2",
                     "dw:label:e2"]  # fmt: skip
-    # per prediction: the bytes of encode() (stored as they are), its score and member
-    assert args == [11, preds[0].encode(), 2_000, "e1", preds[1].encode(), 2_000, "e2"]
+    # the TTLs (prediction, claim), then per prediction: the bytes of encode() (stored as
+    # they are), its score, member and claimant
+    assert args == [11, 1, preds[0].encode(), 2_000, "e1", "0:7", preds[1].encode(), 2_000,
+                    "e2", ""]  # fmt: skip
     assert redis.connection_pool.released == [conn]  # type: ignore[attr-defined]
 
     # nothing to store: nothing sent, the work done all the same

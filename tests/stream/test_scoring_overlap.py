@@ -41,7 +41,7 @@ class Windows:
 
 
 class Predictions:
-    async def store_or_claim(self, preds: Any, meanwhile: Callable[[], Any]) -> Any:
+    async def store_or_claim(self, preds: Any, meanwhile: Callable[[], Any], _: Any = None) -> Any:
         return [], meanwhile()
 
 
