@@ -77,6 +77,61 @@ class Prediction:
         return orjson.dumps(self)
 
 
+@dataclass(slots=True)
+class _PredictionWithEncodedFeatures:
+    # Prediction's fields in Prediction's order, the features already encoded: orjson
+    # writes a Fragment as it is (tests/stream/test_messages_encoding.py checks the bytes)
+    event_id: str
+    entity_id: str
+    ts: int
+    model: str
+    model_version: int
+    prediction: int | float | str | None
+    proba: dict[str, float] | None
+    score: float
+    features: orjson.Fragment
+    processed_at: int
+
+
+def encode_prediction(
+    event_id: str,
+    entity_id: str,
+    ts: int,
+    model: str,
+    model_version: int,
+    prediction: int | float | str | None,
+    proba: dict[str, float] | None,
+    score: float,
+    features: orjson.Fragment,
+    processed_at: int,
+) -> bytes:
+    """The bytes of ``Prediction(...).encode()`` with the features already encoded as JSON.
+
+    The scorer encodes an event's features once for its prediction, its shadow predictions
+    and its stored pending prediction (encoding them was a tenth of the worker's CPU).
+
+    >>> x = {"a": 1.0}
+    >>> args = ("e1", "c1", 5, "fraud", 3, 1, {"0": 0.2, "1": 0.8}, 0.8)
+    >>> encode_prediction(*args, orjson.Fragment(orjson.dumps(x)), 6) == Prediction(
+    ...     *args, x, 6).encode()
+    True
+    """
+    return orjson.dumps(
+        _PredictionWithEncodedFeatures(
+            event_id,
+            entity_id,
+            ts,
+            model,
+            model_version,
+            prediction,
+            proba,
+            score,
+            features,
+            processed_at,
+        )  # fmt: skip
+    )
+
+
 def read_prediction(raw: bytes) -> Prediction:
     """A Prediction message, validated (raises ``pydantic.ValidationError``)."""
     return _PREDICTION.validate_json(raw)

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+import orjson
 import redis.asyncio as aioredis
 
 from stream.exceptions import RejectedInput
@@ -28,10 +29,10 @@ from stream.labels.store import PredictionStore
 from stream.messages import (
     Label,
     Outputs,
-    Prediction,
     TrainingExample,
     dead_letter,
     dead_letter_key,
+    encode_prediction,
 )
 from stream.model.online import OnlineModel
 from stream.model.served import arm_of
@@ -98,7 +99,7 @@ class EventProcessor:
         start = time.perf_counter()
         claimed, messages = await self.predictions.store_or_claim(
             [p for _, p in waiting],
-            lambda: self._predictions(scored),
+            lambda: self._predictions(scored, pending),
             [s.claimant for s, _ in waiting],
         )
         self.metrics.redis_seconds.labels("write").observe(time.perf_counter() - start)
@@ -158,16 +159,19 @@ class EventProcessor:
             if not _finite(out.score, out.proba):
                 unscorable.append((msg, _non_finite(out.score, model.version)))
                 continue
+            # encoded once: the prediction, the shadow predictions and the stored pending
+            # prediction all carry it
+            x_json = orjson.Fragment(orjson.dumps(x))
             others: dict[str, Outputs] = {}
             for i in range(len(models)):
                 if i == k or not _finite(outs[i][j].score, outs[i][j].proba):
                     continue
                 other, o = models[i], outs[i][j]
                 others[other.name] = (other.version, o.prediction, o.score)
-                value = Prediction(
+                value = encode_prediction(
                     ev.event_id, ev.entity_id, ev.ts_ms, other.name, other.version,
-                    o.prediction, o.proba, o.score, x, processed,
-                ).encode()  # fmt: skip
+                    o.prediction, o.proba, o.score, x_json, processed,
+                )  # fmt: skip
                 messages.append(Outgoing(topic, ev.entity_id.encode(), value))
             scored.append(
                 ScoredEvent(
@@ -178,7 +182,7 @@ class EventProcessor:
             pending.append(
                 PendingPrediction(
                     ev.event_id, ev.entity_id, ev.ts_ms, x, model.version, out.prediction,
-                    out.score, processed, model.name, others,
+                    out.score, processed, model.name, others, x_json,
                 )
             )  # fmt: skip
         return scored, pending, unscorable, messages
@@ -197,14 +201,16 @@ class EventProcessor:
     def _dead_letters(self, rejects: Sequence[Rejected]) -> list[Outgoing]:
         return [reject(self.settings, self.metrics, msg, exc) for msg, exc in rejects]
 
-    def _predictions(self, scored: Sequence[ScoredEvent]) -> list[Outgoing]:
+    def _predictions(
+        self, scored: Sequence[ScoredEvent], pending: Sequence[PendingPrediction]
+    ) -> list[Outgoing]:
         topic = self.settings.topics.predictions
         processed = now_ms()
         return [
             Outgoing(
                 topic,
                 s.event.entity_id.encode(),
-                Prediction(
+                encode_prediction(
                     s.event.event_id,
                     s.event.entity_id,
                     s.event.ts_ms,
@@ -213,11 +219,11 @@ class EventProcessor:
                     s.prediction,
                     s.proba,
                     s.score,
-                    s.x,
+                    p.x_json or orjson.Fragment(orjson.dumps(s.x)),
                     processed,
-                ).encode(),
-            )  # fmt: skip
-            for s in scored
+                ),  # fmt: skip
+            )
+            for s, p in zip(scored, pending, strict=True)
         ]
 
     def _count(

@@ -32,6 +32,8 @@ class PendingPrediction:
     processed_at_ms: int
     model: str = ""  # the served model (empty: stored by a version before the lineup)
     shadow: dict[str, Outputs] = field(default_factory=dict)  # the other models' outputs
+    #: ``x`` already encoded (by the scorer, once for all its messages); not stored itself
+    x_json: orjson.Fragment | None = field(default=None, compare=False, repr=False)
 
     def encode(self) -> bytes:
         """The JSON stored under ``{prefix}:pred:{event_id}`` (read back by :meth:`decode`).
@@ -48,7 +50,7 @@ class PendingPrediction:
                 "event_id": self.event_id,
                 "entity_id": self.entity_id,
                 "ts_ms": self.ts_ms,
-                "x": self.x,
+                "x": self.x if self.x_json is None else self.x_json,
                 "model_version": self.model_version,
                 "prediction": self.prediction,
                 "score": self.score,

@@ -295,7 +295,7 @@ def test_each_event_is_served_by_its_entitys_arm_and_scored_in_shadow_by_the_oth
     assert 80 < served_by_b < 160  # 30 % of 400
     names = Counter(orjson.loads(m.value)["model"] for m in shadow)
     assert names == {"a": served_by_b, "b": 400 - served_by_b}
-    messages = processor._predictions(scored)
+    messages = processor._predictions(scored, pending)
     assert Counter(orjson.loads(m.value)["model"] for m in messages) == {
         "b": served_by_b,
         "a": 400 - served_by_b,
