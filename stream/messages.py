@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -77,20 +77,12 @@ class Prediction:
         return orjson.dumps(self)
 
 
-@dataclass(slots=True)
-class _PredictionWithEncodedFeatures:
-    # Prediction's fields in Prediction's order, the features already encoded: orjson
-    # writes a Fragment as it is (tests/stream/test_messages_encoding.py checks the bytes)
-    event_id: str
-    entity_id: str
-    ts: int
-    model: str
-    model_version: int
-    prediction: int | float | str | None
-    proba: dict[str, float] | None
-    score: float
-    features: orjson.Fragment
-    processed_at: int
+# Prediction's fields in Prediction's order, for a Prediction whose features are already
+# encoded: orjson writes the Fragment as it is (tests/stream/test_messages_encoding.py
+# checks the bytes against Prediction.encode)
+_PredictionWithEncodedFeatures: Any = make_dataclass(
+    "_PredictionWithEncodedFeatures", [(f.name, f.type) for f in fields(Prediction)], slots=True
+)
 
 
 def encode_prediction(

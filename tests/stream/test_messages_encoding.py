@@ -10,7 +10,7 @@ import random
 import orjson
 
 from stream.labels.join import PendingPrediction
-from stream.messages import Prediction, _PredictionWithEncodedFeatures, encode_prediction
+from stream.messages import Prediction, encode_prediction
 
 
 def features(rng: random.Random) -> dict[str, float | str]:
@@ -43,8 +43,3 @@ def test_encoded_features_give_the_bytes_of_the_plain_encoders() -> None:
         spliced = dataclasses.replace(pending, x_json=fragment)
         assert spliced.encode() == pending.encode()
         assert PendingPrediction.decode(spliced.encode()) == pending
-
-
-def test_the_spliced_prediction_has_the_fields_of_prediction_in_order() -> None:
-    names = [f.name for f in dataclasses.fields(Prediction)]
-    assert [f.name for f in dataclasses.fields(_PredictionWithEncodedFeatures)] == names
