@@ -26,6 +26,7 @@ from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Schema, String
 
 from stream.service.batches import consumer_group
 from stream.service.config import Settings
+from stream.service.group_offsets import COORDINATOR_BUSY, RETRY_S
 from stream.service.kafka_security import client_options
 from stream.service.topics import topic_partitions, train_topic_name
 
@@ -34,13 +35,6 @@ from stream.service.topics import topic_partitions, train_topic_name
 OPERATIONS = {"Read": 3, "Write": 4, "Create": 5, "Describe": 8}
 Operation = Literal["Read", "Write", "Create", "Describe"]
 COORDINATOR_TRIES = 20
-
-#: DescribeGroups errors of a coordinator that cannot answer yet (14 COORDINATOR_LOAD_IN_
-#: PROGRESS: a restarted broker loading its offsets, 15 COORDINATOR_NOT_AVAILABLE, 16
-#: NOT_COORDINATOR): asked again until the start-up check's timeout, never read as missing
-#: rights (their operations field is empty, which read as "no ACLs" and stopped a worker on
-#: a healthy broker restarted with many groups).
-_COORDINATOR_BUSY = frozenset({14, 15, 16})
 
 
 @dataclass(frozen=True)
@@ -175,16 +169,18 @@ async def _group_operations(admin: AIOKafkaAdminClient, group: str) -> int:
             attempt += 1
             if attempt == COORDINATOR_TRIES:
                 raise
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(RETRY_S)
             continue
         response = await admin._send_request(_DescribeGroupsRequest(group), coordinator)  # noqa: SLF001
         answer = [(code, ops) for code, name, *_, ops in response.groups if name == group]
         if not answer:
             return 0
         error_code, operations = answer[0]
-        if error_code not in _COORDINATOR_BUSY:
+        # a coordinator that cannot answer yet (a restarted broker loading its groups) gives
+        # an empty operations field: asked again, never read as missing rights
+        if error_code not in COORDINATOR_BUSY:
             return 0 if error_code == 30 else int(operations)  # 30: GROUP_AUTHORIZATION_FAILED
-        await asyncio.sleep(0.5)  # a restarted broker still loading its groups: ask again
+        await asyncio.sleep(RETRY_S)
 
 
 class _DescribeGroupsRequest_v3(RequestStruct):
