@@ -15,24 +15,16 @@ from aiokafka.errors import GroupAuthorizationFailedError, GroupLoadInProgressEr
 
 from stream.service import group_offsets
 from stream.service.group_offsets import committed_offsets
+from tests.stream.admin_fakes import CoordinatorAdmin, no_wait
 
 TPS = [TopicPartition("events", 0), TopicPartition("events", 1)]
 
 
-class Admin:
+class Admin(CoordinatorAdmin):
     """Answers OffsetFetch with each group-level code of ``codes`` in turn (no partitions, as
     Kafka does from v2 on), then with offset 7 on partition 0 and none (-1) on partition 1."""
 
-    def __init__(self, codes: list[int]) -> None:
-        self.codes = codes
-        self.asked = 0
-
-    async def find_coordinator(self, group: str) -> int:
-        return 1
-
-    async def _send_request(self, request: Any, node: int) -> Any:
-        code = self.codes[self.asked] if self.asked < len(self.codes) else 0
-        self.asked += 1
+    def answer(self, code: int) -> Any:
         if code:
             return SimpleNamespace(error_code=code, topics=[])
         return SimpleNamespace(error_code=0, topics=[("events", [(0, 7, "", 0), (1, -1, "", 0)])])
@@ -40,9 +32,6 @@ class Admin:
 
 @pytest.fixture(autouse=True)
 def _no_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def no_wait(_: float) -> None:
-        return None
-
     monkeypatch.setattr(group_offsets.asyncio, "sleep", no_wait)
 
 

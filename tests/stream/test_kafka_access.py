@@ -9,29 +9,21 @@ from typing import Any
 
 from stream.service import kafka_access
 from stream.service.kafka_access import OPERATIONS, _group_operations
+from tests.stream.admin_fakes import CoordinatorAdmin, no_wait
 
 READ_DESCRIBE = (1 << OPERATIONS["Read"]) | (1 << OPERATIONS["Describe"])
 
 
-class Admin:
+class Admin(CoordinatorAdmin):
     """Answers DescribeGroups with each of ``codes`` in turn (then 0), operations as given."""
 
-    def __init__(self, codes: list[int]) -> None:
-        self.codes = codes
-        self.asked = 0
-
-    async def find_coordinator(self, group: str) -> int:
-        return 1
-
-    async def _send_request(self, request: Any, node: int) -> Any:
-        code = self.codes[self.asked] if self.asked < len(self.codes) else 0
-        self.asked += 1
+    def answer(self, code: int) -> Any:
         operations = -2147483648 if code else READ_DESCRIBE  # Kafka's "not given"
         return SimpleNamespace(groups=[(code, "g", "", "", [], operations)])
 
 
 def test_a_coordinator_loading_its_groups_is_asked_again(monkeypatch: Any) -> None:
-    monkeypatch.setattr(kafka_access.asyncio, "sleep", _no_wait)
+    monkeypatch.setattr(kafka_access.asyncio, "sleep", no_wait)
     admin = Admin([14, 14, 15, 16])
     assert asyncio.run(_group_operations(admin, "g")) == READ_DESCRIBE  # type: ignore[arg-type]
     assert admin.asked == 5
@@ -39,7 +31,3 @@ def test_a_coordinator_loading_its_groups_is_asked_again(monkeypatch: Any) -> No
 
 def test_a_group_the_principal_may_not_see_has_no_operations() -> None:
     assert asyncio.run(_group_operations(Admin([30]), "g")) == 0  # type: ignore[arg-type]
-
-
-async def _no_wait(_: float) -> None:
-    return None
