@@ -6,12 +6,12 @@ changes at event 4,000. The champion's concept-drift (or performance) alert star
 challenger of the same pipeline, learning from the alert's event time on; it is compared
 with the champion on the same labelled events and promoted automatically once it is
 significantly better (a false alarm before the change may start another challenger first:
-the test follows the one started after the change). Events after the promotion are served
-by it. Every step is a ``model_lifecycle`` alert and a line of the lineup's history.
-``driftwatch model promote --challenger`` (the real CLI, in a subprocess) then makes the
-champion before the promotion serve again, on both workers within seconds, and the policy
-does not undo that. No event is lost: each has one served prediction naming the model and
-version that made it.
+the test follows the one learning from at most a label delay before the change on). Events
+after the promotion are served by it. Every step is a ``model_lifecycle`` alert and a line
+of the lineup's history. ``driftwatch model promote --challenger`` (the real CLI, in a
+subprocess) then makes the champion before the promotion serve again, on both workers
+within seconds, and the policy does not undo that. No event is lost: each has one served
+prediction naming the model and version that made it.
 """
 
 from __future__ import annotations
@@ -140,13 +140,16 @@ def test_a_drift_triggered_challenger_is_promoted_and_rolled_back(
     asyncio.run(produce_with_delayed_labels(s, events[:N], rate=1500.0))
 
     def promoted() -> dict[str, Any] | None:
-        """The first promotion by the policy of a challenger started after the change (a
-        false alarm before it may have started, even promoted, another one first)."""
+        """The first promotion by the policy of a challenger that learns the new rule: one
+        learning from at most a label delay before the change on (a false alarm before it
+        may have started, even promoted, another one first; one whose window happened to
+        end just before the change learns the new rule all the same)."""
         steps, _ = asyncio.run(history(s))
         starts = {a["subject"]: a for a in steps if a["detector"] == "started"}
         return next(
             (a for a in steps if a["detector"] == "promoted" and a["subject"] in starts
-             and index_of(starts[a["subject"]]["evidence"]["learns_from_ts"]) >= CHANGE),
+             and index_of(starts[a["subject"]]["evidence"]["learns_from_ts"]) >= CHANGE - DELAY
+             and index_of(a["ts"]) > CHANGE),
             None,
         )  # fmt: skip
 
