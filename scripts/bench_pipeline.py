@@ -19,13 +19,19 @@ Every row runs on the same local broker and Redis in the same run, so read the r
   process excluded) against the monitors-off row is the challenger's cost.
 
 For each row: N events are produced first, then the worker starts. *scorer* is N over the
-time from the first prediction to the last; *monitors behind* is how long after the last
+time from the first prediction to the last (read from the predictions topic's end offsets,
+not by consuming the records: that reader would take a third of a core from the machine the
+worker shares with the broker and Redis); *monitors behind* is how long after the last
 prediction the monitors had consumed every value the scorer sent them (the worker's
 ``driftwatch_monitor_values_total``); *sustained* is N over the time from the first
 prediction until both were done: the rate at which scorer and monitors keep up. Latency
 (event produced → prediction consumed, p50/p99) is then measured at half the sustained
-rate for a few seconds. ``--memory`` adds a run of 1,000,000 events over 100,000 entities
-and prints the worker's resident memory (and its monitors' child process's) as it goes.
+rate for a few seconds. *CPU µs/event* is each process's CPU time over the backlog (the
+worker, its monitors' child process) and the whole machine's (every process, the broker and
+Redis included), with the machine's *load* (its busy share of all cores): a row whose load
+is near 100% is bound by the machine's cores. ``--memory`` adds a run of 1,000,000 events
+over 100,000 entities and prints the worker's resident memory (and its monitors' child
+process's) as it goes.
 
 The services are started if they are not running (``python3 scripts/services.py start``)
 and stopped again at the end.
@@ -75,6 +81,7 @@ from aiokafka_passthrough import READY as PASSTHROUGH_READY  # noqa: E402
 N_FEATURES = 10
 WINDOWED = 3
 SERVICES = [sys.executable, str(REPO / "scripts" / "services.py")]
+POLL_S = 0.02  # how often the backlog's progress is read (its first and last output)
 
 #: ``(event, key)`` of event number ``i``; its ``ts`` is set when it is produced.
 Events = Callable[[int], dict[str, Any]]
@@ -215,6 +222,62 @@ async def drain(
     return Drained(first, last, latencies)
 
 
+async def backlog_times(s: Settings, n: int, wait_s: float) -> tuple[float, float]:
+    """Monotonic times of the first and of the ``n``-th output of the backlog, read from
+    the output topic's end offsets every ``POLL_S`` (a reader of the records themselves would
+    spend a core's third here, on the machine the worker and the services share)."""
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **client_options(s))
+    await consumer.start()
+    tps = [TopicPartition(s.topics.predictions, p) for p in range(s.topics.partitions)]
+    first = 0.0
+    try:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            seen = sum((await consumer.end_offsets(tps)).values())
+            now = time.monotonic()
+            if seen and not first:
+                first = now
+            if seen >= n:
+                return first, now
+            await asyncio.sleep(POLL_S)
+    finally:
+        await consumer.stop()
+    raise RuntimeError(f"only {seen}/{n} outputs on {s.topics.predictions} in {wait_s}s")
+
+
+@dataclass
+class Machine:
+    """Busy CPU time of the whole machine (every process: worker, services, this script)."""
+
+    busy_s: float
+    wall_s: float
+    steal_s: float  # time the hypervisor gave this machine's cores to someone else
+
+    @staticmethod
+    def now() -> tuple[float, float, float]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle, iowait
+        steal = fields[7] if len(fields) > 7 else 0
+        busy = sum(fields[:8]) - idle - steal
+        tick = os.sysconf("SC_CLK_TCK")
+        return busy / tick, time.monotonic(), steal / tick
+
+    @classmethod
+    def since(cls, start: tuple[float, float, float]) -> Machine:
+        busy, wall, steal = cls.now()
+        return cls(busy - start[0], wall - start[1], steal - start[2])
+
+    @property
+    def load(self) -> float:
+        """Busy fraction of all the machine's cores."""
+        return self.busy_s / max(self.wall_s * (os.cpu_count() or 1), 1e-9)
+
+    @property
+    def stolen(self) -> float:
+        """Fraction of all the machine's cores' time given to other machines."""
+        return self.steal_s / max(self.wall_s * (os.cpu_count() or 1), 1e-9)
+
+
 @dataclass
 class Row:
     name: str
@@ -224,6 +287,9 @@ class Row:
     latencies_ms: list[float]
     rate: float  # the paced rate of the latency phase
     cpu_us: float | None = None  # the worker process's CPU per event over the backlog
+    monitors_cpu_us: float | None = None  # its monitors' child process's
+    machine: Machine | None = None  # every process's, over the backlog
+    n: int = 1  # events in the backlog
 
 
 async def paced_latencies(s: Settings, events: Events, n: int, rate: float) -> list[float]:
@@ -261,21 +327,25 @@ def run_worker(
     worker = WorkerProcess(s, workdir, {"DRIFTWATCH_SNAPSHOT_KEY": "bench"}, command, ready)
     worker.start()
     try:
-        cpu0 = _cpu_s(worker.pid)
-        d = asyncio.run(drain(s, n, 600))
+        cpu0, machine0 = _cpu_s(worker.pid), Machine.now()
+        children0 = {pid: _cpu_s(pid) for pid in _children(worker.pid)}
+        first, last = asyncio.run(backlog_times(s, n, 600))
         cpu_us = (_cpu_s(worker.pid) - cpu0) / n * 1e6
         behind: float | None = None
-        done = d.last
+        done = last
         if command is None and s.monitoring.enabled:
             expected = asyncio.run(values_sent_to_monitors(s))
             done = _wait_for_metric(s, "driftwatch_monitor_values_total", expected, 600)
-            behind = max(0.0, done - d.last)
-        scorer = n / max(d.last - d.first, 1e-9)
-        sustained = n / max(done - d.first, 1e-9)
+            behind = max(0.0, done - last)
+        machine = Machine.since(machine0)
+        children = sum(_cpu_s(pid) - children0.get(pid, 0.0) for pid in _children(worker.pid))
+        scorer = n / max(last - first, 1e-9)
+        sustained = n / max(done - first, 1e-9)
         lat = asyncio.run(paced_latencies(s, events, n, sustained / 2))
     finally:
         worker.stop()
-    return Row(name, scorer, behind, sustained, lat, sustained / 2, cpu_us)
+    monitors = children / n * 1e6 if command is None and s.monitoring.enabled else None
+    return Row(name, scorer, behind, sustained, lat, sustained / 2, cpu_us, monitors, machine, n)
 
 
 async def values_sent_to_monitors(s: Settings) -> int:
@@ -414,18 +484,31 @@ def print_table(n: int, rows: list[Row]) -> None:
     print(f"\nend-to-end, {n:,} events of backlog; latency at half each row's sustained rate")
     header = (
         f"{'':34}{'scorer/s':>10}{'monitors':>10}{'sustained':>11}{'latency at':>12}"
-        f"{'p50 ms':>8}{'p99 ms':>8}{'vs pass':>9}{'vs floor':>10}{'CPU us':>8}"
+        f"{'p50 ms':>8}{'p99 ms':>8}{'vs pass':>9}{'vs floor':>10}"
+        f"{'CPU us/event: worker':>22}{'monitors':>10}{'machine':>9}{'load':>6}{'steal':>7}"
     )
     print(header)
-    print(f"{'':34}{'':>10}{'behind s':>10}{'events/s':>11}{'events/s':>12}{'':>43}{'/event':>8}")
+    print(f"{'':34}{'':>10}{'behind s':>10}{'events/s':>11}{'events/s':>12}")
     for r in rows:
         behind = "-" if r.behind_s is None else f"{r.behind_s:.1f}"
         cpu = "-" if r.cpu_us is None else f"{r.cpu_us:.0f}"
+        monitors = "-" if r.monitors_cpu_us is None else f"{r.monitors_cpu_us:.0f}"
+        m = r.machine
+        machine = "-" if m is None else f"{m.busy_s / r.n * 1e6:.0f}"
+        load = "-" if m is None else f"{m.load:.0%}"
+        steal = "-" if m is None else f"{m.stolen:.0%}"
         print(
             f"{r.name:34}{r.scorer:>10.0f}{behind:>10}{r.sustained:>11.0f}{r.rate:>12.0f}"
             f"{pct(r.latencies_ms, 50):>8.1f}{pct(r.latencies_ms, 99):>8.1f}"
-            f"{r.sustained / base:>9.3f}{r.sustained / floor:>10.3f}{cpu:>8}"
+            f"{r.sustained / base:>9.3f}{r.sustained / floor:>10.3f}"
+            f"{cpu:>22}{monitors:>10}{machine:>9}{load:>6}{steal:>7}"
         )
+    print(
+        f"machine: every process's CPU per event over the backlog (worker, broker, Redis, this "
+        f"script); load: its share of the {os.cpu_count()} cores. A row near 100% is bound by "
+        "the machine's cores, not by one process; steal: the cores' time the hypervisor gave to "
+        "other machines (noise)."
+    )
     off = next((r for r in rows if r.name.endswith("monitors off")), None)
     shadow = next((r for r in rows if "challenger" in r.name), None)
     if off is not None and shadow is not None and off.cpu_us and shadow.cpu_us:
