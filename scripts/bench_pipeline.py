@@ -26,10 +26,11 @@ prediction the monitors had consumed every value the scorer sent them (the worke
 ``driftwatch_monitor_values_total``); *sustained* is N over the time from the first
 prediction until both were done: the rate at which scorer and monitors keep up. Latency
 (event produced → prediction consumed, p50/p99) is then measured at half the sustained
-rate for a few seconds. *CPU µs/event* is each process's CPU time over the backlog (the
-worker, its monitors' child process) and the whole machine's (every process, the broker and
-Redis included), with the machine's *load* (its busy share of all cores): a row whose load
-is near 100% is bound by the machine's cores. ``--memory`` adds a run of 1,000,000 events
+rate for a few seconds. *CPU µs/event* is the worker process's CPU time up to its last
+prediction, and its monitors' child process's and the whole machine's (every process, the
+broker and Redis included) up to the monitors' last value, with the machine's *load* (its
+busy share of all cores) over that time: a row whose load is near 100% is bound by the
+machine's cores. ``--memory`` adds a run of 1,000,000 events
 over 100,000 entities and prints the worker's resident memory (and its monitors' child
 process's) as it goes.
 
@@ -229,7 +230,7 @@ async def backlog_times(s: Settings, n: int, wait_s: float) -> tuple[float, floa
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **client_options(s))
     await consumer.start()
     tps = [TopicPartition(s.topics.predictions, p) for p in range(s.topics.partitions)]
-    first = 0.0
+    first, seen = 0.0, 0
     try:
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
@@ -287,8 +288,8 @@ class Row:
     latencies_ms: list[float]
     rate: float  # the paced rate of the latency phase
     cpu_us: float | None = None  # the worker process's CPU per event over the backlog
-    monitors_cpu_us: float | None = None  # its monitors' child process's
-    machine: Machine | None = None  # every process's, over the backlog
+    monitors_cpu_us: float | None = None  # its monitors' child process's, until they are done
+    machine: Machine | None = None  # every process's, until scorer and monitors are done
     n: int = 1  # events in the backlog
 
 
@@ -504,10 +505,10 @@ def print_table(n: int, rows: list[Row]) -> None:
             f"{cpu:>22}{monitors:>10}{machine:>9}{load:>6}{steal:>7}"
         )
     print(
-        f"machine: every process's CPU per event over the backlog (worker, broker, Redis, this "
-        f"script); load: its share of the {os.cpu_count()} cores. A row near 100% is bound by "
-        "the machine's cores, not by one process; steal: the cores' time the hypervisor gave to "
-        "other machines (noise)."
+        "machine: every process's CPU per event until scorer and monitors were done (worker, "
+        "monitors, broker, Redis, this script); load: its share of the "
+        f"{os.cpu_count()} cores. A row near 100% is bound by the machine's cores, not by one "
+        "process; steal: the cores' time the hypervisor gave to other machines (noise)."
     )
     off = next((r for r in rows if r.name.endswith("monitors off")), None)
     shadow = next((r for r in rows if "challenger" in r.name), None)
