@@ -178,49 +178,27 @@ async def produce(s: Settings, events: Events, n: int, rate: float = 0.0, offset
         await producer.stop()
 
 
-@dataclass
-class Drained:
-    first: float  # monotonic time of the first output
-    last: float  # and of the last
-    latencies_ms: list[float]
-
-
-async def drain(
-    s: Settings, n: int, wait_s: float, consumer: AIOKafkaConsumer | None = None
-) -> Drained:
-    """Read ``n`` predictions (from the start of the topic, or where ``consumer`` is) and
-    their latencies."""
-    if consumer is None:
-        consumer = AIOKafkaConsumer(
-            s.topics.predictions,
-            group_id=f"bench-reader-{uuid.uuid4().hex[:6]}",
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            **client_options(s),
-        )
-        await consumer.start()
+async def read_latencies(
+    s: Settings, n: int, wait_s: float, consumer: AIOKafkaConsumer
+) -> list[float]:
+    """Read ``n`` predictions from where ``consumer`` is; their latencies in ms (event
+    produced -> prediction read)."""
     latencies: list[float] = []
-    seen = 0
-    first = last = 0.0
     try:
         deadline = time.monotonic() + wait_s
-        while seen < n and time.monotonic() < deadline:
+        while len(latencies) < n and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
             now_ms = time.time() * 1000
             for records in batches.values():
                 for rec in records:
-                    body = orjson.loads(rec.value or b"{}")
-                    seen += 1
-                    latencies.append(now_ms - body["ts"])
-            if seen and not first:
-                first = time.monotonic()
-            if batches:
-                last = time.monotonic()
+                    latencies.append(now_ms - orjson.loads(rec.value or b"{}")["ts"])
     finally:
         await consumer.stop()
-    if seen < n:
-        raise RuntimeError(f"only {seen}/{n} outputs from {s.topics.predictions} in {wait_s}s")
-    return Drained(first, last, latencies)
+    if len(latencies) < n:
+        raise RuntimeError(
+            f"only {len(latencies)}/{n} outputs from {s.topics.predictions} in {wait_s}s"
+        )
+    return latencies
 
 
 async def backlog_times(s: Settings, n: int, wait_s: float) -> tuple[float, float]:
@@ -271,12 +249,16 @@ class Machine:
     @property
     def load(self) -> float:
         """Busy fraction of all the machine's cores."""
-        return self.busy_s / max(self.wall_s * (os.cpu_count() or 1), 1e-9)
+        return self.busy_s / self._cores_s
 
     @property
     def stolen(self) -> float:
         """Fraction of all the machine's cores' time given to other machines."""
-        return self.steal_s / max(self.wall_s * (os.cpu_count() or 1), 1e-9)
+        return self.steal_s / self._cores_s
+
+    @property
+    def _cores_s(self) -> float:
+        return max(self.wall_s * (os.cpu_count() or 1), 1e-9)
 
 
 @dataclass
@@ -307,9 +289,9 @@ async def paced_latencies(s: Settings, events: Events, n: int, rate: float) -> l
     await consumer.seek_to_end(*tps)
     for tp in tps:
         await consumer.position(tp)  # resolved now, before the first paced event
-    reader = asyncio.create_task(drain(s, m, 600, consumer))
+    reader = asyncio.create_task(read_latencies(s, m, 600, consumer))
     await produce(s, events, m, rate, offset=n)
-    return (await reader).latencies_ms
+    return await reader
 
 
 def run_worker(
