@@ -391,6 +391,10 @@ class MonitoringSettings(_Frozen):
     # "child": the monitors consume their topic in a child process of the worker (a core of
     # their own); "worker": in the worker's process (stream/service/monitor_process.py)
     process: Literal["child", "worker"] = "child"
+    # the child's CPU priority: "low" (niceness +10: it shares the cores, the scorer first)
+    # or "idle" (SCHED_IDLE: it runs on CPU time nothing else wants; on cores that are
+    # full the monitors wait until the load drops) (stream/service/monitor_process.py)
+    priority: Literal["low", "idle"] = "low"
     subjects: tuple[str, ...] = ()  # empty: every raw and enriched feature and the predictions
     exclude: tuple[str, ...] = ()
     reference_size: int = Field(default=2000, ge=50, le=1_000_000)
@@ -433,6 +437,11 @@ class MonitoringSettings(_Frozen):
         if self.window > self.reference_size * 10:
             raise ValueError(
                 f"window {self.window} is more than 10x reference_size {self.reference_size}"
+            )
+        if self.priority != "low" and self.process != "child":
+            raise ValueError(
+                f"priority {self.priority!r} is the monitors' child process's: it needs "
+                f'process = "child", got {self.process!r}'
             )
         return self
 

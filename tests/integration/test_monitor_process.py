@@ -41,9 +41,11 @@ def running(pid: int) -> bool:
 def test_a_killed_monitor_process_is_replaced_and_loses_nothing(
     settings: Settings, worker_factory
 ) -> None:
-    s = with_metrics_port(with_monitoring(settings, subjects=("amount",)))
+    s = with_metrics_port(with_monitoring(settings, subjects=("amount",), priority="low"))
     worker = worker_factory(s)
     wait_for(lambda: len(child_pids(worker)) == 1, "the monitor process to start", 60)
+    # "low": niced, under the normal policy
+    assert os.sched_getscheduler(child_pids(worker)[0]) == os.SCHED_OTHER
     records = card_records(3000, seed=9)
     asyncio.run(produce(s.kafka.bootstrap, s.topics.events, records[:1500]))
     wait_for(lambda: applied(s) >= 1500, "the monitors to apply 1,500 values", 120)
@@ -74,6 +76,9 @@ def test_the_monitor_process_stops_when_the_worker_is_killed(
     # it has its lower priority the moment its start is logged
     worker_nice = os.getpriority(os.PRIO_PROCESS, worker.pid)
     assert os.getpriority(os.PRIO_PROCESS, child) == min(19, worker_nice + NICENESS)
+    # the sample config's "idle": only CPU time nothing else wants
+    assert s.monitoring.priority == "idle"
+    assert os.sched_getscheduler(child) == os.SCHED_IDLE
     os.kill(worker.pid, signal.SIGKILL)  # the worker alone, not its process group
     deadline = time.monotonic() + 60
     while running(child) and time.monotonic() < deadline:

@@ -72,6 +72,15 @@ def test_bad_duration(tmp_path: Path) -> None:
         parse_duration("-5s")
 
 
+def test_monitor_priority(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, "")).monitoring.priority == "low"
+    with pytest.raises(ConfigError, match="monitoring.priority"):
+        load_settings(write(tmp_path, '[monitoring]\npriority = "lowest"\n'))
+    # the priority of a child process: no child, no priority to give it
+    with pytest.raises(ConfigError, match='monitoring.*needs process = "child"'):
+        load_settings(write(tmp_path, '[monitoring]\nprocess = "worker"\npriority = "idle"\n'))
+
+
 def test_secret_in_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="DRIFTWATCH_SNAPSHOT_KEY"):
         load_settings(write(tmp_path, 'snapshot_key = "x"\n'))
