@@ -15,10 +15,13 @@ filled, so its warm-up is the window length (:func:`monitored_subjects`).
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from stream.features.plan import SINCE_LAST, enriched_name, window_names
 from stream.features.windows import FIRST_EVENT
@@ -49,8 +52,11 @@ def subject_batches(
     (the rule of :func:`subject_value`).  ``partitions`` (one per scored event: its
     events-topic partition) go with the values, for the monitor's event-time order.
 
-    One list comprehension per subject with the checks inline: this runs in the scorer for
-    every (event, subject), ~0.1 us each where a call per value cost ~1 us.
+    This runs in the scorer for every (event, subject). The numeric features go through one
+    float matrix when every event has every one of them as a float, an int or None (what
+    the scorer's features are): with 65 of them, 13 instead of 23 us per event (0.2 us per
+    (event, subject)). Otherwise, and for the predictions and the categorical subjects, one
+    list comprehension per subject with the checks inline (a call per value cost ~1 us).
 
     Examples
     --------
@@ -67,8 +73,17 @@ def subject_batches(
         return []
     version = scored[-1].model_version
     ts = [s.event.ts_ms for s in scored]
+    columns = _numeric_columns(scored, subjects)
+    if columns is not None:
+        ts_array = np.array(ts, dtype=np.int64)
+        parts_array = None if partitions is None else np.array(partitions, dtype=np.int64)
     out: list[SubjectBatch] = []
     for subject, kind in subjects.items():
+        if columns is not None and subject in columns.index:
+            found = columns.batch(subject, ts, ts_array, partitions, parts_array)
+            if found is not None:
+                out.append(SubjectBatch(subject, kind, *found[:2], version, found[2]))
+            continue
         raw = _raw_values(scored, subject)
         if kind == "numeric":
             since = subject == SINCE_LAST
@@ -93,6 +108,70 @@ def subject_batches(
             parts = list(partitions) if whole else [partitions[i] for i in keep]
         out.append(SubjectBatch(subject, kind, values, batch_ts, version, parts))
     return out
+
+
+class _Columns:
+    """The numeric feature subjects of a batch as one float matrix (``nan``: no value), and
+    which of its values a monitor takes (finite, not imputed, not a first event's gap)."""
+
+    def __init__(self, names: list[str], values: NDArray[np.float64], keep: NDArray[np.bool_]):
+        self.index = {name: j for j, name in enumerate(names)}
+        self.values = values
+        self.keep = keep
+
+    def batch(
+        self,
+        subject: str,
+        ts: list[int],
+        ts_array: NDArray[np.int64],
+        partitions: Sequence[int] | None,
+        parts_array: NDArray[np.int64] | None,
+    ) -> tuple[list[float], list[int], list[int] | None] | None:
+        """``(values, ts, partitions)`` of ``subject``'s kept values (``None``: none)."""
+        j = self.index[subject]
+        keep = self.keep[:, j]
+        if keep.all():
+            parts = None if partitions is None else list(partitions)
+            return self.values[:, j].tolist(), list(ts), parts
+        rows = np.flatnonzero(keep)
+        if not len(rows):
+            return None
+        parts = None if parts_array is None else parts_array[rows].tolist()
+        return self.values[rows, j].tolist(), ts_array[rows].tolist(), parts
+
+
+#: the value types the matrix takes as they are (a bool, a numpy scalar... goes value by value)
+_PLAIN = frozenset({float, int, type(None)})
+
+
+def _numeric_columns(
+    scored: Sequence[ScoredEvent], subjects: Mapping[str, SubjectKind]
+) -> _Columns | None:
+    """The numeric feature subjects as one matrix, when every event has every one of them
+    and every value is a float, an int or None (else ``None``: value by value)."""
+    names = [
+        s for s, kind in subjects.items() if kind == "numeric" and s not in PREDICTION_SUBJECTS
+    ]
+    if len(names) < 2:
+        return None
+    getter = operator.itemgetter(*names)
+    try:
+        rows = [getter(s.x) for s in scored]
+    except KeyError:
+        return None
+    if not set(map(type, itertools.chain.from_iterable(rows))) <= _PLAIN:
+        return None
+    values = np.array(rows, dtype=np.float64)  # None -> nan
+    keep = np.isfinite(values)
+    if SINCE_LAST in names:
+        keep[:, names.index(SINCE_LAST)] &= values[:, names.index(SINCE_LAST)] != FIRST_EVENT
+    index = {name: j for j, name in enumerate(names)}
+    for i, s in enumerate(scored):
+        for name in s.event.missing:  # imputed raw values: a data-quality problem, not a sample
+            j = index.get(name)
+            if j is not None:
+                keep[i, j] = False
+    return _Columns(names, values, keep)
 
 
 def _raw_values(scored: Sequence[ScoredEvent], subject: str) -> list[Any]:

@@ -89,6 +89,29 @@ def test_the_same_batches_as_one_call_per_value(seed: int) -> None:
         assert all(type(v) is (float if batch.kind == "numeric" else str) for v in batch.values)
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_the_matrix_of_plain_numbers_gives_the_same_batches(seed: int) -> None:
+    # floats, ints and None only (and every subject in every event): the numeric features
+    # go through one float matrix instead of value by value
+    rng = random.Random(seed)
+    plain: list[Any] = [1.5, 0, 7, -1.0, None, float("nan"), float("inf"), -float("inf"), 10**12]
+    scored = []
+    for i in range(rng.randint(1, 60)):
+        x = {name: rng.choice(plain) for name in ("amount", "hour", SINCE_LAST)}
+        x["kind"] = rng.choice(["a", "b"])
+        missing = frozenset(rng.sample(["amount", "kind", "hour"], rng.randint(0, 2)))
+        ev = ValidEvent(f"e{i}", "c1", 1000 + i, {}, None, (), missing)
+        scored.append(ScoredEvent(ev, x, rng.choice([0, 1]), None, rng.choice(plain[:4]), 3))
+    partitions = [rng.randrange(4) for _ in scored]
+    assert subject_batches(scored, SUBJECTS) == reference_batches(scored, SUBJECTS)
+    with_parts = subject_batches(scored, SUBJECTS, partitions)
+    assert with_parts == reference_batches(scored, SUBJECTS, partitions)
+    for batch in with_parts:
+        assert all(type(v) is (float if batch.kind == "numeric" else str) for v in batch.values)
+        assert all(type(t) is int for t in batch.ts)
+        assert batch.partitions is not None and all(type(p) is int for p in batch.partitions)
+
+
 def test_cheaper_than_one_call_per_value() -> None:
     rng = np.random.default_rng(0)
     subjects: dict[str, SubjectKind] = {f"f{j}": "numeric" for j in range(60)}
