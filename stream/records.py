@@ -8,9 +8,9 @@ neither needs the other's I/O. The messages on the topics are in :mod:`stream.me
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 from stream.messages import TrainingExample
 
@@ -81,12 +81,24 @@ class ScoredEvent:
         return f"{self.partition}:{self.offset}"
 
 
+class Joins(Protocol):
+    """Training examples known only once Redis answers (the labels that were waiting for a
+    batch's predictions): read after the batch's outputs are published, before its commit."""
+
+    async def examples(self) -> list[TrainingExample]:
+        """The examples; may be called again after it raised."""
+
+    async def abandon(self) -> None:
+        """The batch goes no further: the answer is not needed."""
+
+
 @dataclass
 class BatchResult:
     outgoing: list[Outgoing]
     scored: list[ScoredEvent]
     examples: list[TrainingExample]
     rejected: int
+    joins: list[Joins] = field(default_factory=list)
 
     @classmethod
     def merge(cls, parts: Iterable[BatchResult]) -> BatchResult:
@@ -97,4 +109,19 @@ class BatchResult:
             merged.scored += part.scored
             merged.examples += part.examples
             merged.rejected += part.rejected
+            merged.joins += part.joins
         return merged
+
+
+#: More messages a step publishes once its first ones are (see :class:`Outputs`).
+Later = Callable[[], Awaitable[list[Outgoing]]]
+
+
+class Outputs(list[Outgoing]):
+    """A step's messages to publish now, and ``later``: calls that give more once these are
+    published (each may be called again after it raised). The batch is committed only when
+    both are acknowledged."""
+
+    def __init__(self, messages: Iterable[Outgoing] = (), later: Iterable[Later] = ()) -> None:
+        super().__init__(messages)
+        self.later = list(later)

@@ -25,7 +25,7 @@ from stream.features.store import Applied, FeatureStore
 from stream.features.windows import EventResult, FeatureInput
 from stream.ingest.validation import Limits, validate_event, validate_label
 from stream.labels.join import PendingPrediction, example_from, join_labels
-from stream.labels.store import PredictionStore
+from stream.labels.store import PredictionStore, StoreInFlight
 from stream.messages import (
     Label,
     Outputs,
@@ -91,31 +91,30 @@ class EventProcessor:
             self._score(models, valid, applied.results) if rescore else early[0]
         )
         self.metrics.batch_seconds.labels("features_and_scoring").observe(time.perf_counter() - t0)
-        # an event that carries its label is learned now: nothing waits for a label
-        waiting = [(s, p) for s, p in zip(scored, pending, strict=True) if s.event.label is None]
-        # Redis stores the predictions while the messages are built (they do not depend on
-        # which labels the store claims); a claim is repeatable by the same record, so a
-        # batch that fails from here on and is processed again joins its labels again
-        start = time.perf_counter()
-        claimed, messages = await self.predictions.store_or_claim(
-            [p for _, p in waiting],
-            lambda: self._predictions(scored, pending),
-            [s.claimant for s, _ in waiting],
-        )
-        self.metrics.redis_seconds.labels("write").observe(time.perf_counter() - start)
+        messages = self._predictions(scored, pending)
         rejects += unscorable
+        # an event that carries its label is learned now: nothing waits for a label
         examples = [
             example_from(p, s.event.label, s.event.ts_ms)
             for s, p in zip(scored, pending, strict=True)
             if s.event.label is not None
         ]
-        now = now_ms()
-        examples += [example_from(pred, label.label, label.ts or now) for pred, label in claimed]
-        self._count(len(valid), scored, applied, examples[len(examples) - len(claimed) :])
+        self._count(len(valid), scored, applied)
         for name, n in Counter(name for p in pending for name in p.shadow).items():
             self.metrics.shadow_predictions.labels(name).inc(n)
         outgoing = [*self._dead_letters(rejects), *messages, *shadow]
-        return BatchResult(outgoing, scored, examples, len(rejects))
+        waiting = [(s, p) for s, p in zip(scored, pending, strict=True) if s.event.label is None]
+        if not waiting:
+            return BatchResult(outgoing, scored, examples, len(rejects))
+        # Redis stores the predictions (or claims the labels already waiting for them) while
+        # the batch is published and the next one scored: the labels it claims are read and
+        # learned before the batch is committed (BatchConsumer). Sent last: nothing after it
+        # can fail and leave its reply unread.
+        start = time.perf_counter()
+        sent = await self.predictions.send(
+            [p for _, p in waiting], [s.claimant for s, _ in waiting]
+        )
+        return BatchResult(outgoing, scored, examples, len(rejects), [_Claims(self, sent, start)])
 
     def _validate(
         self, batch: Sequence[Incoming], now: int
@@ -226,13 +225,7 @@ class EventProcessor:
             for s, p in zip(scored, pending, strict=True)
         ]
 
-    def _count(
-        self,
-        n_valid: int,
-        scored: Sequence[ScoredEvent],
-        applied: Applied,
-        joined: Sequence[TrainingExample],
-    ) -> None:
+    def _count(self, n_valid: int, scored: Sequence[ScoredEvent], applied: Applied) -> None:
         m = self.metrics
         m.events_accepted.inc(n_valid)
         issues = Counter((issue.feature, issue.kind) for s in scored for issue in s.event.quality)
@@ -242,9 +235,29 @@ class EventProcessor:
         m.events_late.inc(applied.update.late_count)
         m.state_conflicts.inc(applied.conflicts)
         m.state_resets.inc(len(applied.resets))
-        m.labels_joined.inc(len(joined))
+
+
+class _Claims:
+    """The labels a batch's store claimed (labels that came before their events), as
+    training examples (:class:`stream.records.Joins`)."""
+
+    def __init__(self, processor: EventProcessor, sent: StoreInFlight, started: float) -> None:
+        self.metrics = processor.metrics
+        self.sent = sent
+        self.started = started
+
+    async def examples(self) -> list[TrainingExample]:
+        claimed = await self.sent.result()
+        self.metrics.redis_seconds.labels("write").observe(time.perf_counter() - self.started)
+        now = now_ms()
+        joined = [example_from(pred, label.label, label.ts or now) for pred, label in claimed]
+        self.metrics.labels_joined.inc(len(joined))
         for example in joined:
-            m.label_lag.observe(example.lag_s)
+            self.metrics.label_lag.observe(example.lag_s)
+        return joined
+
+    async def abandon(self) -> None:
+        await self.sent.abandon()
 
 
 def _finite(score: float, proba: dict[str, float] | None) -> bool:

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
 from stream.labels.join import PendingPrediction
 from stream.messages import Label
-from stream.service.redis_client import overlapped
 from stream.timestamps import now_ms as wall_clock_ms
 
 # KEYS = [pending, parked, (pred_key, label_key) * n]; ARGV = [ttl, claim_ttl, (value, score,
@@ -109,6 +108,55 @@ T = TypeVar("T")
 SWEEP_CHUNK = 1_000
 
 
+class StoreInFlight:
+    """A store-or-claim sent to Redis whose reply is still to be read
+    (:meth:`PredictionStore.send`)."""
+
+    def __init__(
+        self,
+        store: PredictionStore,
+        preds: Sequence[PendingPrediction],
+        command: tuple[Any, ...],
+        conn: Any,
+    ) -> None:
+        self.store = store
+        self.preds = preds
+        self.command = command
+        self._conn: Any = conn  # the connection it was sent on, until its reply is read
+
+    async def result(self) -> list[tuple[PendingPrediction, Label]]:
+        """The predictions whose label was already waiting, with that label.
+
+        Reads the reply from the connection the command went on. If that fails (the
+        connection broke, an error reply) the connection is dropped and the error raised;
+        a later call runs the script again, which is safe: a store is repeatable, and a
+        label claimed before is claimed again by the same claimant (``_STORE_OR_CLAIM``).
+        """
+        conn, self._conn = self._conn, None
+        if conn is None:
+            reply = await self.store.redis.execute_command(*self.command)
+            return self.store.claimed(reply, self.preds)
+        pool = self.store.redis.connection_pool
+        try:
+            reply = await conn.read_response()
+        except BaseException:
+            await conn.disconnect(nowait=True)  # whatever it still holds is not read
+            raise
+        finally:
+            await pool.release(conn)
+        return self.store.claimed(reply, self.preds)
+
+    async def abandon(self) -> None:
+        """Drop the reply unread (the batch goes no further; Redis still runs the store,
+        which is repeatable)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.disconnect(nowait=True)
+            finally:
+                await self.store.redis.connection_pool.release(conn)
+
+
 class PredictionStore:
     """The Redis side of the label join (see the module docstring).
 
@@ -166,10 +214,32 @@ class PredictionStore:
         """
         if not preds:
             return [], meanwhile()
+        sent = await self.send(preds, claimants)
+        try:
+            done = meanwhile()
+        finally:
+            claimed = await sent.result()
+        return claimed, done
+
+    async def send(
+        self, preds: Sequence[PendingPrediction], claimants: Sequence[str] | None = None
+    ) -> StoreInFlight:
+        """Send the store-or-claim of ``preds`` (see :meth:`store_or_claim`) and return at
+        once: its reply is read by :meth:`StoreInFlight.result`, later.
+
+        The scorer publishes a batch's predictions and goes on with the next batch while
+        Redis stores this one's; the batch is committed only once the result is read.
+        """
         keys, args = self.store_args(preds, claimants)
         command = ("EVAL", _STORE_OR_CLAIM, len(keys), *keys, *args)
-        reply, done = await overlapped(self.redis, command, meanwhile)
-        return self.claimed(reply, preds), done
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_command(*command)
+        except BaseException:
+            await pool.release(conn)
+            raise
+        return StoreInFlight(self, preds, command, conn)
 
     def store_args(
         self, preds: Sequence[PendingPrediction], claimants: Sequence[str] | None = None

@@ -43,7 +43,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from stream.records import Incoming, Outgoing
+from stream.records import Incoming, Later, Outgoing, Outputs
 from stream.service.config import Settings
 from stream.service.group_offsets import committed_offsets
 from stream.service.kafka_security import client_options
@@ -310,11 +310,9 @@ class BatchConsumer:
                     for r in heapq.merge(*lists, key=_timestamp)
                 ]
             n = sum(len(v) for v in by_topic.values())
-            out: list[Outgoing] = []
+            out = Outputs()
             await until_done(self.name, self._step(by_topic, out), n, self.health)
-            published = asyncio.ensure_future(
-                until_done("publish", lambda: self.publisher.publish(out), n, self.health)
-            )
+            published = asyncio.ensure_future(self._deliver(out, n))
             self._publishing.append(
                 (published, {tp: rs[-1].offset + 1 for tp, rs in owned.items()})
             )
@@ -372,16 +370,35 @@ class BatchConsumer:
         await self._commit(consumer, offsets)
 
     def _step(
-        self, by_topic: Mapping[str, Sequence[Incoming]], out: list[Outgoing]
+        self, by_topic: Mapping[str, Sequence[Incoming]], out: Outputs
     ) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
-            outputs: list[Outgoing] = []
+            outputs = Outputs()
             for topic, records in by_topic.items():
                 if records:
-                    outputs += await self.steps[topic].process(records)
-            out[:] = outputs
+                    got = await self.steps[topic].process(records)
+                    outputs += got
+                    outputs.later += getattr(got, "later", ())
+            out[:], out.later = outputs, outputs.later
 
         return run
+
+    async def _deliver(self, out: Outputs, n: int) -> None:
+        """Publish a batch's outputs, then what its steps give once those are out
+        (:class:`~stream.records.Outputs`): done when every one is acknowledged."""
+        await until_done("publish", lambda: self.publisher.publish(out), n, self.health)
+        for later in out.later:
+            await self._deliver_later(later, n)
+
+    async def _deliver_later(self, later: Later, n: int) -> None:
+        more: list[Outgoing] = []
+
+        async def fetch() -> None:
+            more[:] = await later()
+
+        await until_done("publish_later", fetch, n, self.health)
+        if more:
+            await until_done("publish", lambda: self.publisher.publish(more), n, self.health)
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         """Commit ``offsets`` and what waited before, as far as each step's work is saved."""

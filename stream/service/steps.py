@@ -21,7 +21,7 @@ from stream.model.lineup import Lineup
 from stream.model.served import ModelSet
 from stream.monitoring.hub import MonitorHub, monitor_messages
 from stream.monitoring.subjects import monitored_subjects
-from stream.records import BatchResult, Incoming, Outgoing, ScoredEvent
+from stream.records import BatchResult, Incoming, Joins, Later, Outgoing, Outputs, ScoredEvent
 from stream.service.config import Settings
 from stream.service.metrics import Metrics, observe_many
 from stream.service.publish import Publisher
@@ -86,16 +86,29 @@ class ScoreStep(_Step):
             return await self.health.retry("score", lambda: self.scorer.process(part))
 
         result = BatchResult.merge(await isolate(records, score, poisoned))
-        result.outgoing += self.dead_letters(poisoned, "process")
-        result.rejected += len(poisoned)
-        out = [*result.outgoing, *self.train.messages(result.examples)]
-        if self.monitoring:
-            topic = self.settings.topics.monitor
-            reference = self.holder.reference.model
-            messages = monitor_messages(result, self.kinds, reference=reference)
-            out += [Outgoing(topic, k, v) for k, v in messages]
-        self._observe(len(records), result.scored)
-        return out
+        try:
+            result.outgoing += self.dead_letters(poisoned, "process")
+            result.rejected += len(poisoned)
+            out = [*result.outgoing, *self.train.messages(result.examples)]
+            if self.monitoring:
+                topic = self.settings.topics.monitor
+                reference = self.holder.reference.model
+                messages = monitor_messages(result, self.kinds, reference=reference)
+                out += [Outgoing(topic, k, v) for k, v in messages]
+            self._observe(len(records), result.scored)
+        except BaseException:  # the batch is processed again: its stores' replies are not read
+            for joins in result.joins:
+                await joins.abandon()
+            raise
+        return Outputs(out, [self._learn_later(joins) for joins in result.joins])
+
+    def _learn_later(self, joins: Joins) -> Later:
+        """The training examples of the labels the batch's store claimed, once it answers."""
+
+        async def messages() -> list[Outgoing]:
+            return self.train.messages(await joins.examples())
+
+        return messages
 
     def _observe(self, n: int, scored: Sequence[ScoredEvent]) -> None:
         m, model = self.metrics, self.holder.model

@@ -128,7 +128,34 @@ def test_an_event_batch_processed_again_after_its_claim_joins_its_label_again(
         event = {"event_id": "e1", "entity_id": "c1", "ts": now, "features": {"amount": 5.0}}
         batch = [Incoming("events", 2, 41, b"c1", orjson.dumps(event))]
         runs = [await processor.process(batch) for _ in range(2)]
+        # the claimed label is an example once the store answers (read after the batch's
+        # predictions are published)
+        ids = []
+        for run in runs:
+            joined = [ex for joins in run.joins for ex in await joins.examples()]
+            ids.append([ex.event_id for ex in run.examples + joined])
         await client.aclose()
-        return [[ex.event_id for ex in run.examples] for run in runs]
+        return ids
 
     assert asyncio.run(go()) == [["e1"], ["e1"]]
+
+
+def test_a_store_whose_reply_was_lost_is_run_again_and_claims_again(
+    redis_url: str, uid: str
+) -> None:
+    """The reply of a store sent ahead is read after the batch is published; when it cannot
+    be (the connection broke), the store runs again: its label is claimed again."""
+
+    async def go() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        ps = PredictionStore(client, f"test-{uid}", horizon_s=60, claim_ttl_s=120)
+        assert await ps.take([Label(event_id="e2", label=1)]) == {}  # parked
+        sent = await ps.send([pred("e2"), pred("e3")], ["3:10", "3:11"])
+        await sent.abandon()  # the connection dropped with the reply unread
+        claimed = await sent.result()  # sent again
+        assert [(p.event_id, lb.label) for p, lb in claimed] == [("e2", 1)]
+        assert await client.exists(ps.key("e3")) == 1 and await client.zcard(ps.parked_key) == 0
+        assert await sent.result() == claimed  # and again: the same
+        await client.aclose()
+
+    asyncio.run(go())

@@ -79,6 +79,40 @@ def test_labels_are_joined_and_the_model_beats_the_baseline(
     assert hits > baseline, (hits, baseline)
 
 
+def test_labels_that_come_before_their_events_are_learned_once(
+    demo_settings: Settings,  # noqa: F811
+    worker_factory,
+) -> None:
+    """Every label is parked, then claimed by its event's prediction store: the claims are
+    read after the batch's predictions are published, and learned before it is committed."""
+    s = demo_settings
+    n = 1500
+    events, ys = labelled(n, seed=13)
+    worker_factory(s)
+    labels = [
+        (e["event_id"].encode(), orjson.dumps({"event_id": e["event_id"], "label": y}))
+        for e, y in zip(events, ys, strict=True)
+    ]
+    asyncio.run(produce(s.kafka.bootstrap, s.topics.labels, labels))
+
+    async def parked() -> int:
+        client = aioredis.Redis.from_url(s.redis.url)
+        try:
+            return int(await client.zcard(f"{s.redis.prefix}:parked"))
+        finally:
+            await client.aclose()
+
+    deadline = time.monotonic() + 120
+    while asyncio.run(parked()) < n and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert asyncio.run(parked()) == n, "the labels were not all parked"
+    asyncio.run(produce(s.kafka.bootstrap, s.topics.events, as_records(events)))
+    asyncio.run(consume(s.kafka.bootstrap, s.topics.predictions, n, 120))
+    model, _ = asyncio.run(_latest(s, n, 120))
+    assert model.n_learned == n  # each claimed once
+    assert asyncio.run(parked()) == 0
+
+
 def test_sigkilled_worker_loses_no_event(
     demo_settings: Settings,  # noqa: F811
     worker_factory,

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from redis import exceptions as redis_errors
 
-from stream.records import Outgoing
+from stream.records import Outgoing, Outputs
 from stream.service.batches import BatchConsumer, Checkpointed, consumer_group, fetch_balanced
 from stream.service.config import Settings
 from stream.service.metrics import Metrics
@@ -193,3 +194,37 @@ async def test_commits_wait_out_the_interval_and_a_settle_commits_what_waited() 
     assert consumer.commits == [{tp: 10}]  # 20 and 30 came within the interval: they wait
     await batches.settle(consumer)  # type: ignore[arg-type]  # idle, revoked or stopping
     assert consumer.commits == [{tp: 10}, {tp: 30}]
+
+
+class Recording:
+    """A publisher that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.published: list[list[bytes | None]] = []
+
+    async def publish(self, out: list[Outgoing]) -> None:
+        self.published.append([m.value for m in out])
+
+
+async def test_a_batch_is_delivered_once_what_its_steps_give_later_is_published() -> None:
+    # the labels a batch's prediction store claimed are known when Redis answers, after the
+    # predictions are published: the batch (and its commit) waits for them too
+    publisher = Recording()
+    batches = BatchConsumer(Settings(), {"events": Plain()}, publisher, Health(Metrics()), None)  # type: ignore[arg-type]
+    answer = asyncio.Event()
+    calls = []
+
+    async def claimed() -> list[Outgoing]:
+        calls.append(1)
+        await answer.wait()
+        if len(calls) == 1:
+            raise redis_errors.ConnectionError("the reply was lost")  # asked again
+        return [Outgoing("train", b"m", b"example")]
+
+    out = Outputs([Outgoing("predictions", b"c1", b"prediction")], [claimed])
+    delivered = asyncio.ensure_future(batches._deliver(out, 1))
+    await asyncio.sleep(0.05)
+    assert publisher.published == [[b"prediction"]] and not delivered.done()
+    answer.set()
+    await asyncio.wait_for(delivered, 30)
+    assert publisher.published == [[b"prediction"], [b"example"]] and len(calls) == 2

@@ -40,9 +40,17 @@ class Windows:
         return Applied(BatchUpdate(tuple(final), {}, {}, ()), self.conflicts)
 
 
+class Stored:
+    async def result(self) -> list[Any]:
+        return []
+
+    async def abandon(self) -> None:
+        pass
+
+
 class Predictions:
-    async def store_or_claim(self, preds: Any, meanwhile: Callable[[], Any], _: Any = None) -> Any:
-        return [], meanwhile()
+    async def send(self, preds: Any, claimants: Any = None) -> Stored:
+        return Stored()
 
 
 def scored_counts(conflicts: int) -> list[float]:
