@@ -31,7 +31,7 @@ The whole procedure is seeded by ``random_state``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -71,6 +71,35 @@ def smoothed_bootstrap(
     frac = position - low
     high = np.minimum(low + 1, n - 1)
     return sorted_reference[low] + frac * (sorted_reference[high] - sorted_reference[low])
+
+
+#: From this many values on, :func:`search_sorted` sorts them first.
+SORTED_SEARCH_MIN = 2048
+
+
+def search_sorted(
+    reference: NDArray[np.float64], values: NDArray[np.float64], side: Literal["left", "right"]
+) -> NDArray[np.int64]:
+    """``reference.searchsorted(values, side)``, the same integers, faster for many values.
+
+    A binary search per value mispredicts its branches on random values (about 80 ns per
+    value into 2,000); searching the values in sorted order keeps them predictable, and
+    sorting them costs less than that from about 2,000 values on (the calibration's
+    simulated streams of 5,000: 350 -> 210 us). Below :data:`SORTED_SEARCH_MIN` values
+    (the live batches) it searches directly.
+
+    >>> import numpy as np
+    >>> ref, x = np.arange(10.0), np.random.default_rng(0).uniform(-1, 11, 5000)
+    >>> bool((search_sorted(ref, x, "left") == ref.searchsorted(x, "left")).all())
+    True
+    """
+    if len(values) < SORTED_SEARCH_MIN:
+        found: NDArray[np.int64] = reference.searchsorted(values, side=side)
+        return found
+    order = np.argsort(values)
+    out = np.empty(len(values), dtype=np.int64)
+    out[order] = reference.searchsorted(values[order], side=side)
+    return out
 
 
 def block_bootstrap(

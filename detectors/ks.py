@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 from scipy import stats
 from scipy.stats import _stats_py
 
+from detectors.calibration import search_sorted
 from detectors.validation import finite_1d
 from detectors.window import SortedWindow, SortedWindowDetector
 
@@ -147,8 +148,8 @@ class KSReference:
 
     def slots(self, values: NDArray[np.float64]) -> NDArray[np.float64]:
         """Slot of each value (as floats, to live in a :class:`SortedWindow`)."""
-        left = self.sorted.searchsorted(values, side="left")
-        right = self.sorted.searchsorted(values, side="right")
+        left = search_sorted(self.sorted, values, "left")
+        right = search_sorted(self.sorted, values, "right")
         slots: NDArray[np.float64] = (left + right).astype(np.float64)
         return slots
 

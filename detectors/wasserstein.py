@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from detectors.calibration import search_sorted
 from detectors.ks import ks_critical_value
 from detectors.validation import finite_1d
 from detectors.window import SortedWindow, SortedWindowDetector, Stats
@@ -275,7 +276,7 @@ class WassersteinDetector(SortedWindowDetector):
 
     def _tags(self, state: WassersteinReference, encoded: NDArray[np.float64]) -> NDArray[np.int64]:
         # the reference rank #{ref <= x}: non-decreasing in x, as SortedWindow requires
-        tags: NDArray[np.int64] = state.sorted.searchsorted(encoded, side="right")
+        tags: NDArray[np.int64] = search_sorted(state.sorted, encoded, "right")
         return tags
 
     def _window_statistic(self, window: SortedWindow) -> float:

@@ -267,8 +267,12 @@ class SortedWindowDetector(SimulatedDetector):
         out = np.empty(len(ends))
         for start in range(0, len(ends), 256):
             first = ends[start : start + 256] - window
-            rows = np.sort(views[first], axis=1)
-            row_tags = None if tag_views is None else np.sort(tag_views[first], axis=1)
+            rows = views[first]  # fancy indexing copies: sorted in place, not copied again
+            rows.sort(axis=1)
+            row_tags = None
+            if tag_views is not None:
+                row_tags = tag_views[first]
+                row_tags.sort(axis=1)
             out[start : start + 256] = self._sorted_statistic(state, rows, row_tags)
         return out
 
