@@ -52,7 +52,11 @@ def saved_monitor(s: Settings, subject: str) -> SubjectMonitor | None:
 def test_a_sigkill_between_two_saves_loses_no_monitored_value(
     settings: Settings, worker_factory, process: str
 ) -> None:
-    s = with_monitoring(settings, subjects=("amount",), checkpoint_interval="1h", process=process)
+    # "idle" is a scheduling class of the child's (the sample config's); in the worker: "low"
+    priority = "idle" if process == "child" else "low"
+    s = with_monitoring(
+        settings, subjects=("amount",), checkpoint_interval="1h", process=process, priority=priority
+    )
     doomed = worker_factory(with_metrics_port(s), name="doomed")
     asyncio.run(produce(s.kafka.bootstrap, s.topics.events, card_records(N, seed=5)))
     asyncio.run(consume(s.kafka.bootstrap, s.topics.predictions, N, 120))
