@@ -334,6 +334,8 @@ def run_worker(settings: Settings, log_level: str) -> int:
     except ConfigError as exc:
         print(f"driftwatch: {exc}", file=sys.stderr)
         return 2
+    if worker_.monitors is not None:
+        worker_.monitors.start_early()  # its start-up alongside the worker's
     tune_gc(settings.worker.gc_threshold)
     worker_class = _faust_worker_class()
     worker = worker_class(worker_.app, loglevel=log_level, quiet=True, redirect_stdouts=False)

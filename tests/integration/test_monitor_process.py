@@ -20,6 +20,7 @@ from tests.integration.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 STARTED = re.compile(r"monitor process (\d+) started")
+FAUST_STARTING = "[^Worker]: Starting"  # Faust's worker begins: its app, agents, consumers
 
 
 def child_pids(worker: WorkerProcess) -> list[int]:
@@ -84,3 +85,18 @@ def test_the_monitor_process_stops_when_the_worker_is_killed(
     while running(child) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not running(child), "the monitor process outlived its worker"
+
+
+def test_the_monitor_process_starts_before_the_worker_joins_its_groups(
+    settings: Settings, worker_factory
+) -> None:
+    # its start-up (seconds of imports) runs while the worker joins Kafka, not while the
+    # scorer works through its first batches; the supervisor takes that child over
+    s = with_monitoring(settings, subjects=("amount",))
+    worker = worker_factory(s)  # returns once the worker's consumers have their partitions
+    text = worker.log_text()
+    started = STARTED.search(text)
+    assert started is not None and started.start() < text.index(FAUST_STARTING)
+    time.sleep(2.0)  # a second child would be logged by now
+    assert len(child_pids(worker)) == 1
+    assert running(child_pids(worker)[0])
