@@ -93,17 +93,28 @@ def test_the_order_pickles_with_its_buffers() -> None:
     assert copy.push([1], [3.0], [30], now_ms=1) == ([1.0, 2.0], [10, 20])
 
 
-def test_an_order_pickled_with_its_times_as_a_list_loads_and_goes_on() -> None:
+def test_an_order_pickled_with_its_buffer_as_lists_loads_and_goes_on() -> None:
     o = order(expected=2)
     o.push([0, 0], [1.0, 2.0], [10, 20], now_ms=0)
     state = o.__dict__.copy()
-    state["_ts"] = o._ts.tolist()  # as an earlier version pickled it
+    state["_ts"] = o._ts.tolist()  # as earlier versions pickled them
+    state["_values"] = o._values.tolist()
     earlier = EventTimeOrder.__new__(EventTimeOrder)
     earlier.__dict__.update(state)
     copy = pickle.loads(pickle.dumps(earlier))  # noqa: S301 - our own bytes
     assert copy.buffered == 2
     # partition 1 never heard from, idle by now: a flush releases what partition 0 sent
     assert copy.push([], [], [], now_ms=60_000) == ([1.0, 2.0], [10, 20])
+
+
+def test_any_kind_of_value_is_held_and_released_in_event_time_order_unchanged() -> None:
+    o = order(expected=2)
+    # categories, missing values, tuples: held as they are, never spread into an array
+    sent = ["a", None, ("x", 1), 2.5, "b", True]
+    assert o.push([0, 0, 0], sent[:3], [30, 10, 50], now_ms=0) == ([], [])
+    out, ts = o.push([1, 1, 1], sent[3:], [20, 40, 60], now_ms=1)
+    assert (out, ts) == ([None, 2.5, "a", "b", ("x", 1)], [10, 20, 30, 40, 50])
+    assert o.buffered == 1 and o.push([], [], [], now_ms=60_000) == ([True], [60])
 
 
 # -- the monitor on skewed partitions ------------------------------------------------------
