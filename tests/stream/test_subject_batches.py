@@ -80,13 +80,20 @@ def random_scored(rng: random.Random, n: int) -> list[ScoredEvent]:
 @pytest.mark.parametrize("seed", range(20))
 def test_the_same_batches_as_one_call_per_value(seed: int) -> None:
     rng = random.Random(seed)
-    scored = random_scored(rng, rng.randint(0, 60))
+    assert_same_batches(random_scored(rng, rng.randint(0, 60)), rng)
+
+
+def assert_same_batches(scored: list[ScoredEvent], rng: random.Random) -> None:
+    """``subject_batches`` equals the value-by-value reference, with and without partitions,
+    and its values, times and partitions are plain Python numbers and strings."""
     partitions = [rng.randrange(4) for _ in scored]
     assert subject_batches(scored, SUBJECTS) == reference_batches(scored, SUBJECTS)
     with_parts = subject_batches(scored, SUBJECTS, partitions)
     assert with_parts == reference_batches(scored, SUBJECTS, partitions)
     for batch in with_parts:
         assert all(type(v) is (float if batch.kind == "numeric" else str) for v in batch.values)
+        assert all(type(t) is int for t in batch.ts)
+        assert batch.partitions is not None and all(type(p) is int for p in batch.partitions)
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -102,14 +109,7 @@ def test_the_matrix_of_plain_numbers_gives_the_same_batches(seed: int) -> None:
         missing = frozenset(rng.sample(["amount", "kind", "hour"], rng.randint(0, 2)))
         ev = ValidEvent(f"e{i}", "c1", 1000 + i, {}, None, (), missing)
         scored.append(ScoredEvent(ev, x, rng.choice([0, 1]), None, rng.choice(plain[:4]), 3))
-    partitions = [rng.randrange(4) for _ in scored]
-    assert subject_batches(scored, SUBJECTS) == reference_batches(scored, SUBJECTS)
-    with_parts = subject_batches(scored, SUBJECTS, partitions)
-    assert with_parts == reference_batches(scored, SUBJECTS, partitions)
-    for batch in with_parts:
-        assert all(type(v) is (float if batch.kind == "numeric" else str) for v in batch.values)
-        assert all(type(t) is int for t in batch.ts)
-        assert batch.partitions is not None and all(type(p) is int for p in batch.partitions)
+    assert_same_batches(scored, rng)
 
 
 def test_cheaper_than_one_call_per_value() -> None:
