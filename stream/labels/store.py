@@ -128,7 +128,8 @@ class StoreInFlight:
         """The predictions whose label was already waiting, with that label.
 
         Reads the reply from the connection the command went on. If that fails (the
-        connection broke, an error reply) the connection is dropped and the error raised;
+        connection broke, an error reply, a cancellation) redis-py drops the connection
+        (``read_response`` disconnects on any exception) and the error is raised;
         a later call runs the script again, which is safe: a store is repeatable, and a
         label claimed before is claimed again by the same claimant (``_STORE_OR_CLAIM``).
         """
@@ -139,9 +140,6 @@ class StoreInFlight:
         pool = self.store.redis.connection_pool
         try:
             reply = await conn.read_response()
-        except BaseException:
-            await conn.disconnect(nowait=True)  # whatever it still holds is not read
-            raise
         finally:
             await pool.release(conn)
         return self.store.claimed(reply, self.preds)

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from stream.ingest.scoring import EventProcessor, LabelProcessor
 from stream.labels.join import PendingPrediction
-from stream.labels.store import PredictionStore
+from stream.labels.store import PredictionStore, StoreInFlight
 from stream.messages import Label
 from stream.model.online import create_model
 from stream.records import Incoming
@@ -156,6 +156,30 @@ def test_a_store_whose_reply_was_lost_is_run_again_and_claims_again(
         assert [(p.event_id, lb.label) for p, lb in claimed] == [("e2", 1)]
         assert await client.exists(ps.key("e3")) == 1 and await client.zcard(ps.parked_key) == 0
         assert await sent.result() == claimed  # and again: the same
+        await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_reply_read_cancelled_midway_never_reaches_the_next_command(
+    redis_url: str, uid: str
+) -> None:
+    """A batch cancelled while its store's reply is on the way (a rebalance, a stop): the
+    connection is dropped, not handed back to the pool with that reply still to come."""
+
+    async def go() -> None:
+        client = aioredis.Redis.from_url(redis_url, max_connections=1)
+        ps = PredictionStore(client, f"test-{uid}", horizon_s=60, claim_ttl_s=120)
+        conn = await client.connection_pool.get_connection()
+        await conn.send_command("BLPOP", f"test-{uid}-empty", 0.5)  # answers nil in 0.5 s
+        sent = StoreInFlight(ps, [pred("e9")], ("PING",), conn)
+        reading = asyncio.create_task(sent.result())
+        await asyncio.sleep(0.1)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        await asyncio.sleep(0.6)  # the nil has come by now, on the dropped connection
+        assert await client.ping() is True  # its own reply, not the cancelled one's
         await client.aclose()
 
     asyncio.run(go())
