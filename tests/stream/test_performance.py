@@ -399,3 +399,31 @@ def test_standard_errors_match_the_sampling_spread() -> None:
     conservative = {"roc_auc", "macro_f1"}  # Hanley-McNeil, and the bound on a mean's error
     assert all(0.85 < r < 1.15 for k, r in ratio.items() if k not in conservative), ratio
     assert all(1.0 <= ratio[k] < 1.5 for k in conservative), ratio
+
+
+@pytest.mark.parametrize("seed", [200, 205, 207])
+def test_noisy_concept_change_raises_concept_drift_when_adwin_cuts_early(seed: int) -> None:
+    """On these seeds ADWIN detects the rise while the window it keeps still holds enough
+    pre-change errors that its mean is within the margin of the reference: the rise stays
+    pending and fires once the mean is above it (checked only at the detection itself,
+    each of these changes went unreported)."""
+    examples = noisy_stream(seed, CHANGE_TOTAL, change=True)
+    mon = PerformanceMonitor("binary", SETTINGS, "fraud")
+    concept = [a for a in run(mon, examples) if a["kind"] == "concept_drift"]
+    assert [a["status"] for a in concept] == ["firing", "resolved"]
+    delay = index_of(concept[0]) - CHANGE_AT
+    assert 0 <= delay <= NOISY_MAX_DELAY, delay
+    evidence = concept[0]["evidence"]
+    assert evidence["after"] > evidence["reference_value"] + SETTINGS.performance_margin
+    assert evidence["before"] < evidence["reference_value"] + SETTINGS.performance_margin
+    assert index_of(concept[1]) > CHANGE_END
+
+
+def test_a_rise_within_the_margin_is_not_pending_for_ever() -> None:
+    """A detected rise that stays within the margin for ``performance_window`` examples is
+    dropped: a later slow creep above the margin needs a detection of its own."""
+    mon = PerformanceMonitor("binary", SETTINGS, "fraud")
+    run(mon, noisy_stream(31, 2000))
+    mon._rise = (3, 0.2)  # as if ADWIN had just detected a small rise
+    run(mon, noisy_stream(32, 3), size=1)
+    assert mon._rise is None
