@@ -143,10 +143,6 @@ class PerformanceMonitor:
     {'accuracy': 0.0}
     """
 
-    #: a rise ADWIN detected, not yet above the margin: (examples it stays pending, the error
-    #: rate before it); see :meth:`_concept` (a class default: monitors pickled before it)
-    _rise: tuple[int, float] | None = None
-
     def __init__(self, task: Task, settings: MonitoringSettings, model: str) -> None:
         self.task = task
         self.settings = settings
@@ -172,7 +168,9 @@ class PerformanceMonitor:
         self._calm: dict[str, int] = {}  # open metric -> consecutive checks within margin / 2
         self._adwin = ADWIN()
         self._since_fire = 0  # examples since the open concept_drift alarm
-        self._rise = None
+        # a rise ADWIN detected, not yet above the margin: (examples it stays pending, the
+        # error rate before it); see _concept
+        self._rise: tuple[int, float] | None = None
         self._n = 0
         self._model_version: int | None = None
         self.skipped = 0  # labels that do not fit the task, or examples without a prediction

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from stream.service import group_offsets
 from stream.service.topics import wait_consumed  # noqa: F401 - re-exported for the tests
@@ -134,6 +134,17 @@ async def consume_until(
     finally:
         await consumer.stop()
     return out
+
+
+async def record_count(bootstrap: str, topic: str, partitions: int) -> int:
+    """How many records ``topic`` holds: the sum of its partitions' end offsets."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return sum((await consumer.end_offsets(tps)).values())
+    finally:
+        await consumer.stop()
 
 
 async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:

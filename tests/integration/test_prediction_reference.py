@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -25,7 +26,7 @@ from stream.model.snapshots import SnapshotStore
 from stream.service.batches import consumer_group
 from stream.service.config import Settings
 from stream.tools.synthetic import CardStream, Drift
-from tests.integration.kafka_io import consume, consume_until, produce
+from tests.integration.kafka_io import consume, consume_until, produce, record_count
 from tests.integration.test_event_time_monitoring import saved_monitor
 from tests.integration.test_monitoring import START_MS, STEP_MS, with_monitoring
 
@@ -61,18 +62,20 @@ def wait_predictions(s: Settings, n: int, timeout: float) -> None:
 PACE = 2_000  # events produced per step of the live stream
 
 
-async def wait_published(s: Settings, n: int, timeout: float) -> None:
-    """Wait until the predictions topic holds at least ``n`` records (its end offsets)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka.bootstrap)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(s.topics.predictions, p) for p in range(s.topics.partitions)]
+async def produce_live(s: Settings, events: list[tuple[bytes, bytes]], timeout: float) -> None:
+    """Produce ``events`` in steps of :data:`PACE`, each once the step before is scored
+    (the predictions topic holds as many records), as traffic arriving at a rate."""
+    predictions = partial(
+        record_count, s.kafka.bootstrap, s.topics.predictions, s.topics.partitions
+    )
+    for i in range(0, len(events), PACE):
+        step = events[i : i + PACE]
+        await produce(s.kafka.bootstrap, s.topics.events, step)
         deadline = time.monotonic() + timeout
-        while sum((await consumer.end_offsets(tps)).values()) < n:
-            assert time.monotonic() < deadline, f"fewer than {n} predictions in {timeout} s"
+        scored = i + len(step)
+        while await predictions() < scored:
+            assert time.monotonic() < deadline, f"fewer than {scored} predictions in {timeout} s"
             await asyncio.sleep(0.1)
-    finally:
-        await consumer.stop()
 
 
 def monitored(s: Settings, subjects: tuple[str, ...], timeout: float) -> None:
@@ -135,18 +138,12 @@ def test_a_learning_model_on_a_stationary_stream_raises_no_prediction_drift(
     # after the warm-up of seconds_since_last (5 min of event time: 6,000 events), the
     # reference model is pinned once two blocks of 2,000 values agree, and its reference is
     # the next 2,000 values it scores (stream/monitoring/settling.py): from event 12,004 to
-    # 14,009 in six runs of the paced stream below; produced as one backlog, 6 of 9 runs
-    # failed (the reference began after event 50,000, or was still being collected)
+    # 14,009 in six runs of the live stream below. Produced as one backlog, a fast scorer
+    # ran far ahead of the trainer, most values were scored by versions the settling leaves
+    # out as stale, and 6 of 9 runs failed (the reference began after event 50,000, or was
+    # still being collected)
     n = 60_000
-    records = labelled_records(n, (), seed=41)
-    # a live stream, not one backlog: with the whole stream produced at once a fast scorer
-    # ran far ahead of the trainer, most values were scored by versions already stale (the
-    # settling leaves those out) and the reference started anywhere from event 10,000 to
-    # after the end; produced in steps that each wait for their predictions, the trainer
-    # stays about a step behind, as with traffic arriving at a rate
-    for i in range(0, n, PACE):
-        asyncio.run(produce(s.kafka.bootstrap, s.topics.events, records[i : i + PACE]))
-        asyncio.run(wait_published(s, i + PACE, 120))
+    asyncio.run(produce_live(s, labelled_records(n, (), seed=41), 120))
     wait_predictions(s, n, 300)
     monitored(s, PREDICTIONS, 300)
     records = asyncio.run(consume(s.kafka.bootstrap, s.topics.alerts, 1, 10, settle=0))

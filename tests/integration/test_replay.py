@@ -14,8 +14,7 @@ import orjson
 import pytest
 import redis
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from stream.model.lineup import Lineup, configured
 from stream.model.online import create_model
@@ -23,7 +22,7 @@ from stream.model.snapshots import SnapshotStore
 from stream.service.config import Settings, load_settings
 from stream.timestamps import now_ms
 from stream.tools.synthetic import CardStream
-from tests.integration.kafka_io import consume_until
+from tests.integration.kafka_io import consume_until, record_count
 from tests.integration.worker_process import settings_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,16 +76,6 @@ async def produce_stamped(s: Settings, records: list[tuple[int, str, bytes, byte
         await asyncio.wait_for(asyncio.gather(*sent), 60)
     finally:
         await producer.stop()
-
-
-async def record_count(s: Settings, topic: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka.bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(s.topics.partitions)]
-        return sum((await consumer.end_offsets(tps)).values())
-    finally:
-        await consumer.stop()
 
 
 def roc_auc(predictions: list[dict], labels: dict[str, int]) -> float:
@@ -180,8 +169,9 @@ def test_replay_scores_the_range_once_into_its_own_topics_and_leaves_live_state_
     assert printed(out, r"roc_auc ([0-9.]+)") == f"{roc_auc(predictions, labels):.4f}"
     assert predictions_topic in out and dlq_topic in out
 
-    assert asyncio.run(record_count(s, s.topics.predictions)) == 0
-    assert asyncio.run(record_count(s, s.topics.dlq)) == 0
+    partitions = s.topics.partitions
+    assert asyncio.run(record_count(s.kafka.bootstrap, s.topics.predictions, partitions)) == 0
+    assert asyncio.run(record_count(s.kafka.bootstrap, s.topics.dlq, partitions)) == 0
     assert live_state(client, s.redis.prefix) == before  # the replay's own keys are gone too
     assert int(printed(out, r"(\d+) keys deleted")) > LAST - FIRST
     client.close()
