@@ -137,8 +137,8 @@ def test_a_learning_model_on_a_stationary_stream_raises_no_prediction_drift(
     worker_factory(s, name="b")
     # after the warm-up of seconds_since_last (5 min of event time: 6,000 events), the
     # reference model is pinned once two blocks of 2,000 values agree, and its reference is
-    # the next 2,000 values it scores (stream/monitoring/settling.py): from event 12,004 to
-    # 14,009 in six runs of the live stream below. Produced as one backlog, a fast scorer
+    # the next 2,000 values it scores (stream/monitoring/settling.py): from event 11,900 to
+    # 14,009 in nine runs of the live stream below. Produced as one backlog, a fast scorer
     # ran far ahead of the trainer, most values were scored by versions the settling leaves
     # out as stale, and 6 of 9 runs failed (the reference began after event 50,000, or was
     # still being collected)
