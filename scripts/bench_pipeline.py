@@ -69,7 +69,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stream.messages import SubjectBatch, decode_monitor_batch  # noqa: E402
+from stream.messages import SubjectBatch, decode_monitor_message  # noqa: E402
 from stream.monitoring.subjects import monitored_subjects  # noqa: E402
 from stream.service.config import Settings, WorkerSettings  # noqa: E402
 from stream.service.kafka_security import client_options  # noqa: E402
@@ -346,8 +346,8 @@ async def values_sent_to_monitors(s: Settings) -> int:
         while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
             for records in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
                 for rec in records:
-                    batch = decode_monitor_batch(rec.value or b"")
-                    values += len(batch.values) if isinstance(batch, SubjectBatch) else 0
+                    for batch in decode_monitor_message(rec.value or b""):
+                        values += len(batch.values) if isinstance(batch, SubjectBatch) else 0
         return values
     finally:
         await consumer.stop()

@@ -1,6 +1,6 @@
 """The drift and data-quality monitors a worker owns: :class:`MonitorHub`.
 
-Scorers send compact per-subject batches to the monitor topic keyed by subject
+Scorers send each subject's values to the monitor topic on the partition its name hashes to
 (:func:`monitor_messages`), so each subject's monitor lives on exactly one worker (the owner
 of the subject's partition) however many workers score: one firing alert per episode, not
 one per worker. The owner keeps each monitor's state in Redis
@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -33,7 +33,7 @@ from stream.messages import (
     QualityBatch,
     SubjectBatch,
     SubjectKind,
-    decode_monitor_batch,
+    decode_monitor_message,
     encode_monitor_batch,
 )
 from stream.model.online import OnlineModel
@@ -46,7 +46,7 @@ from stream.monitoring.state_store import MonitorStateStore, Owned
 from stream.monitoring.subjects import (
     PREDICTION_SUBJECTS,
     monitored_subjects,
-    subject_batches,
+    subject_columns,
 )
 from stream.records import BatchResult, ScoredEvent
 from stream.service.config import Settings
@@ -74,8 +74,15 @@ def monitor_messages(
     subjects: dict[str, SubjectKind],
     partitions: Sequence[int] | None = None,
     reference: OnlineModel | None = None,
+    route: Callable[[str], int] | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """(key, value) messages for the monitor topic from one scored batch.
+
+    The subjects' values go as :class:`~stream.messages.SubjectColumns`: with ``route`` (a
+    subject's monitor-topic partition, as the producer's partitioner puts its key) one
+    message per partition, keyed by one of its subjects, so every subject still reaches the
+    worker that owns its partition; without it one message per subject.  The quality
+    counts go as one :class:`~stream.messages.QualityBatch` per feature.
 
     ``partitions``: the events-topic partition of each scored event, sent with the values
     so that the monitors merge the partitions by event time; by default each scored
@@ -87,22 +94,32 @@ def monitor_messages(
     if partitions is None:
         partitions = _source_partitions(result.scored)
     if reference is None:
-        batches: list[MonitorBatch] = list(subject_batches(result.scored, subjects, partitions))
+        columns = subject_columns(result.scored, subjects, partitions)
     else:
         outputs = {s: k for s, k in subjects.items() if s in PREDICTION_SUBJECTS}
         inputs = {s: k for s, k in subjects.items() if s not in outputs}
-        batches = list(subject_batches(result.scored, inputs, partitions))
-        batches += subject_batches(rescored(result.scored, reference), outputs, partitions)
+        columns = subject_columns(result.scored, inputs, partitions)
+        judged = subject_columns(rescored(result.scored, reference), outputs, partitions)
+        if columns is not None and judged is not None:
+            columns = columns + judged
+    out: list[tuple[bytes, bytes]] = []
+    if columns is not None:
+        groups: dict[object, list[str]] = {}
+        for name in columns.subjects:
+            groups.setdefault(name if route is None else route(name), []).append(name)
+        for names in groups.values():
+            out.append((names[0].encode(), columns.select(set(names)).encode()))
+    quality: list[QualityBatch] = []
     if result.scored:
         ts = [s.event.ts_ms for s in result.scored]
         span = (min(ts), max(ts))
         for feature, (n, counts) in quality_counts(result.scored).items():
-            batches.append(QualityBatch(feature, n, counts, span))
+            quality.append(QualityBatch(feature, n, counts, span))
     n_all = len(result.scored) + result.rejected
     if n_all:
         now = now_ms()
-        batches.append(QualityBatch(DLQ, n_all, {REJECTED: result.rejected}, (now, now)))
-    return [(b.subject.encode(), encode_monitor_batch(b)) for b in batches]
+        quality.append(QualityBatch(DLQ, n_all, {REJECTED: result.rejected}, (now, now)))
+    return out + [(b.subject.encode(), encode_monitor_batch(b)) for b in quality]
 
 
 def rescored(scored: Sequence[ScoredEvent], model: OnlineModel) -> list[ScoredEvent]:
@@ -176,12 +193,13 @@ class MonitorHub:
                 if offset > self._applied.get(partition, -1):
                     self._applied[partition] = offset
                 try:
-                    batch = decode_monitor_batch(value)
+                    batches = decode_monitor_message(value)
                 except Exception as exc:  # any decoding error is this message's own
                     poisoned.append(Poisoned((partition, offset, value), describe(exc)))
                     continue
-                if batch.subject in self.subjects or isinstance(batch, QualityBatch):
-                    routed.append((partition, offset, batch.subject, batch))
+                for batch in batches:
+                    if batch.subject in self.subjects or isinstance(batch, QualityBatch):
+                        routed.append((partition, offset, batch.subject, batch))
             now = now_ms()
             for partition, _, name, _ in routed:
                 if name not in self.owned:

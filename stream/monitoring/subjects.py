@@ -1,10 +1,12 @@
-"""What is monitored, and how its values travel on the monitor topic: :class:`SubjectBatch`.
+"""What is monitored, and how its values travel on the monitor topic: :class:`SubjectColumns`.
 
 A *subject* is a feature or the predictions (:func:`monitored_subjects`); its drift is judged
 by :class:`stream.monitoring.drift.SubjectMonitor`.  The scoring side turns each scored batch
-into one compact :class:`SubjectBatch` per subject (:func:`subject_batches`); the batches travel
-on the monitor topic keyed by subject, so each subject's detectors live on exactly one worker,
-which is what makes "one ``firing`` alert per episode" hold whatever the number of scoring workers.
+into the subjects' values by event (:func:`subject_columns`), sent as one message per
+monitor-topic partition (:func:`stream.monitoring.hub.monitor_messages`); a subject's values
+always go to the partition its name hashes to, so each subject's detectors live on exactly
+one worker, which is what makes "one ``firing`` alert per episode" hold whatever the number
+of scoring workers.
 
 Warm-up
 -------
@@ -25,7 +27,7 @@ from numpy.typing import NDArray
 
 from stream.features.plan import SINCE_LAST, enriched_name, window_names
 from stream.features.windows import FIRST_EVENT
-from stream.messages import SubjectBatch, SubjectKind
+from stream.messages import SubjectBatch, SubjectColumns, SubjectKind
 from stream.records import ScoredEvent
 from stream.service.config import Settings
 
@@ -43,20 +45,8 @@ def subject_batches(
     subjects: Mapping[str, SubjectKind],
     partitions: Sequence[int] | None = None,
 ) -> list[SubjectBatch]:
-    """One :class:`SubjectBatch` per subject with at least one value in ``scored``.
-
-    Feature subjects read ``ScoredEvent.x`` (raw and enriched); ``prediction.score`` reads the
-    score and ``prediction.class`` the predicted class as a string.  ``None``, non-finite
-    numbers and wrongly typed values are skipped, and so is an imputed raw value (listed in
-    ``event.missing``): it is a data-quality problem, not a sample of the distribution
-    (the rule of :func:`subject_value`).  ``partitions`` (one per scored event: its
-    events-topic partition) go with the values, for the monitor's event-time order.
-
-    This runs in the scorer for every (event, subject). The numeric features go through one
-    float matrix when every event has every one of them as a float, an int or None (what
-    the scorer's features are): with 65 of them, 13 instead of 23 us per event (0.2 us per
-    (event, subject)). Otherwise, and for the predictions and the categorical subjects, one
-    list comprehension per subject with the checks inline (a call per value cost ~1 us).
+    """One :class:`SubjectBatch` per subject with at least one value in ``scored``, in the
+    order of ``subjects`` (what :func:`subject_columns` holds, subject by subject).
 
     Examples
     --------
@@ -69,45 +59,75 @@ def subject_batches(
     >>> [(b.subject, b.values, b.ts) for b in batches]
     [('amount', [5.0], [1]), ('prediction.class', ['1', '1'], [1, 2])]
     """
-    if not scored:
+    columns = subject_columns(scored, subjects, partitions)
+    if columns is None:
         return []
-    version = scored[-1].model_version
-    ts = [s.event.ts_ms for s in scored]
+    rank = {name: i for i, name in enumerate(subjects)}
+    return sorted(columns.batches(), key=lambda b: rank[b.subject])
+
+
+def subject_columns(
+    scored: Sequence[ScoredEvent],
+    subjects: Mapping[str, SubjectKind],
+    partitions: Sequence[int] | None = None,
+) -> SubjectColumns | None:
+    """The subjects' values in ``scored``, by event (``None``: no events).
+
+    Feature subjects read ``ScoredEvent.x`` (raw and enriched); ``prediction.score`` reads the
+    score and ``prediction.class`` the predicted class as a string.  ``None``, non-finite
+    numbers and wrongly typed values are skipped, and so is an imputed raw value (listed in
+    ``event.missing``): it is a data-quality problem, not a sample of the distribution
+    (the rule of :func:`subject_value`).  ``partitions`` (one per scored event: its
+    events-topic partition) go with the values, for the monitor's event-time order.  A
+    subject without any value in the batch is left out.
+
+    This runs in the scorer for every (event, subject). The numeric features go through one
+    float matrix when every event has every one of them as a float, an int or None (what
+    the scorer's features are): with 65 of them, 13 instead of 23 us per event (0.2 us per
+    (event, subject)). Otherwise, and for the predictions and the categorical subjects, one
+    list comprehension per subject with the checks inline (a call per value cost ~1 us).
+    """
+    if not scored:
+        return None
+    n, version = len(scored), scored[-1].model_version
+    ts = np.array([s.event.ts_ms for s in scored], dtype=np.int64)
+    parts = None if partitions is None else np.array(partitions, dtype=np.int64)
     columns = _numeric_columns(scored, subjects)
+    numeric: list[tuple[str, int]] = []
+    matrix = np.empty((0, n))
     if columns is not None:
-        ts_array = np.array(ts, dtype=np.int64)
-        parts_array = None if partitions is None else np.array(partitions, dtype=np.int64)
-    out: list[SubjectBatch] = []
+        some = np.asarray(columns.keep.any(axis=0), dtype=bool)
+        numeric += [
+            (name, version) for name, kept in zip(columns.names, some.tolist(), strict=True) if kept
+        ]
+        matrix = np.where(columns.keep, columns.values, np.nan).T[some]
+    rows: list[NDArray[np.float64]] = []
+    categorical: list[tuple[str, int, list[str | None]]] = []
     for subject, kind in subjects.items():
         if columns is not None and subject in columns.index:
-            found = columns.batch(subject, ts, ts_array, partitions, parts_array)
-            if found is not None:
-                out.append(SubjectBatch(subject, kind, *found[:2], version, found[2]))
             continue
         raw = _raw_values(scored, subject)
-        if kind == "numeric":
-            since = subject == SINCE_LAST
-            keep = [
-                i
-                for i, v in enumerate(raw)
-                if v is not None
-                and ((t := type(v)) is float or t is int or _number(v))
-                and v - v == 0  # finite: inf - inf and nan - nan are nan
-                and not (since and v == FIRST_EVENT)
-            ]
-            values: list[Any] = [float(raw[i]) for i in keep]
-        else:
-            keep = [i for i, v in enumerate(raw) if v is not None]
-            values = [str(raw[i]) for i in keep]
-        if not keep:
+        if kind == "categorical":
+            if any(v is not None for v in raw):
+                found = [None if v is None else str(v) for v in raw]
+                categorical.append((subject, version, found))
             continue
-        whole = len(keep) == len(raw)
-        batch_ts = list(ts) if whole else [ts[i] for i in keep]
-        parts = None
-        if partitions is not None:
-            parts = list(partitions) if whole else [partitions[i] for i in keep]
-        out.append(SubjectBatch(subject, kind, values, batch_ts, version, parts))
-    return out
+        since = subject == SINCE_LAST
+        keep = [
+            i
+            for i, v in enumerate(raw)
+            if v is not None
+            and ((t := type(v)) is float or t is int or _number(v))
+            and v - v == 0  # finite: inf - inf and nan - nan are nan
+            and not (since and v == FIRST_EVENT)
+        ]
+        if keep:
+            row = np.full(n, np.nan)
+            row[keep] = [float(raw[i]) for i in keep]
+            numeric.append((subject, version))
+            rows.append(row)
+    values = np.concatenate((matrix, np.array(rows).reshape(len(rows), n))) if rows else matrix
+    return SubjectColumns(ts, parts, numeric, values, categorical)
 
 
 class _Columns:
@@ -115,29 +135,10 @@ class _Columns:
     which of its values a monitor takes (finite, not imputed, not a first event's gap)."""
 
     def __init__(self, names: list[str], values: NDArray[np.float64], keep: NDArray[np.bool_]):
+        self.names = names
         self.index = {name: j for j, name in enumerate(names)}
         self.values = values
         self.keep = keep
-
-    def batch(
-        self,
-        subject: str,
-        ts: list[int],
-        ts_array: NDArray[np.int64],
-        partitions: Sequence[int] | None,
-        parts_array: NDArray[np.int64] | None,
-    ) -> tuple[list[float], list[int], list[int] | None] | None:
-        """``(values, ts, partitions)`` of ``subject``'s kept values (``None``: none)."""
-        j = self.index[subject]
-        keep = self.keep[:, j]
-        if keep.all():
-            parts = None if partitions is None else list(partitions)
-            return self.values[:, j].tolist(), list(ts), parts
-        rows = np.flatnonzero(keep)
-        if not len(rows):
-            return None
-        parts = None if parts_array is None else parts_array[rows].tolist()
-        return self.values[rows, j].tolist(), ts_array[rows].tolist(), parts
 
 
 #: the value types the matrix takes as they are (a bool, a numpy scalar... goes value by value)
@@ -299,5 +300,6 @@ __all__ = [
     "SINCE_LAST_WARMUP_MS",
     "monitored_subjects",
     "subject_batches",
+    "subject_columns",
     "subject_value",
 ]

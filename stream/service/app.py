@@ -120,7 +120,9 @@ def _agents(w: Worker) -> None:
     ingest = BatchConsumer(
         settings,
         {
-            topics.events: ScoreStep(settings, m, h, scorer, w.holder, train),
+            topics.events: ScoreStep(
+                settings, m, h, scorer, w.holder, train, w.publisher.partitions
+            ),
             topics.labels: JoinStep(settings, m, h, joiner, train),
         },
         w.publisher,

@@ -185,6 +185,12 @@ class Publisher:
                 self._producer = producer
         return self._producer
 
+    async def partitions(self, topic: str) -> list[int]:
+        """The partitions of ``topic`` as the producer knows them (from its metadata)."""
+        producer = await self.producer()
+        found = await self.health.retry("publish", lambda: producer.partitions_for(topic))
+        return sorted(found)
+
     async def close(self) -> None:
         """Flush and stop the producer (the worker stops)."""
         self._closed.set()

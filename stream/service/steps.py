@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from stream.exceptions import RejectedInput
@@ -24,7 +24,7 @@ from stream.monitoring.subjects import monitored_subjects
 from stream.records import BatchResult, Incoming, Joins, Later, Outgoing, Outputs, ScoredEvent
 from stream.service.config import Settings
 from stream.service.metrics import Metrics, observe_many
-from stream.service.publish import Publisher
+from stream.service.publish import Publisher, partition_for
 from stream.service.resilience import Health, Poisoned, describe, isolate
 from stream.timestamps import now_ms
 
@@ -70,11 +70,15 @@ class ScoreStep(_Step):
         scorer: EventProcessor,
         holder: ModelSet,
         train: TrainingTopic,
+        partitions: Callable[[str], Awaitable[list[int]]] | None = None,
     ) -> None:
+        """``partitions``: a topic's partitions (the publisher's), to send the monitor batches
+        one message per monitor-topic partition; without it, one message per subject."""
         super().__init__(settings, metrics, health)
         self.scorer = scorer
         self.holder = holder
         self.train = train
+        self.partitions = partitions
         self.monitoring = settings.monitoring.enabled
         self.kinds = {name: kind for name, (kind, _) in monitored_subjects(settings).items()}
 
@@ -93,7 +97,11 @@ class ScoreStep(_Step):
             if self.monitoring:
                 topic = self.settings.topics.monitor
                 reference = self.holder.reference.model
-                messages = monitor_messages(result, self.kinds, reference=reference)
+                route = None
+                if self.partitions is not None:
+                    every = await self.partitions(topic)
+                    route = lambda name: partition_for(name.encode(), every)  # noqa: E731
+                messages = monitor_messages(result, self.kinds, reference=reference, route=route)
                 out += [Outgoing(topic, k, v) for k, v in messages]
             self._observe(len(records), result.scored)
         except BaseException:  # the batch is processed again: its stores' replies are not read

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stream.messages import SubjectBatch, SubjectKind, decode_monitor_batch
+from stream.messages import SubjectBatch, SubjectKind, decode_monitor_message
 from stream.model.online import create_model
 from stream.monitoring.alerts import Span
 from stream.monitoring.drift import SubjectMonitor
@@ -77,18 +77,18 @@ class Pinning:
     ) -> list[dict[str, Any]]:
         alerts = []
         for _, value in monitor_messages(result, KINDS, reference=self.reference):
-            batch = decode_monitor_batch(value)
-            if not isinstance(batch, SubjectBatch):
-                continue  # the data-quality counts
-            mon = mons[batch.subject]
-            if self.reference is not None:
-                alerts += mon.follow(self.reference.version)
-            alerts += mon.update(batch)
+            for batch in decode_monitor_message(value):
+                if not isinstance(batch, SubjectBatch):
+                    continue  # the data-quality counts
+                mon = mons[batch.subject]
+                if self.reference is not None:
+                    alerts += mon.follow(self.reference.version)
+                alerts += mon.update(batch)
         # the served scores, watched as if they were a feature
         for _, value in monitor_messages(result, {PREDICTION_SCORE: "numeric"}):
-            batch = decode_monitor_batch(value)
-            if isinstance(batch, SubjectBatch) and "as_feature" in mons:
-                alerts += mons["as_feature"].update(replace(batch, subject="as_feature"))
+            for batch in decode_monitor_message(value):
+                if isinstance(batch, SubjectBatch) and "as_feature" in mons:
+                    alerts += mons["as_feature"].update(replace(batch, subject="as_feature"))
         wanted = [m.pin_wanted for m in mons.values() if m.pin_wanted is not None]
         if wanted and self.reference is None and served is not None:
             assert served.version == max(wanted)

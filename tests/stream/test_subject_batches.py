@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from stream.features.plan import SINCE_LAST
-from stream.messages import SubjectBatch, SubjectKind, decode_monitor_batch
+from stream.messages import SubjectBatch, SubjectColumns, SubjectKind, decode_monitor_message
 from stream.monitoring.hub import monitor_messages
 from stream.monitoring.subjects import (
     PREDICTION_CLASS,
@@ -94,6 +94,30 @@ def assert_same_batches(scored: list[ScoredEvent], rng: random.Random) -> None:
         assert all(type(v) is (float if batch.kind == "numeric" else str) for v in batch.values)
         assert all(type(t) is int for t in batch.ts)
         assert batch.partitions is not None and all(type(p) is int for p in batch.partitions)
+    # and the same again once through the monitor topic, grouped by partition or not
+    for route in (None, lambda name: len(name) % 3):
+        for parts in (None, partitions):
+            assert through_the_topic(scored, parts, route) == reference_batches(
+                scored, SUBJECTS, parts
+            )
+
+
+def through_the_topic(
+    scored: list[ScoredEvent], partitions: list[int] | None, route: Any
+) -> list[SubjectBatch]:
+    """The subject batches the monitors read from ``monitor_messages``' values, in the order
+    of SUBJECTS; every message holds subjects of one partition only, keyed by one of them."""
+    messages = monitor_messages(BatchResult([], scored, [], 0), SUBJECTS, partitions, route=route)
+    found: list[SubjectBatch] = []
+    for key, value in messages:
+        batches = [b for b in decode_monitor_message(value) if isinstance(b, SubjectBatch)]
+        if route is None:
+            assert [b.subject.encode() for b in batches] in ([key], [])
+        else:
+            assert {route(b.subject) for b in batches} <= {route(key.decode())}
+        found += batches
+    rank = {name: i for i, name in enumerate(SUBJECTS)}
+    return sorted(found, key=lambda b: rank[b.subject])
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -133,6 +157,34 @@ def test_cheaper_than_one_call_per_value() -> None:
     assert new < old / 2
 
 
+def test_one_message_per_monitor_partition() -> None:
+    x = {f"f{j}": float(j) for j in range(10)}
+    kinds: dict[str, SubjectKind] = {name: "numeric" for name in x}
+    scored = [ScoredEvent(ValidEvent(f"e{i}", "c1", i, {}, None, (), frozenset()), x, 1,
+                          None, 0.5, 2) for i in range(5)]  # fmt: skip
+    result = BatchResult([], scored, [], 0)
+    subject = [m for m in monitor_messages(result, kinds, route=lambda n: int(n[1:]) % 4)
+               if not m[0].startswith(b"quality:")]  # fmt: skip
+    assert [key for key, _ in subject] == [b"f0", b"f1", b"f2", b"f3"]
+    alone = [m for m in monitor_messages(result, kinds) if not m[0].startswith(b"quality:")]
+    assert len(alone) == 10
+    # the shared event times travel once: ten subjects in four messages are smaller
+    assert sum(len(v) for _, v in subject) < sum(len(v) for _, v in alone)
+
+
+@pytest.mark.parametrize("cut", [1, 5, 9, -1, -8])
+def test_a_damaged_columns_message_is_refused(cut: int) -> None:
+    ts, parts = np.array([1, 2]), np.array([0, 1])
+    good = SubjectColumns(ts, parts, [("a", 1)], np.array([[1.0, 2.0]]), []).encode()
+    assert decode_monitor_message(good)[0] == SubjectBatch("a", "numeric", [1.0, 2.0], [1, 2],
+                                                           1, [0, 1])  # fmt: skip
+    with pytest.raises(ValueError):
+        decode_monitor_message(good[:cut])
+    bad = SubjectColumns(ts, None, [], np.empty((0, 2)), [("k", 1, ["x"])]).encode()
+    with pytest.raises(ValueError, match="one value per event"):
+        decode_monitor_message(bad)
+
+
 def test_monitor_messages_send_the_partitions_scored_events_carry() -> None:
     @dataclass(slots=True)
     class Sourced(ScoredEvent):  # a scorer that records each event's source partition
@@ -146,6 +198,9 @@ def test_monitor_messages_send_the_partitions_scored_events_carry() -> None:
     kinds: dict[str, SubjectKind] = {"amount": "numeric"}
     sourced = monitor_messages(BatchResult([], [event(1, 3), event(2, 1)], [], 0), kinds)
     unsourced = monitor_messages(BatchResult([], plain, [], 0), kinds)
-    batch, other = decode_monitor_batch(sourced[0][1]), decode_monitor_batch(unsourced[0][1])
+    [batch], [other] = (
+        decode_monitor_message(sourced[0][1]),
+        decode_monitor_message(unsourced[0][1]),
+    )
     assert isinstance(batch, SubjectBatch) and batch.partitions == [3, 1]
     assert isinstance(other, SubjectBatch) and other.partitions is None
