@@ -40,6 +40,7 @@ between subjects, as in :class:`detectors.Monitor`.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import zlib
 from collections import deque
@@ -263,9 +264,9 @@ class SubjectMonitor:
             return []
         if self._pin is not None and not self._fitted and self._aligned_from is None:
             self._first_pinned(batch)
-        if batch.partitions is not None:
-            values, ts = self._order.push(batch.partitions, values, ts, now_ms)
-        return self._take(values, ts, now_ms)
+        if batch.partitions is None:  # arrival order
+            return self._take(values, ts, now_ms, ordered=False)
+        return self._take(*self._order.push(batch.partitions, values, ts, now_ms), now_ms)
 
     def flush(self, now_ms: int) -> list[dict[str, Any]]:
         """Release what the event-time order holds back for partitions that went idle by
@@ -274,9 +275,12 @@ class SubjectMonitor:
             return []
         return self._take(*self._order.push([], [], [], now_ms), now_ms)
 
-    def _take(self, values: Sequence[Any], ts: Sequence[int], now_ms: int) -> list[dict[str, Any]]:
-        """The ordered values from the warm-up on: reference first, then the detectors."""
-        values, ts = self._skip_warmup(values, ts)
+    def _take(
+        self, values: Sequence[Any], ts: Sequence[int], now_ms: int, ordered: bool = True
+    ) -> list[dict[str, Any]]:
+        """The values from the warm-up on: reference first, then the detectors (``ordered``:
+        released by the event-time order, so ``ts`` is non-decreasing)."""
+        values, ts = self._skip_warmup(values, ts, ordered)
         if self._pin is not None and not self._fitted:
             values, ts = self._align(values, ts, now_ms)
         start = 0 if self._fitted else self._collect(values, ts)
@@ -411,18 +415,25 @@ class SubjectMonitor:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def _skip_warmup(
-        self, values: Sequence[Any], ts: Sequence[int]
+        self, values: Sequence[Any], ts: Sequence[int], ordered: bool = False
     ) -> tuple[Sequence[Any], Sequence[int]]:
         """Drop each value whose event time is before the warm-up's end (per value: values
-        of a lagging partition may come after later ones)."""
+        of a lagging partition may come after later ones; ``ordered``: ``ts`` is
+        non-decreasing, so the values kept are a suffix, found by bisection)."""
         if not ts:
             return values, ts
+        low = ts[0] if ordered else min(ts)
         if self._first_ts is None:
-            self._first_ts = min(ts)
+            self._first_ts = low
         end = self._first_ts + self.warmup_ms
-        if self.warmup_ms <= 0 or min(ts) >= end:
+        if self.warmup_ms <= 0 or low >= end:
             self._warmed = True
             return values, ts
+        if ordered:
+            cut = bisect.bisect_left(ts, end)
+            self.dropped += cut
+            self._warmed = self._warmed or cut < len(ts)
+            return values[cut:], ts[cut:]
         keep = [i for i, t in enumerate(ts) if t >= end]
         self.dropped += len(ts) - len(keep)
         self._warmed = self._warmed or bool(keep)
@@ -487,9 +498,12 @@ class SubjectMonitor:
     def _detector(self, name: str) -> Detector:
         m = self.settings
         # a stable seed (not hash(): it is salted per process) so every worker that rebuilds
-        # this monitor calibrates the same thresholds
-        seed = zlib.crc32(f"{self.subject}:{name}".encode())
-        return _DETECTORS[self.kind][name](
+        # this monitor calibrates the same thresholds; one for every subject where the
+        # thresholds do not depend on the reference (KS without ties): calibrated once
+        method = _DETECTORS[self.kind][name]
+        scope = name if method.distribution_free else f"{self.subject}:{name}"
+        seed = zlib.crc32(scope.encode())
+        return method(
             window=m.window,
             check_every=m.check_every,
             ert=bonferroni_ert(m.ert, self.family_size),

@@ -226,6 +226,23 @@ def test_the_warm_up_is_judged_per_value_by_its_event_time() -> None:
     assert mon.reference.from_ts == 1100
 
 
+@pytest.mark.parametrize("split", [1, 7, 40])
+def test_the_warm_up_of_merged_partitions_ends_at_its_event_time(split: int) -> None:
+    # released in event-time order: the values from the warm-up's end on are kept, whatever
+    # the deliveries (one batch per partition, or slices of them)
+    mon = SubjectMonitor("amount_mean_1h", "numeric", ("ks",), SETTINGS, 1, "fraud", 1000, 2)
+    rng = np.random.default_rng(4)
+    even, odd = list(range(0, 1600, 2)), list(range(1, 1600, 2))
+    for i, (part, ts) in enumerate([(0, even), (1, odd)]):
+        for chunk in np.array_split(np.array(ts), split):
+            times = chunk.tolist()
+            batch = SubjectBatch("amount_mean_1h", "numeric", rng.normal(size=len(times)).tolist(),
+                                 times, 1, [part] * len(times))  # fmt: skip
+            mon.update(batch, i)
+    assert mon.dropped == 1000  # event times 0 to 999
+    assert (mon.reference.from_ts, mon.reference.to_ts) == (1000, 1499)
+
+
 def test_the_reference_is_the_first_values_in_event_time_order() -> None:
     mon = SubjectMonitor("amount", "numeric", ("ks",), SETTINGS, 1, "fraud", partitions=2)
     late_part = list(range(0, 1000, 2))  # partition 1: even times, delivered second
