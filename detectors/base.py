@@ -112,10 +112,6 @@ class Detector(abc.ABC):
 
     #: Name used in alerts (``"ks"``, ``"psi"``...).
     name: str = ""
-    #: Whether the calibrated thresholds are the same for every reference without ties (a
-    #: statistic of ranks only, as KS): a caller may then use one seed for all of them and
-    #: have the calibration computed once (:class:`detectors.KSDetector`).
-    distribution_free: bool = False
 
     def __init__(
         self,

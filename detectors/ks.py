@@ -180,12 +180,6 @@ def ks_slot_statistic(ref: KSReference, rows: NDArray[np.float64]) -> NDArray[np
     return result
 
 
-#: Calibrated thresholds of references without ties, by (reference size, windows,
-#: check_every, ert, n_streams, random_state); at most _TIE_FREE_SIZE shapes are kept.
-_TIE_FREE: dict[tuple[Any, ...], NDArray[np.float64]] = {}
-_TIE_FREE_SIZE = 64
-
-
 class KSDetector(SortedWindowDetector):
     """Streaming two-sample KS test of sliding windows against a fixed reference.
 
@@ -210,7 +204,6 @@ class KSDetector(SortedWindowDetector):
     """
 
     name = "ks"
-    distribution_free = True
 
     def __init__(
         self,
@@ -238,40 +231,6 @@ class KSDetector(SortedWindowDetector):
 
     def _fit_reference(self, reference: Any) -> None:
         self._state = KSReference.from_values(finite_1d("reference", reference))
-
-    def _calibrate(self) -> NDArray[np.float64]:
-        """The simulated thresholds; for a reference without ties computed once per process
-        and shape, on the reference ``0, 1, ..., n - 1``.
-
-        The smoothed bootstrap of a reference without ties is a strictly increasing map of
-        its uniform draws, and the KS statistic depends on the ranks of the values alone:
-        every such reference gives the same simulated statistics, to float rounding (two
-        draws a few ulps apart could round to one value), so the same thresholds.  A monitor
-        of sixty numeric subjects calibrates KS once instead of sixty times (~0.1 s each).
-        """
-        ordered = self._state.sorted
-        if (
-            self._null is not None
-            or self.random_state is None
-            or (ordered[1:] == ordered[:-1]).any()
-        ):
-            return super()._calibrate()
-        key = (ordered.size, tuple(self.windows), self.check_every, self.ert, self.n_streams,
-               self.random_state)  # fmt: skip
-        found = _TIE_FREE.get(key)
-        if found is None:
-            state, self._state = (
-                self._state,
-                KSReference.from_values(np.arange(float(ordered.size))),
-            )
-            try:
-                found = super()._calibrate()
-            finally:
-                self._state = state
-            if len(_TIE_FREE) >= _TIE_FREE_SIZE:
-                _TIE_FREE.clear()
-            _TIE_FREE[key] = found
-        return found.copy()
 
     def _encode(self, name: str, values: Any) -> NDArray[np.float64]:
         return self._state.slots(finite_1d(name, values))

@@ -498,12 +498,9 @@ class SubjectMonitor:
     def _detector(self, name: str) -> Detector:
         m = self.settings
         # a stable seed (not hash(): it is salted per process) so every worker that rebuilds
-        # this monitor calibrates the same thresholds; one for every subject where the
-        # thresholds do not depend on the reference (KS without ties): calibrated once
-        method = _DETECTORS[self.kind][name]
-        scope = name if method.distribution_free else f"{self.subject}:{name}"
-        seed = zlib.crc32(scope.encode())
-        return method(
+        # this monitor calibrates the same thresholds
+        seed = zlib.crc32(f"{self.subject}:{name}".encode())
+        return _DETECTORS[self.kind][name](
             window=m.window,
             check_every=m.check_every,
             ert=bonferroni_ert(m.ert, self.family_size),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import pickle
 from collections.abc import Callable
 from typing import Any
@@ -236,31 +235,3 @@ def test_chi2_detector_rejects_non_label_input() -> None:
         Chi2Detector().fit("abc")
     with pytest.raises(InvalidInputError, match="values: expected category labels, got None"):
         Chi2Detector(**SMALL).fit(["a", "b"] * 50).update(["a", None])
-
-
-def test_ks_calibrates_once_for_every_reference_without_ties(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from detectors import calibration
-    from detectors.window import SortedWindowDetector
-
-    # the module (the package's ``ks`` is the function)
-    monkeypatch.setattr(importlib.import_module("detectors.ks"), "_TIE_FREE", {})
-    calls = []
-    real = calibration.calibrate
-    monkeypatch.setattr(calibration, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
-    rng = np.random.default_rng(5)
-    normal = KSDetector(**SMALL, random_state=3).fit(rng.normal(size=300))
-    skewed = KSDetector(**SMALL, random_state=3).fit(rng.exponential(size=300) * 1e6)
-    assert len(calls) == 1  # the second reference reused the first one's calibration
-    assert normal.thresholds == skewed.thresholds
-    # what each would have calibrated on its own reference
-    for det in (normal, skewed):
-        own = np.maximum(SortedWindowDetector._calibrate(det), det._floors())
-        assert own.tolist() == list(det.thresholds.values())
-    assert len(calls) == 3
-    # ties: the thresholds depend on the reference, calibrated on it
-    tied = KSDetector(**SMALL, random_state=3).fit(rng.integers(0, 5, size=300).astype(float))
-    assert len(calls) == 4 and tied.thresholds != normal.thresholds
-    other_seed = KSDetector(**SMALL, random_state=4).fit(rng.normal(size=300))
-    assert len(calls) == 5 and other_seed.thresholds != normal.thresholds
