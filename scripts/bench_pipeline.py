@@ -27,11 +27,13 @@ prediction the monitors had consumed every value the scorer sent them (the worke
 ``driftwatch_monitor_values_total``); *sustained* is N over the time from the first
 prediction until both were done: the rate at which scorer and monitors keep up. Latency
 (event produced → prediction consumed, p50/p99) is then measured at half the sustained
-rate for a few seconds. *CPU µs/event* is the worker process's CPU time up to its last
-prediction, and its monitors' child process's and the whole machine's (every process, the
-broker and Redis included) up to the monitors' last value, with the machine's *load* (its
-busy share of all cores) over that time: a row whose load is near 100% is bound by the
-machine's cores. ``--memory`` adds a run of 1,000,000 events
+rate for a few seconds; the table's footnote names the rows whose phase took Redis's key
+count past a power of two (Redis then doubles and rehashes its keyspace's hash tables,
+and each command costs more for a second or so). *CPU µs/event* is the worker process's
+CPU time up to its last prediction, and its monitors' child process's and the whole
+machine's (every process, the broker and Redis included) up to the monitors' last value,
+with the machine's *load* (its busy share of all cores) over that time: a row whose load is
+near 100% is bound by the machine's cores. ``--memory`` adds a run of 1,000,000 events
 over 100,000 entities and prints the worker's resident memory (and its monitors' child
 process's) as it goes.
 
@@ -276,6 +278,7 @@ class Row:
     monitors_cpu_us: float | None = None  # its monitors' child process's, until they are done
     machine: Machine | None = None  # every process's, until scorer and monitors are done
     n: int = 1  # events in the backlog
+    keys: tuple[int, int] = (0, 0)  # Redis's key count when the latency phase began and ended
 
 
 async def paced_latencies(s: Settings, events: Events, n: int, rate: float) -> list[float]:
@@ -327,12 +330,16 @@ def run_worker(
         children = sum(_cpu_s(pid) - children0.get(pid, 0.0) for pid in _children(worker.pid))
         scorer = n / max(last - first, 1e-9)
         sustained = n / max(done - first, 1e-9)
+        keys_before = _redis_keys(s)
         lat = asyncio.run(paced_latencies(s, events, n, sustained / 2))
+        keys = (keys_before, _redis_keys(s))
     finally:
         worker.stop()
         drop_run(s)
     monitors = children / n * 1e6 if command is None and s.monitoring.enabled else None
-    return Row(name, scorer, behind, sustained, lat, sustained / 2, cpu_us, monitors, machine, n)
+    return Row(
+        name, scorer, behind, sustained, lat, sustained / 2, cpu_us, monitors, machine, n, keys
+    )
 
 
 async def values_sent_to_monitors(s: Settings) -> int:
@@ -404,6 +411,26 @@ def drop_run(s: Settings) -> None:
             client.unlink(*keys[start : start + 1000])
     finally:
         client.close()
+
+
+def _redis_keys(s: Settings) -> int:
+    """The number of keys in the run's Redis database."""
+    client = redis.Redis.from_url(s.redis.url)
+    try:
+        return int(client.dbsize())
+    finally:
+        client.close()
+
+
+def doublings(keys: tuple[int, int]) -> list[int]:
+    """The powers of two a key count passed from ``keys[0]`` to ``keys[1]``: Redis doubles
+    its keyspace's hash tables there and rehashes them while serving.
+
+    >>> doublings((208_000, 350_000)), doublings((1, 3)), doublings((100, 120))
+    ([262144], [2], [])
+    """
+    low, high = keys
+    return [2**k for k in range(1, 64) if low < 2**k <= high]
 
 
 def _redis_mib(s: Settings) -> float:
@@ -524,6 +551,16 @@ def print_table(n: int, rows: list[Row]) -> None:
         f"{os.cpu_count()} cores. A row near 100% is bound by the machine's cores, not by one "
         "process; steal: the cores' time the hypervisor gave to other machines (noise)."
     )
+    crossed = [(r.name.strip(), doublings(r.keys)) for r in rows if doublings(r.keys)]
+    if crossed:
+        print(
+            "Redis doubled its keyspace's hash tables during the latency phase of: "
+            + "; ".join(
+                f"{name} (passed {', '.join(f'{k:,}' for k in ks)} keys)" for name, ks in crossed
+            )
+            + ". Its commands cost more until the rehash is done: a worker writing a "
+            "growing keyspace (a fresh Redis) sees it at every power of two."
+        )
     off = next((r for r in rows if r.name.endswith("monitors off")), None)
     shadow = next((r for r in rows if "challenger" in r.name), None)
     if off is not None and shadow is not None and off.cpu_us and shadow.cpu_us:
