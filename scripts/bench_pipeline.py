@@ -415,11 +415,8 @@ def drop_run(s: Settings) -> None:
 
 def _redis_keys(s: Settings) -> int:
     """The number of keys in the run's Redis database."""
-    client = redis.Redis.from_url(s.redis.url)
-    try:
+    with redis.Redis.from_url(s.redis.url) as client:
         return int(client.dbsize())
-    finally:
-        client.close()
 
 
 def doublings(keys: tuple[int, int]) -> list[int]:
@@ -551,7 +548,7 @@ def print_table(n: int, rows: list[Row]) -> None:
         f"{os.cpu_count()} cores. A row near 100% is bound by the machine's cores, not by one "
         "process; steal: the cores' time the hypervisor gave to other machines (noise)."
     )
-    crossed = [(r.name.strip(), doublings(r.keys)) for r in rows if doublings(r.keys)]
+    crossed = [(r.name.strip(), ks) for r in rows if (ks := doublings(r.keys))]
     if crossed:
         print(
             "Redis doubled its keyspace's hash tables during the latency phase of: "
