@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import pickle
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pytest
 from river import metrics as rm
 from river import utils
+from river.drift import ADWIN
 
 from stream.exceptions import ConfigError
 from stream.messages import Alert, TrainingExample
@@ -427,3 +429,38 @@ def test_a_rise_within_the_margin_is_not_pending_for_ever() -> None:
     mon._rise = (3, 0.2)  # as if ADWIN had just detected a small rise
     run(mon, noisy_stream(32, 3), size=1)
     assert mon._rise is None
+
+
+def rate_stream(seed: int, rates: list[tuple[int, float]]) -> list[TrainingExample]:
+    """Binary examples whose predictions are wrong at a given rate: ``(count, rate)`` runs."""
+    rng = np.random.default_rng(seed)
+    out: list[TrainingExample] = []
+    for count, rate in rates:
+        for _ in range(count):
+            i = len(out)
+            pred = int(rng.random() < 0.3)
+            y = pred ^ int(rng.random() < rate)
+            out.append(TrainingExample(f"e{i}", {"x": 0.0}, y, i * 10, i * 10 + 5, 1, pred, 0.5))
+    return out
+
+
+@pytest.mark.parametrize("seed", [8, 11, 23])
+def test_a_rise_within_the_margin_raises_no_concept_drift(seed: int) -> None:
+    """The error rate rises from 0.22 to 0.25, less than the 0.05 margin.  ADWIN detects the
+    rise on these seeds and empties its window at the next label; judged over the one to three
+    labels since, the rise fired ("0.24 -> 1 over the last 1 labels")."""
+    mon = PerformanceMonitor("binary", SETTINGS, "fraud")
+    alerts = run(mon, rate_stream(seed, [(3000, 0.22), (20_000, 0.25)]), size=100)
+    assert [a for a in alerts if a["kind"] == "concept_drift"] == []
+
+
+def test_a_pending_rise_is_not_judged_on_a_few_labels() -> None:
+    """A rise pending right after ADWIN's detection (its window emptied): two errors in a row
+    are a rate of 1 over 2 labels, far above the margin and no evidence of anything."""
+    mon = PerformanceMonitor("binary", SETTINGS, "fraud")
+    run(mon, noisy_stream(31, 2000))
+    mon._adwin = ADWIN()  # as river's ADWIN is at the label after a detection
+    mon._rise = (SETTINGS.performance_window, 0.2)
+    wrong = [replace(e, y=1 - e.prediction) for e in noisy_stream(32, 2)]
+    assert run(mon, wrong, size=1) == []
+    assert mon._rise is not None  # still pending: judged once there are enough labels
