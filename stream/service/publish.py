@@ -117,7 +117,8 @@ async def publish(
 def _record_batches(
     producer: AIOKafkaProducer, members: Sequence[Outgoing]
 ) -> list[tuple[Any, list[Outgoing]]]:
-    """``members`` (one partition's messages) as record batches of at most BATCH_BYTES."""
+    """``members`` (one partition's messages) as closed record batches of at most
+    BATCH_BYTES."""
     out: list[tuple[Any, list[Outgoing]]] = []
     batch = producer.create_batch()
     group: list[Outgoing] = []
@@ -129,6 +130,10 @@ def _record_batches(
         group.append(m)
     if group:
         out.append((batch, group))
+    for batch, _ in out:
+        # complete: aiokafka sends a closed batch at once, an open one only after the
+        # producer's linger_ms, and the next batch for its partition waits until then
+        batch.close()
     return out
 
 

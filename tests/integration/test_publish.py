@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -49,3 +50,23 @@ def test_outputs_land_where_any_client_puts_their_key_and_oversize_is_refused(
     settings: Settings,
 ) -> None:
     asyncio.run(_publish_and_compare(settings))
+
+
+async def _publish_timed(s: Settings, linger_ms: int) -> float:
+    await ensure_topics(s)
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap, linger_ms=linger_ms)
+    await producer.start()
+    try:
+        await producer.partitions_for(s.topics.predictions)  # metadata before the clock
+        messages = [Outgoing(s.topics.predictions, f"k{i}".encode(), b"v") for i in range(50)]
+        start = time.monotonic()
+        assert await publish(producer, messages) == []
+        return time.monotonic() - start
+    finally:
+        await producer.stop()
+
+
+def test_a_batch_is_sent_at_once_not_after_the_producers_linger(settings: Settings) -> None:
+    """A batch's outputs are complete when published: aiokafka lingered an open record
+    batch for linger_ms (5 ms on the worker's producer, on every batch's outputs)."""
+    assert asyncio.run(_publish_timed(settings, linger_ms=10_000)) < 5.0
