@@ -35,7 +35,9 @@ monitors' child process's and the whole machine's (every process, the broker and
 included) up to the monitors' last value, with the machine's *load* (its busy share of all
 cores) over that time: a row whose load is near 100% is bound by the machine's cores.
 ``--memory`` adds a run of 1,000,000 events over 100,000 entities and prints the worker's
-resident memory (and its monitors' child process's) as it goes.
+resident memory (and its monitors' child process's) as it goes. The table's last lines set
+the worker rows against their targets (:data:`TARGETS`, p99 within 100 ms, monitors within
+5 s), the ratios to four places: 0.1996 shows as 0.200 in the table.
 
 The services are started if they are not running (``python3 scripts/services.py start``)
 and stopped again at the end.
@@ -627,6 +629,39 @@ def print_table(n: int, rows: list[Row]) -> None:
     if off is not None and shadow is not None and off.cpu_us and shadow.cpu_us:
         print(f"one shadow challenger: {shadow.cpu_us / off.cpu_us - 1:+.0%} CPU per event "
               "(worker process, monitoring off)")  # fmt: skip
+    print(targets(rows, base))
+
+
+#: (row name ends with, least ratio to the passthrough): the throughput targets
+TARGETS = (("monitors on", 0.35), ("monitors off", 0.45), ("every subject", 0.2))
+MAX_P99_MS = 100.0  # at half each row's sustained rate
+MAX_BEHIND_S = 5.0  # monitors done after the last prediction
+
+
+def targets(rows: Sequence[Row], base: float) -> str:
+    """Each target against its row, unrounded where a rounded ratio would hide a miss.
+
+    >>> row = lambda name, rate, p99, behind: Row(name, rate, behind, rate, [p99] * 2, rate / 2)
+    >>> print(targets([row("worker, sample config, monitors on", 4000, 80.0, 0.5),
+    ...                row("worker, every subject (67)", 1996, 120.0, 1.0)], 10_000))
+    targets (ratio to the passthrough, p99 at half rate, monitors behind):
+      monitors on 0.4000 >= 0.35 met; p99 80 ms met; 0.5 s behind met
+      every subject 0.1996 >= 0.2 MISSED; p99 120 ms MISSED; 1.0 s behind met
+    """
+    verdict = {True: "met", False: "MISSED"}
+    parts = []
+    for suffix, least in TARGETS:
+        row = next((r for r in rows if r.name.split(" (")[0].endswith(suffix)), None)
+        if row is None:
+            continue
+        ratio, p99 = row.sustained / base, pct(row.latencies_ms, 99)
+        part = (f"  {suffix} {ratio:.4f} >= {least} {verdict[ratio >= least]}; "
+                f"p99 {p99:.0f} ms {verdict[p99 <= MAX_P99_MS]}")  # fmt: skip
+        if row.behind_s is not None:
+            part += f"; {row.behind_s:.1f} s behind {verdict[row.behind_s <= MAX_BEHIND_S]}"
+        parts.append(part)
+    head = "targets (ratio to the passthrough, p99 at half rate, monitors behind):"
+    return "\n".join([head, *parts])
 
 
 def main() -> int:
