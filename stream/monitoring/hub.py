@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -141,6 +141,73 @@ def _source_partitions(scored: Sequence[ScoredEvent]) -> list[int] | None:
     return None if None in found else cast(list[int], found)
 
 
+def joined(routed: Sequence[Routed]) -> list[tuple[Routed, list[Routed]]]:
+    """Each subject's consecutive value batches of one read as one batch, with the messages
+    it joins; subjects in the order they first come, each keeping its own order.
+
+    A subject monitor pays per batch as well as per value (its event-time order, warm-up
+    and reference bookkeeping, a detector call per check): 2.0 us per value in batches of
+    500 values, 2.7 in batches of 95, 5.1 in batches of 24. A monitor topic read holds one
+    batch per subject for every scored batch it covers, so a monitor that keeps up with a
+    scorer at a few thousand events/s gets small ones unless they are joined. Joined or
+    not, the detectors check at the same values and the alerts carry the same times and
+    ids, as long as each source partition's event times never go back; a value older than
+    what its partition sent before may be late (dropped) after one message and in time
+    in the joined batch, whose watermark moves once. Batches join when they come from the
+    same monitor-topic partition and carry the same kind and model version, and either all
+    or none name their events' partitions; quality counts are applied one by one.
+
+    >>> a = SubjectBatch("x", "numeric", [1.0], [10], 2, [0])
+    >>> b = SubjectBatch("x", "numeric", [2.0, 3.0], [11, 12], 2, [1, 0])
+    >>> q = QualityBatch("x", 1, {}, (10, 10))
+    >>> found = joined([(0, 5, "x", a), (0, 6, "q", q), (0, 6, "x", b)])
+    >>> [(r[2], r[1], [o for _, o, _, _ in parts]) for r, parts in found]
+    [('x', 6, [5, 6]), ('q', 6, [6])]
+    >>> found[0][0][3].values, found[0][0][3].partitions
+    ([1.0, 2.0, 3.0], [0, 1, 0])
+    """
+    by_name: dict[str, list[Routed]] = {}
+    for item in routed:
+        by_name.setdefault(item[2], []).append(item)
+    out: list[tuple[Routed, list[Routed]]] = []
+    for items in by_name.values():
+        run = [items[0]]
+        for item in items[1:]:
+            if _joinable(run[-1], item):
+                run.append(item)
+            else:
+                out.append(_join(run))
+                run = [item]
+        out.append(_join(run))
+    return out
+
+
+def _joinable(a: Routed, b: Routed) -> bool:
+    x, y = a[3], b[3]
+    return (
+        a[0] == b[0]
+        and isinstance(x, SubjectBatch)
+        and isinstance(y, SubjectBatch)
+        and x.kind == y.kind
+        and x.model_version == y.model_version
+        and (x.partitions is None) == (y.partitions is None)
+    )
+
+
+def _join(run: list[Routed]) -> tuple[Routed, list[Routed]]:
+    if len(run) == 1:
+        return run[0], run
+    batches = cast(list[SubjectBatch], [item[3] for item in run])
+    first, last = batches[0], run[-1]
+    values: list[Any] = [v for b in batches for v in b.values]
+    ts = [t for b in batches for t in b.ts]
+    partitions = None
+    if first.partitions is not None:
+        partitions = [p for b in batches for p in cast(list[int], b.partitions)]
+    batch = SubjectBatch(first.subject, first.kind, values, ts, first.model_version, partitions)
+    return (last[0], last[1], last[2], batch), run
+
+
 def _fitted(monitor: SubjectMonitor, seconds: float) -> None:
     ref = monitor.reference
     log.info("%s: reference of %d values (event times %s to %s), detectors calibrated in %.2f s",
@@ -227,10 +294,9 @@ class MonitorHub:
         # the gauges of each monitor once, after its last batch here (a reading per
         # (subject, detector) after every batch was a twentieth of the monitors' CPU)
         touched: dict[str, Monitor] = {}
-        for partition, offset, name, batch in routed:
+        fresh = [r for r in routed if r[1] > self.owned[r[2]].offset]  # not applied before
+        for (partition, offset, name, batch), parts in joined(fresh):
             owned = self.owned[name]
-            if offset <= owned.offset:
-                continue  # applied before a restart
             try:
                 if owned.generation != self.generation:
                     owned.generation = self.generation
@@ -248,9 +314,10 @@ class MonitorHub:
                 if isinstance(batch, SubjectBatch):
                     self.metrics.monitor_values.inc(len(batch.values))
             except Exception as exc:  # a batch the monitor cannot take: skip it, say so
-                log.exception("monitor %s: message at %d/%d skipped", name, partition, offset)
-                poisoned.append(Poisoned((partition, offset, encode_monitor_batch(batch)),
-                                         describe(exc)))  # fmt: skip
+                log.exception("monitor %s: messages at %d/%s skipped", name, partition,
+                              ",".join(str(o) for _, o, _, _ in parts))  # fmt: skip
+                poisoned.extend(Poisoned((p, o, encode_monitor_batch(b)), describe(exc))
+                                for p, o, _, b in parts)  # fmt: skip
             owned.offset, owned.dirty = offset, True
             touched[name] = owned.monitor
         for name, monitor in touched.items():

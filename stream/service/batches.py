@@ -161,6 +161,9 @@ class BatchConsumer:
         ``ingest``, ``learn`` or ``monitor``: the group is ``<app_id>-<name>``.
     on_assigned
         Called with every new assignment, before its first batch.
+    linger_s
+        How long a fetch waits after its first record for the batch to fill (default:
+        ``worker.batch_max_latency``).
     """
 
     def __init__(
@@ -172,8 +175,10 @@ class BatchConsumer:
         lag: LagSampler,
         name: str = INGEST,
         on_assigned: Callable[[set[TopicPartition]], None] | None = None,
+        linger_s: float | None = None,
     ) -> None:
         self.settings = settings
+        self.linger_s = settings.worker.batch_max_latency_s if linger_s is None else linger_s
         self.steps = dict(steps)
         self.publisher = publisher
         self.health = health
@@ -243,9 +248,7 @@ class BatchConsumer:
         try:
             await self.health.retry(self.name, consumer.start)
             while not self._stopping.is_set():
-                batches = await fetch_balanced(
-                    consumer, w.batch_size, linger_s=w.batch_max_latency_s
-                )
+                batches = await fetch_balanced(consumer, w.batch_size, linger_s=self.linger_s)
                 if batches and not self._stopping.is_set():
                     await self.consume(consumer, batches)
                 elif self._publishing or self._pending:  # nothing new: commit what is published

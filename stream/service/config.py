@@ -410,6 +410,10 @@ class MonitoringSettings(_Frozen):
     numeric_detectors: tuple[NumericDetector, ...] = ("ks", "psi", "wasserstein")
     categorical_detectors: tuple[CategoricalDetector, ...] = ("chi2",)
     checkpoint_interval: Duration = "10s"
+    # a read of the monitor topic waits this long after its first message for more (up to
+    # worker.batch_size), and each subject's batches in it are judged as one: fewer, larger
+    # batches cost the monitors less CPU per value; alerts come up to this much later
+    batch_linger: Wait = "250ms"
     # event-time order across source partitions (stream/monitoring/event_order.py): a silent
     # partition stops holding the watermark after `watermark_idle` (wall clock; longer than a
     # rebalance after a crash), the watermark lags the newest partition by at most
@@ -431,6 +435,10 @@ class MonitoringSettings(_Frozen):
     max_out_of_range_rate: float = Field(default=0.05, ge=0, le=1)
     max_unseen_rate: float = Field(default=0.05, ge=0, le=1)
     max_dlq_rate: float = Field(default=0.02, ge=0, le=1)
+
+    @property
+    def batch_linger_s(self) -> float:
+        return parse_wait(self.batch_linger)
 
     @model_validator(mode="after")
     def _sizes(self) -> MonitoringSettings:

@@ -109,6 +109,7 @@ def monitor_consumer(
         # drop the monitors of partitions gone elsewhere (saved at the revocation); those of
         # new partitions are read from Redis as their first messages come
         on_assigned=lambda assigned: hub.keep_only({tp.partition for tp in assigned}),
+        linger_s=settings.monitoring.batch_linger_s,
     )
 
 

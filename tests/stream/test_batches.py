@@ -9,13 +9,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from redis import exceptions as redis_errors
 
+from stream.monitoring.hub import MonitorHub
 from stream.records import Outgoing, Outputs
 from stream.service.batches import BatchConsumer, Checkpointed, consumer_group, fetch_balanced
 from stream.service.config import Settings
 from stream.service.metrics import Metrics
+from stream.service.monitor_process import monitor_consumer
 from stream.service.resilience import Health
 
 
@@ -228,3 +231,14 @@ async def test_a_batch_is_delivered_once_what_its_steps_give_later_is_published(
     answer.set()
     await asyncio.wait_for(delivered, 30)
     assert publisher.published == [[b"prediction"], [b"example"]] and len(calls) == 2
+
+
+def test_the_monitor_consumer_lingers_as_configured_the_others_as_the_worker() -> None:
+    s = Settings.model_validate(
+        {"worker": {"batch_max_latency": "5ms"}, "monitoring": {"batch_linger": "40ms"}}
+    )
+    hub = MonitorHub(s, aioredis.Redis(), Metrics(), b"k" * 32)  # no I/O here
+    monitors = monitor_consumer(s, Metrics(), Health(Metrics()), hub, None, None)  # type: ignore[arg-type]
+    assert monitors.linger_s == 0.04
+    ingest = BatchConsumer(s, {"events": Plain()}, None, Health(Metrics()), None)  # type: ignore[arg-type]
+    assert ingest.linger_s == 0.005

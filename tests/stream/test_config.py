@@ -68,6 +68,10 @@ def test_unknown_field_is_rejected(tmp_path: Path) -> None:
 def test_bad_duration(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="worker.batch_max_latency"):
         load_settings(write(tmp_path, '[worker]\nbatch_max_latency = "soon"\n'))
+    with pytest.raises(ConfigError, match="monitoring.batch_linger"):
+        load_settings(write(tmp_path, '[monitoring]\nbatch_linger = "-1s"\n'))
+    linger = load_settings(write(tmp_path, '[monitoring]\nbatch_linger = "0"\n'))
+    assert linger.monitoring.batch_linger_s == 0.0
     with pytest.raises(ValueError, match="positive duration"):
         parse_duration("-5s")
 
