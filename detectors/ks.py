@@ -126,7 +126,6 @@ class KSReference:
     sorted: NDArray[np.float64]
     cdf_at: NDArray[np.float64]
     cdf_below: NDArray[np.float64]
-    tie_slot: NDArray[np.bool_]
     _steps: dict[int, NDArray[np.float64]] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -138,7 +137,7 @@ class KSReference:
         below, at = slots // 2, slots // 2
         _, first, count = np.unique(ordered, return_index=True, return_counts=True)
         below[first + first + count], at[first + first + count] = first, first + count
-        return cls(ordered, at / n, below / n, at > below)
+        return cls(ordered, at / n, below / n)
 
     def steps(self, m: int) -> NDArray[np.float64]:
         """``i / m`` for ``i = 0..m`` (cached per window size)."""
@@ -157,27 +156,22 @@ class KSReference:
 def ks_slot_statistic(ref: KSReference, rows: NDArray[np.float64]) -> NDArray[np.float64]:
     """KS statistic of each sorted row of slots (see :class:`KSReference`).
 
-    Same candidates and the same floats as :func:`ks_sorted_statistic`, read from tables.
-    When no value sits on a reference value (no tie slot), ``kl == kr`` and
-    ``D = max(max_i F_i - i/m, max_i (i+1)/m - F_i)`` needs no de-duplication.
+    The same floats as :func:`ks_sorted_statistic`, read from tables, without finding the
+    first and last copy of each value: ``D = max(max_i (i+1)/m - kr_i/n, max_i kl_i/n -
+    i/m)``, over every position ``i`` of the sorted row.  Among copies of one value the first
+    sum is largest at the last copy and the second at the first copy, so the other copies
+    never win; and the two candidates of :func:`ks_sorted_statistic` left out (``kr/n -
+    (i+1)/m`` after a value, ``i/m - kl/n`` before one) are each at most a candidate kept at
+    the neighbouring value, as ``kr`` of a value is at most ``kl`` of the next.  Rounding
+    keeps every one of these orders (each candidate is one subtraction of tabulated
+    quotients), so the maxima are bit-identical.
     """
     m = rows.shape[-1]
     steps = ref.steps(m)
     index = rows.astype(np.intp)
-    if not ref.tie_slot.take(index).any():
-        cdf = ref.cdf_at.take(index)
-        below: NDArray[np.float64] = (cdf - steps[:-1]).max(axis=-1)
-        above: NDArray[np.float64] = (steps[1:] - cdf).max(axis=-1)
-        return np.maximum(below, above)
-    after = np.abs(ref.cdf_at[index] - steps[1:])
-    before = np.abs(ref.cdf_below[index] - steps[:-1])
-    if m > 1:
-        new = rows[..., 1:] != rows[..., :-1]
-        edge = np.ones(rows.shape[:-1] + (1,), dtype=bool)
-        after = np.where(np.concatenate([new, edge], axis=-1), after, 0.0)
-        before = np.where(np.concatenate([edge, new], axis=-1), before, 0.0)
-    result: NDArray[np.float64] = np.maximum(after.max(axis=-1), before.max(axis=-1))
-    return result
+    above: NDArray[np.float64] = (steps[1:] - ref.cdf_at.take(index)).max(axis=-1)
+    below: NDArray[np.float64] = (ref.cdf_below.take(index) - steps[:-1]).max(axis=-1)
+    return np.maximum(above, below)
 
 
 class KSDetector(SortedWindowDetector):

@@ -14,6 +14,7 @@ from hypothesis.extra import numpy as hnp
 
 import detectors
 from detectors.exceptions import InvalidInputError
+from detectors.ks import KSReference, ks_slot_statistic, ks_sorted_statistic
 
 from .conftest import sample_pairs
 
@@ -162,3 +163,23 @@ def test_psi_rejects_bad_parameters() -> None:
         detectors.psi([1.0], [1.0], bins=0)
     with pytest.raises(InvalidInputError, match="eps: expected a number in"):
         detectors.psi([1.0], [1.0], eps=0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 300),
+    m=st.integers(1, 300),
+    levels=st.integers(1, 12),
+)
+def test_the_slot_tables_give_the_sorted_statistic_to_the_bit(
+    seed: int, n: int, m: int, levels: int
+) -> None:
+    """With or without ties (few levels: copies of reference values and of window values)."""
+    rng = np.random.default_rng(seed)
+    reference = np.sort(rng.integers(0, levels, n).astype(np.float64))
+    rows = np.sort(rng.integers(-1, levels + 1, (4, m)) + rng.choice([0.0, 0.5], (4, m)), axis=1)
+    table = KSReference.from_values(reference)
+    slots = np.sort(table.slots(rows.ravel()).reshape(rows.shape), axis=1)
+    expected = ks_sorted_statistic(reference, rows)
+    assert np.array_equal(ks_slot_statistic(table, slots), expected)
