@@ -164,6 +164,8 @@ class BatchConsumer:
     linger_s
         How long a fetch waits after its first record for the batch to fill (default:
         ``worker.batch_max_latency``).
+    after_batch
+        Called after each batch is processed (the monitors' child sends its metrics).
     """
 
     def __init__(
@@ -176,9 +178,11 @@ class BatchConsumer:
         name: str = INGEST,
         on_assigned: Callable[[set[TopicPartition]], None] | None = None,
         linger_s: float | None = None,
+        after_batch: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.linger_s = settings.worker.batch_max_latency_s if linger_s is None else linger_s
+        self.after_batch = after_batch
         self.steps = dict(steps)
         self.publisher = publisher
         self.health = health
@@ -251,6 +255,7 @@ class BatchConsumer:
                 batches = await fetch_balanced(consumer, w.batch_size, linger_s=self.linger_s)
                 if batches and not self._stopping.is_set():
                     await self.consume(consumer, batches)
+                    self._after_batch()
                 elif self._publishing or self._pending:  # nothing new: commit what is published
                     async with self._in_flight:
                         await self.settle(consumer)
@@ -263,6 +268,13 @@ class BatchConsumer:
             await self._stop(consumer)
             self._running = False
             self._stopped.set()
+
+    def _after_batch(self) -> None:
+        if self.after_batch is not None:
+            try:
+                self.after_batch()
+            except Exception:  # a report only: the batch is processed, say so, go on
+                log.exception("%s: after_batch failed", self.name)
 
     async def _stop(self, consumer: AIOKafkaConsumer) -> None:
         """Commit the batches whose outputs are acknowledged; abandon the others."""

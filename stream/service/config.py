@@ -413,7 +413,7 @@ class MonitoringSettings(_Frozen):
     # a read of the monitor topic waits this long after its first message for more (up to
     # worker.batch_size), and each subject's batches in it are judged as one: fewer, larger
     # batches cost the monitors less CPU per value; alerts come up to this much later
-    batch_linger: Wait = "250ms"
+    batch_linger: Wait = "100ms"
     # event-time order across source partitions (stream/monitoring/event_order.py): a silent
     # partition stops holding the watermark after `watermark_idle` (wall clock; longer than a
     # rebalance after a crash), the watermark lags the newest partition by at most

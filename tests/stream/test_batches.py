@@ -242,3 +242,19 @@ def test_the_monitor_consumer_lingers_as_configured_the_others_as_the_worker() -
     assert monitors.linger_s == 0.04
     ingest = BatchConsumer(s, {"events": Plain()}, None, Health(Metrics()), None)  # type: ignore[arg-type]
     assert ingest.linger_s == 0.005
+
+
+def test_after_batch_is_told_and_a_failure_there_is_only_logged() -> None:
+    told: list[int] = []
+    batches = BatchConsumer(
+        Settings(), {"events": Plain()}, None, Health(Metrics()), None,  # type: ignore[arg-type]
+        after_batch=lambda: told.append(1),
+    )  # fmt: skip
+    batches._after_batch()
+    assert told == [1]
+
+    def failing() -> None:
+        raise OSError("pipe closed")
+
+    batches.after_batch = failing
+    batches._after_batch()  # logged, not raised: the batch is processed
