@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import numpy as np
 import redis.asyncio as aioredis
 
 from stream.messages import (
@@ -149,13 +150,16 @@ def joined(routed: Sequence[Routed]) -> list[tuple[Routed, list[Routed]]]:
     and reference bookkeeping, a detector call per check): 2.0 us per value in batches of
     500 values, 2.7 in batches of 95, 5.1 in batches of 24. A monitor topic read holds one
     batch per subject for every scored batch it covers, so a monitor that keeps up with a
-    scorer at a few thousand events/s gets small ones unless they are joined. Joined or
-    not, the detectors check at the same values and the alerts carry the same times and
-    ids, as long as each source partition's event times never go back; a value older than
-    what its partition sent before may be late (dropped) after one message and in time
-    in the joined batch, whose watermark moves once. Batches join when they come from the
-    same monitor-topic partition and carry the same kind and model version, and either all
-    or none name their events' partitions; quality counts are applied one by one.
+    scorer at a few thousand events/s gets small ones unless they are joined.
+
+    Joined, the detectors check at the same values and the alerts carry the same times and
+    ids as one message at a time. So a batch joins the one before only if no source
+    partition's event times go back between them: a value older than what its partition
+    sent before (an event scored again after a crash) is late after one message, behind
+    the watermark, and would be in time in a joined batch, whose watermark moves once.
+    Batches also join only when they come from the same monitor-topic partition and carry
+    the same kind and model version, and either all or none name their events' partitions;
+    quality counts are applied one by one.
 
     >>> a = SubjectBatch("x", "numeric", [1.0], [10], 2, [0])
     >>> b = SubjectBatch("x", "numeric", [2.0, 3.0], [11, 12], 2, [1, 0])
@@ -165,21 +169,62 @@ def joined(routed: Sequence[Routed]) -> list[tuple[Routed, list[Routed]]]:
     [('x', 6, [5, 6]), ('q', 6, [6])]
     >>> found[0][0][3].values, found[0][0][3].partitions
     ([1.0, 2.0, 3.0], [0, 1, 0])
+    >>> again = SubjectBatch("x", "numeric", [1.0], [10], 2, [0])  # partition 0 goes back
+    >>> [len(parts) for _, parts in joined([(0, 5, "x", b), (0, 6, "x", again)])]
+    [1, 1]
     """
     by_name: dict[str, list[Routed]] = {}
     for item in routed:
         by_name.setdefault(item[2], []).append(item)
+    spans = _Spans()
     out: list[tuple[Routed, list[Routed]]] = []
     for items in by_name.values():
-        run = [items[0]]
+        run, highs = [items[0]], spans.highs(items[0][3])
         for item in items[1:]:
-            if _joinable(run[-1], item):
+            if _joinable(run[-1], item) and spans.after(item[3], highs):
                 run.append(item)
             else:
                 out.append(_join(run))
-                run = [item]
+                run, highs = [item], spans.highs(item[3])
         out.append(_join(run))
     return out
+
+
+class _Spans:
+    """The oldest and newest event time of each source partition in a batch (per list of
+    times: the subjects of one columns message share theirs, so each message's are
+    computed once)."""
+
+    def __init__(self) -> None:
+        self._found: dict[int, dict[int, tuple[int, int]]] = {}
+
+    def _spans(self, batch: MonitorBatch) -> dict[int, tuple[int, int]]:
+        if not isinstance(batch, SubjectBatch) or batch.partitions is None or not batch.ts:
+            return {}  # arrival order: nothing is ever late
+        key = id(batch.ts)  # the batches are alive until the end: ids are not reused
+        found = self._found.get(key)
+        if found is None:
+            ts, parts = np.asarray(batch.ts), np.asarray(batch.partitions)
+            found = {
+                p: (int(ts[parts == p].min()), int(ts[parts == p].max()))
+                for p in np.unique(parts).tolist()
+            }
+            self._found[key] = found
+        return found
+
+    def highs(self, batch: MonitorBatch) -> dict[int, int]:
+        """The newest event time of each source partition in ``batch``."""
+        return {p: high for p, (_, high) in self._spans(batch).items()}
+
+    def after(self, batch: MonitorBatch, highs: dict[int, int]) -> bool:
+        """Whether ``batch`` goes back in no partition from ``highs`` (then its own newest
+        times are taken into ``highs``)."""
+        spans = self._spans(batch)
+        if any(low < highs.get(p, low) for p, (low, _) in spans.items()):
+            return False
+        for p, (_, high) in spans.items():
+            highs[p] = max(high, highs.get(p, high))
+        return True
 
 
 def _joinable(a: Routed, b: Routed) -> bool:
