@@ -51,10 +51,9 @@ Priority
 Metrics
     The child sends a snapshot of its metrics every second, and after a batch if the last
     one is :data:`FRESH_S` old (the benchmark times the monitors' end of a backlog by their
-    values counter, which was up to a second stale); the worker's ``/metrics`` serves them
-    merged with its own
-    (:func:`stream.service.metrics.merge_families`), so one scrape target still shows the
-    whole worker.
+    values counter, which was up to a second stale). The worker's ``/metrics`` serves them
+    merged with its own (:func:`stream.service.metrics.merge_families`), so one scrape
+    target still shows the whole worker.
 """
 
 from __future__ import annotations
