@@ -157,6 +157,10 @@ def joined(routed: Sequence[Routed]) -> list[tuple[Routed, list[Routed]]]:
     partition's event times go back between them: a value older than what its partition
     sent before (an event scored again after a crash) is late after one message, behind
     the watermark, and would be in time in a joined batch, whose watermark moves once.
+    (One exception: a subject whose event-time order overflows ``monitoring.max_buffered``,
+    a partition lagging by that many values, releases its oldest values at other points
+    joined than one message at a time, so values right behind such a release may be late
+    one way and in time the other.)
     Batches also join only when they come from the same monitor-topic partition and carry
     the same kind and model version, and either all or none name their events' partitions;
     quality counts are applied one by one.
