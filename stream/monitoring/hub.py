@@ -209,10 +209,10 @@ class _Spans:
         found = self._found.get(key)
         if found is None:
             ts, parts = np.asarray(batch.ts), np.asarray(batch.partitions)
-            found = {
-                p: (int(ts[parts == p].min()), int(ts[parts == p].max()))
-                for p in np.unique(parts).tolist()
-            }
+            found = {}
+            for p in np.unique(parts).tolist():
+                mine = ts[parts == p]
+                found[p] = (int(mine.min()), int(mine.max()))
             self._found[key] = found
         return found
 
