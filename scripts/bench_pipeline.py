@@ -34,6 +34,12 @@ rehashes its keyspace's hash tables, and each command costs more for a second or
 monitors' child process's and the whole machine's (every process, the broker and Redis
 included) up to the monitors' last value, with the machine's *load* (its busy share of all
 cores) over that time: a row whose load is near 100% is bound by the machine's cores.
+Before the measured rows, ``--warmup`` events (20,000; 0: none) go once through each kind
+of row (passthrough, worker with monitors, without, every subject), unmeasured: the
+benchmark's broker is started fresh, and its JIT compiler spends seconds of CPU the first
+times a kind of traffic comes (``jstat -compiler``: 1.3 s of compilation during a worker
+row's phases on a new broker, 0.5 s the second time), which would be charged to whichever
+row comes first (the first passthrough ran at 30,000-39,000 events/s, the last at 42,000).
 ``--memory`` adds a run of 1,000,000 events over 100,000 entities and prints the worker's
 resident memory (and its monitors' child process's) as it goes. The table's last lines set
 the worker rows against their targets (:data:`TARGETS`, p99 within 100 ms, monitors within
@@ -43,7 +49,7 @@ The services are started if they are not running (``python3 scripts/services.py 
 and stopped again at the end.
 
     python scripts/bench_pipeline.py [--events 100000] [--batch-size 500] [--memory]
-                                     [--challenger]
+                                     [--challenger] [--warmup 20000]
 """
 
 from __future__ import annotations
@@ -375,8 +381,9 @@ def run_worker(
             behind = max(0.0, done - last)
         machine = Machine.since(machine0)
         children = sum(_cpu_s(pid) - children0.get(pid, 0.0) for pid in _children(worker.pid))
-        scorer = n / max(last - first, 1e-9)
-        sustained = n / max(done - first, 1e-9)
+        # no shorter than one poll: a backlog read done within one would give no rate
+        scorer = n / max(last - first, POLL_S)
+        sustained = n / max(done - first, POLL_S)
         keys_before = _redis_keys(s)
         lat = paced_latencies(s, events, n, sustained / 2)
         keys = (keys_before, _redis_keys(s))
@@ -678,6 +685,9 @@ def main() -> int:
         "--challenger", action="store_true", help="also the sample config with a shadow challenger"
     )
     parser.add_argument(
+        "--warmup", type=int, default=20_000, help="unmeasured events per kind of row first"
+    )
+    parser.add_argument(
         "--bootstrap", default=os.environ.get("DRIFTWATCH_TEST_KAFKA", "127.0.0.1:9092")
     )
     parser.add_argument(
@@ -686,9 +696,34 @@ def main() -> int:
     args = parser.parse_args()
     if args.events < 1000:
         parser.error("--events must be at least 1000")
+    if args.warmup and args.warmup < 1000:
+        parser.error("--warmup must be 0 or at least 1000")
     with _services(args.bootstrap, args.redis):
         run(args)
     return 0
+
+
+def warm_up(args: argparse.Namespace, uid: str) -> None:
+    """``args.warmup`` events once through each kind of row, results dropped (see the
+    module docstring: the fresh broker's JIT compilation is not the rows' cost)."""
+    n, size = args.warmup, args.batch_size
+    started = time.monotonic()
+    cards = card_events(1000)
+    kinds: list[tuple[Settings, Events, Sequence[str] | None, str]] = [
+        (sample_settings(f"up{uid}", args.bootstrap, args.redis, size, True), cards,
+         [sys.executable, str(REPO / "scripts" / "aiokafka_passthrough.py")], PASSTHROUGH_READY),
+        (sample_settings(f"u1{uid}", args.bootstrap, args.redis, size, True), cards, None,
+         ASSIGNED_LINE),
+        (sample_settings(f"u0{uid}", args.bootstrap, args.redis, size, False), cards, None,
+         ASSIGNED_LINE),
+        (bench_settings(f"ua{uid}", args.bootstrap, args.redis, size), bench_event, None,
+         ASSIGNED_LINE),
+    ]  # fmt: skip
+    for s, events, command, ready in kinds:
+        with tempfile.TemporaryDirectory() as tmp:
+            run_worker("warm-up", s, events, n, Path(tmp), command, ready)
+    print(f"warm-up: {n:,} events through each of {len(kinds)} kinds of row, not measured "
+          f"({time.monotonic() - started:.0f} s)", flush=True)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> None:
@@ -703,6 +738,8 @@ def run(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             return run_worker(name, on(tag), cards, n, Path(tmp), command, PASSTHROUGH_READY)
 
+    if args.warmup:
+        warm_up(args, uid)
     rows.append(passthrough(PASSTHROUGH, "p"))
     command = [sys.executable, str(REPO / "scripts" / "faust_echo.py")]
     with tempfile.TemporaryDirectory() as tmp:
