@@ -46,8 +46,13 @@ Priority
     0.2-1.1 s behind either way. The price: when the cores are full (every subject of the
     10-feature config, whose monitors need as much CPU as the scorer) the monitors fall
     behind while the scorer runs (5.9 s at the end of the backlog against 2.4 s) and
-    catch up alone afterwards (sustained 2,639 against 2,800 events/s). Use it when the
-    monitors need a small share of the cores (few subjects), as the sample config does.
+    catch up alone afterwards (sustained 2,639 against 2,800 events/s). That was before
+    the monitors got cheaper: now (72-76 µs of CPU per event against the scorer's 92-99)
+    ``"idle"`` is ahead there as well, 8,721 / 8,355 against 8,513 / 7,643 events/s
+    sustained in two alternating pairs, the monitors 1.0-1.1 s behind at the end instead of
+    0.4-1.4 s. ``"low"`` stays the default: a child under ``SCHED_IDLE`` next to a worker
+    that keeps every core busy for good hardly runs at all, while niceness +10 keeps it a
+    share.
 Metrics
     The child sends a snapshot of its metrics every second, and after a batch if the last
     one is :data:`FRESH_S` old (the benchmark times the monitors' end of a backlog by their
