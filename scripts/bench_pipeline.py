@@ -40,7 +40,8 @@ of row (passthrough, worker with monitors, without, every subject), unmeasured: 
 benchmark's broker is started fresh, and its JIT compiler spends seconds of CPU the first
 times a kind of traffic comes (``jstat -compiler``: 1.3 s of compilation during a worker
 row's phases on a new broker, 0.5 s the second time), which would be charged to whichever
-row comes first (the first passthrough ran at 30,000-39,000 events/s, the last at 42,000).
+row comes first (the first passthrough ran at 30,000-39,000 events/s, the last at
+41,000-44,000).
 ``--memory`` adds a run of 1,000,000 events over 100,000 entities and prints the worker's
 resident memory (and its monitors' child process's) as it goes. The table's last lines set
 the worker rows against their targets (:data:`TARGETS`, p99 within 100 ms, monitors within
@@ -99,6 +100,7 @@ N_FEATURES = 10
 WINDOWED = 3
 SERVICES = [sys.executable, str(REPO / "scripts" / "services.py")]
 PASSTHROUGH = "aiokafka passthrough"
+PASSTHROUGH_COMMAND = [sys.executable, str(REPO / "scripts" / "aiokafka_passthrough.py")]
 POLL_S = 0.02  # how often the backlog's progress is read (its first and last output)
 TICK_S = 0.001  # how often a paced producer sends the events due
 
@@ -714,7 +716,7 @@ def warm_up(args: argparse.Namespace, uid: str) -> None:
     cards = card_events(1000)
     kinds: list[tuple[Settings, Events, Sequence[str] | None, str]] = [
         (sample_settings(f"up{uid}", args.bootstrap, args.redis, size, True), cards,
-         [sys.executable, str(REPO / "scripts" / "aiokafka_passthrough.py")], PASSTHROUGH_READY),
+         PASSTHROUGH_COMMAND, PASSTHROUGH_READY),
         (sample_settings(f"u1{uid}", args.bootstrap, args.redis, size, True), cards, None,
          ASSIGNED_LINE),
         (sample_settings(f"u0{uid}", args.bootstrap, args.redis, size, False), cards, None,
@@ -737,9 +739,10 @@ def run(args: argparse.Namespace) -> None:
     rows = []
 
     def passthrough(name: str, tag: str) -> Row:
-        command = [sys.executable, str(REPO / "scripts" / "aiokafka_passthrough.py")]
         with tempfile.TemporaryDirectory() as tmp:
-            return run_worker(name, on(tag), cards, n, Path(tmp), command, PASSTHROUGH_READY)
+            return run_worker(
+                name, on(tag), cards, n, Path(tmp), PASSTHROUGH_COMMAND, PASSTHROUGH_READY
+            )
 
     if args.warmup:
         warm_up(args, uid)
