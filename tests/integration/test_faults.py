@@ -474,9 +474,19 @@ def test_kafka_outage_mid_stream_loses_no_event(
             assert producer.pause(30), "producer did not pause"
             mark = len(w.log_text())
             # a backlog the worker has fetched but not yet published when the broker goes:
-            # freeze it right after the burst is acknowledged, stop Kafka, let it run on
-            burst_sent = produce_all(s, good(burst))
-            w.pause()
+            # freeze it in the middle of one of the burst's batches, stop Kafka, let it run
+            # on. (Frozen right after the burst was acknowledged, it had once published the
+            # whole burst already and had nothing to retry: no outage in its log.)
+            caught: list[bool] = []
+            watcher = threading.Thread(
+                target=lambda: caught.append(pause_mid_batch(w, s.redis.url))
+            )
+            watcher.start()
+            try:
+                burst_sent = produce_all(s, good(burst))
+            finally:
+                watcher.join(20)
+            assert caught == [True], "the worker was not frozen in the middle of a batch"
             try:
                 with stopped("kafka"):
                     w.resume()
