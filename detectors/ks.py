@@ -15,7 +15,7 @@ from scipy.stats import _stats_py
 
 from detectors.calibration import search_sorted
 from detectors.validation import finite_1d
-from detectors.window import SortedWindow, SortedWindowDetector
+from detectors.window import RankedStream, SortedWindow, SortedWindowDetector
 
 #: scipy.stats.ks_2samp(method="auto") uses the exact distribution up to this sample size.
 _MAX_EXACT_N = 10_000
@@ -235,9 +235,25 @@ class KSDetector(SortedWindowDetector):
     def _simulate(
         self, rng: np.random.Generator, size: int
     ) -> tuple[KSReference, NDArray[np.float64]]:
+        pseudo, values = self._draw_pair(rng, size)
+        return pseudo, pseudo.slots(values)
+
+    def _calibration_stream(
+        self, rng: np.random.Generator, size: int
+    ) -> tuple[KSReference, RankedStream]:
+        # slots are non-decreasing in the value: the values' order sorts them, and the
+        # slots of sorted values are found without a sort
+        pseudo, values = self._draw_pair(rng, size)
+        order = np.argsort(values)
+        return pseudo, RankedStream(order, pseudo.slots(values[order]), None)
+
+    def _draw_pair(
+        self, rng: np.random.Generator, size: int
+    ) -> tuple[KSReference, NDArray[np.float64]]:
+        """A pseudo-reference and ``size`` stream values drawn as the reference's."""
         reference = self._state.sorted
         pseudo = KSReference.from_values(self._draw(rng, reference, reference.size))
-        return pseudo, pseudo.slots(self._draw(rng, reference, size))
+        return pseudo, self._draw(rng, reference, size)
 
     def _sorted_statistic(
         self, state: KSReference, rows: NDArray[np.float64], tags: NDArray[np.int64] | None

@@ -187,7 +187,7 @@ class SimulatedDetector(Detector):
 
     def _calibrate(self) -> NDArray[np.float64]:
         return calibration.calibrate(
-            self._simulate,
+            self._calibration_stream,
             self._window_statistics,
             self.windows,
             self.check_every,
@@ -219,11 +219,61 @@ class SimulatedDetector(Detector):
     def _simulate(self, rng: np.random.Generator, size: int) -> tuple[Any, NDArray[Any]]:
         """A stationary (pseudo-reference state, encoded stream) pair, as in calibration."""
 
+    def _calibration_stream(self, rng: np.random.Generator, size: int) -> tuple[Any, Any]:
+        """:meth:`_simulate`'s pair, the stream in the form :meth:`_window_statistics` reads."""
+        return self._simulate(rng, size)
+
     @abc.abstractmethod
     def _window_statistics(
-        self, state: Any, stream: NDArray[Any], window: int, ends: NDArray[np.int64]
+        self, state: Any, stream: Any, window: int, ends: NDArray[np.int64]
     ) -> NDArray[np.float64]:
-        """The statistic of each ``window``-sized stretch of ``stream`` ending at ``ends``."""
+        """The statistic of each ``window``-sized stretch of ``stream`` (as
+        :meth:`_calibration_stream` returns it) ending at ``ends``."""
+
+
+class RankedStream:
+    """A simulated stream sorted once, for the statistics of all its windows.
+
+    ``sorted_keys`` and ``sorted_tags`` are the stream's keys and tags in sorted order, and
+    ``ranks`` each key's position among them, in stream order (``int16`` when they fit).
+    The ranks of a window, sorted, index its keys and tags in sorted order: the same floats
+    as sorting the window's keys and tags, from one sort of small integers (a calibration's
+    windows of 1,000 and 150 of a 5,000-value stream: about half the time).
+    """
+
+    def __init__(
+        self,
+        order: NDArray[np.intp],
+        sorted_keys: NDArray[np.float64],
+        sorted_tags: NDArray[np.int64] | None,
+    ) -> None:
+        self.sorted_keys, self.sorted_tags = sorted_keys, sorted_tags
+        size = len(order)
+        kind = np.int16 if size <= np.iinfo(np.int16).max else np.int64
+        self.ranks = np.empty(size, dtype=kind)
+        self.ranks[order] = np.arange(size, dtype=kind)
+
+    @classmethod
+    def of(
+        cls,
+        keys: NDArray[np.float64],
+        state: Any,
+        tags: Callable[[Any, NDArray[np.float64]], NDArray[np.int64] | None],
+    ) -> RankedStream:
+        """Sort ``keys`` and tag them with ``tags(state, sorted_keys)`` (a search of sorted
+        values is the fast one)."""
+        order = np.argsort(keys)
+        sorted_keys = keys[order]
+        return cls(order, sorted_keys, tags(state, sorted_keys))
+
+    def sorted_windows(
+        self, window: int, ends: NDArray[np.int64]
+    ) -> tuple[NDArray[np.float64], NDArray[np.int64] | None]:
+        """The keys and tags of each window ``[end - window, end)``, each row sorted."""
+        index = sliding_window_view(self.ranks, window)[ends - window]  # a copy
+        index.sort(axis=1)
+        tags = None if self.sorted_tags is None else self.sorted_tags[index]
+        return self.sorted_keys[index], tags
 
 
 class SortedWindowDetector(SimulatedDetector):
@@ -257,23 +307,17 @@ class SortedWindowDetector(SimulatedDetector):
     def _window_statistic(self, window: SortedWindow) -> float:
         return float(self._sorted_statistic(self._state, window.sorted[np.newaxis], None)[0])
 
+    def _calibration_stream(self, rng: np.random.Generator, size: int) -> tuple[Any, RankedStream]:
+        state, stream = self._simulate(rng, size)
+        return state, RankedStream.of(stream, state, self._tags)
+
     def _window_statistics(
-        self, state: Any, stream: NDArray[Any], window: int, ends: NDArray[np.int64]
+        self, state: Any, stream: RankedStream, window: int, ends: NDArray[np.int64]
     ) -> NDArray[np.float64]:
-        views = sliding_window_view(stream, window)
-        # the stream is tagged once; tags follow their keys, so rows of tags sort alike
-        tags = self._tags(state, stream)
-        tag_views = None if tags is None else sliding_window_view(tags, window)
         out = np.empty(len(ends))
         for start in range(0, len(ends), 256):
-            first = ends[start : start + 256] - window
-            rows = views[first]  # fancy indexing copies: sorted in place, not copied again
-            rows.sort(axis=1)
-            row_tags = None
-            if tag_views is not None:
-                row_tags = tag_views[first]
-                row_tags.sort(axis=1)
-            out[start : start + 256] = self._sorted_statistic(state, rows, row_tags)
+            rows, tags = stream.sorted_windows(window, ends[start : start + 256])
+            out[start : start + 256] = self._sorted_statistic(state, rows, tags)
         return out
 
     def _p_value_fn(self, statistic: float, window: int) -> Callable[[], float] | None:
