@@ -107,8 +107,8 @@ class SubjectMonitor:
     -----
     ``update`` is cheap per value (a deque append, a ring-buffer write per detector, and a
     check every ``check_every`` values: under 1 us per value per detector at the defaults)
-    except for the call that completes the reference: it calibrates every detector, ~0.03-0.15
-    s each at the default sizes (about 0.3 s a numeric subject, five times that at
+    except for the call that completes the reference: it calibrates every detector, ~0.05-0.2
+    s each at the default sizes (0.2-0.5 s a numeric subject, six times that at
     ``check_every=10``).  Run it off the event loop.  The monitor
     pickles (detectors included) so it can be checkpointed and restored mid-stream.
 
