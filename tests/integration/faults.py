@@ -32,7 +32,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis
@@ -42,6 +42,8 @@ from aiokafka.structs import ConsumerRecord
 from stream.tools.synthetic import CATEGORIES, CardStream
 from tests.integration.kafka_io import consume_until, send_with_offsets
 from tests.integration.worker_process import WorkerProcess
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = [sys.executable, str(REPO / "scripts" / "services.py")]
@@ -160,6 +162,46 @@ def pause_mid_batch(worker: WorkerProcess, redis_url: str, timeout: float = 10.0
         client.close()
     worker.pause()
     return False
+
+
+def pause_at_write(
+    worker: WorkerProcess, redis_url: str, send: Callable[[], T], timeout: float = 20.0
+) -> tuple[bool, T]:
+    """SIGSTOP ``worker`` with a batch of what ``send()`` produces read and not published.
+
+    Pauses Redis's writes (``CLIENT PAUSE ... WRITE``: reads go on), calls ``send()``, and
+    waits for one of the worker's connections to block on a script, the batch's state
+    write (a batch publishes nothing before its states are written), then half a second
+    for the batches behind it; stops the worker and lets the writes go (they are applied,
+    their replies wait for the worker). Deterministic where :func:`pause_mid_batch` has to
+    be on time: on a busy machine a burst's few batches could all slip past its polls.
+    Returns whether a write was caught (after ``timeout`` it stops the worker anyway) and
+    what ``send`` returned.
+    """
+    client = redis.Redis.from_url(redis_url, socket_timeout=5.0)
+    redis_port = int(client.connection_pool.connection_kwargs.get("port", 6379))
+    assert worker.pid is not None  # noqa: S101 - started
+    client.execute_command("CLIENT", "PAUSE", int(timeout * 1000), "WRITE")
+    try:
+        sent = send()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ports = redis_ports_of(worker.pid, redis_port)
+            if any(
+                "b" in c.get("flags", "")
+                and c.get("cmd") in ("eval", "evalsha")
+                and _port_of(c["addr"]) in ports
+                for c in client.client_list()
+            ):
+                time.sleep(0.5)
+                worker.pause()
+                return True, sent
+            time.sleep(0.01)
+        worker.pause()
+        return False, sent
+    finally:
+        client.execute_command("CLIENT", "UNPAUSE")
+        client.close()
 
 
 def _port_of(addr: str) -> int:

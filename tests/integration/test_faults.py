@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from tests.integration.faults import (
     hold,
     lines_with,
     mix,
+    pause_at_write,
     pause_mid_batch,
     poison_messages,
     read_outputs,
@@ -463,7 +464,6 @@ def test_kafka_outage_mid_stream_loses_no_event(
     caplog.set_level(logging.CRITICAL, logger="aiokafka")  # this process's clients complain too
     s = fault_settings
     events = card_events(3000, seed=62, n_cards=200, run_id="ko")
-    burst = card_events(1500, seed=65, n_cards=200, run_id="ko-burst", start=1000)
     w = worker_factory(s)
     with Collector(s.kafka.bootstrap, [s.topics.predictions]) as seen:
         producer = PacedProducer(s.kafka.bootstrap, s.topics.events, good(events), rate=100).start()
@@ -474,19 +474,14 @@ def test_kafka_outage_mid_stream_loses_no_event(
             assert producer.pause(30), "producer did not pause"
             mark = len(w.log_text())
             # a backlog the worker has fetched but not yet published when the broker goes:
-            # freeze it in the middle of one of the burst's batches, stop Kafka, let it run
-            # on. (Frozen right after the burst was acknowledged, it had once published the
-            # whole burst already and had nothing to retry: no outage in its log.)
-            caught: list[bool] = []
-            watcher = threading.Thread(
-                target=lambda: caught.append(pause_mid_batch(w, s.redis.url))
-            )
-            watcher.start()
-            try:
-                burst_sent = produce_all(s, good(burst))
-            finally:
-                watcher.join(20)
-            assert caught == [True], "the worker was not frozen in the middle of a batch"
+            # freeze it with one of the burst's batches in hand, stop Kafka, let it run on.
+            # (Frozen right after the burst was acknowledged, it had once published the whole
+            # burst already and had nothing to retry: no outage in its log. Frozen by polling
+            # for the moment between a batch's read and write, it once missed all of a busy
+            # machine's few batches of the burst.)
+            burst = card_events(1500, seed=65, n_cards=200, run_id="ko-burst", start=1000)
+            caught, burst_sent = pause_at_write(w, s.redis.url, lambda: produce_all(s, good(burst)))
+            assert caught, "the worker was not frozen with a batch in hand"
             try:
                 with stopped("kafka"):
                     w.resume()
@@ -626,6 +621,23 @@ def test_sigstop_past_the_session_timeout_keeps_windows_exact(
 # --- concurrent writers, without Kafka ---------------------------------------------------
 
 
+def _first_read_waits(
+    mget: Callable[..., Awaitable[Any]], barrier: asyncio.Barrier
+) -> Callable[..., Awaitable[Any]]:
+    """``mget`` whose first call returns only once ``barrier`` is full."""
+    calls = 0
+
+    async def read(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        found = await mget(*args, **kwargs)
+        if calls == 1:
+            await asyncio.wait_for(barrier.wait(), 30)
+        return found
+
+    return read
+
+
 async def test_concurrent_processors_lose_no_window_update(redis_url: str, uid: str) -> None:
     from stream.features import state as codec
     from stream.features import windows
@@ -663,6 +675,12 @@ async def test_concurrent_processors_lose_no_window_update(redis_url: str, uid: 
         ]
 
     clients = [aioredis.Redis.from_url(redis_url) for _ in range(2)]
+    # Both processors read their first batch's state before either writes it, whatever
+    # the machine's timing: one of the two writes conflicts (on a slow machine the two
+    # once fell into lock-step, each reading after the other's write, and none did).
+    both_read = asyncio.Barrier(2)
+    for client in clients:
+        client.mget = _first_read_waits(client.mget, both_read)  # type: ignore[method-assign]
     metrics = [Metrics(), Metrics()]
     model = create_model(s.model, s.features)
     processors = [
