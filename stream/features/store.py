@@ -34,14 +34,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from stream.exceptions import StateConflictError
-from stream.features.state import (
-    State,
-    encode_state,
-    new_state,
-    stored_generation,
-    try_decode_state,
-)
-from stream.features.windows import BatchUpdate, EventResult, FeatureInput, update_batch
+from stream.features.state import State, encode_state
+from stream.features.windows import BatchUpdate, EventResult, FeatureInput, update_stored
 from stream.service.config import Settings
 from stream.service.redis_client import overlapped
 
@@ -87,13 +81,14 @@ STATE_TTL_MARGIN_S = 300.0
 
 @dataclass(frozen=True)
 class Loaded:
-    """What Redis holds for a batch: the entities' states and the already-applied event ids."""
+    """What Redis holds for a batch: the entities' encoded states and the already-applied
+    event ids (the states are decoded entity by entity as they are updated, see
+    :func:`~stream.features.windows.update_stored`)."""
 
-    states: dict[str, State]
+    #: entity -> its stored state (``None``: no state)
+    stored: dict[str, bytes | None]
     #: applied event id -> the ``seconds_since_last`` it got then (``None``: not recorded)
     seen: Mapping[str, float | None]
-    #: entities whose stored bytes were not a state: they start afresh
-    undecodable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -174,24 +169,17 @@ class FeatureStore:
         event_ids = list(dict.fromkeys(e.event_id for e in events))
         keys = [self.state_key(e) for e in entities] + [self.seen_key(e) for e in event_ids]
         raw = cast(list[bytes | None], await self.redis.mget(keys))
-        states: dict[str, State] = {}
-        undecodable: list[str] = []
-        for entity, stored in zip(entities, raw, strict=False):
-            state = try_decode_state(stored)
-            if state is None:
-                undecodable.append(entity)
-                state = new_state(stored_generation(stored))
-            states[entity] = state
+        stored = dict(zip(entities, raw, strict=False))
         marks = raw[len(entities) :]
         seen = {e: marker_since(m) for e, m in zip(event_ids, marks, strict=True) if m is not None}
-        return Loaded(states, seen, tuple(undecodable))
+        return Loaded(stored, seen)
 
     def update(self, loaded: Loaded, events: Sequence[FeatureInput]) -> BatchUpdate:
         """Apply the batch to the loaded states with the configured features and windows.
 
-        The pure step between :meth:`load` and :meth:`write`; see :func:`update_batch`.
+        The pure step between :meth:`load` and :meth:`write`; see :func:`update_stored`.
         """
-        return update_batch(loaded.states, loaded.seen, events, self._specs, self.settings.windows)
+        return update_stored(loaded.stored, loaded.seen, events, self._specs, self.settings.windows)
 
     def write_args(self, update: BatchUpdate) -> tuple[list[str], list[bytes | int]]:
         """KEYS and ARGV of the conditional write of ``update`` (see the module docstring).
@@ -226,7 +214,10 @@ class FeatureStore:
             marks = markers.get(entity, [])
             keys.append(self.state_key(entity))
             keys.extend(self.seen_key(event_id) for event_id, _ in marks)
-            args += (state["g"] - 1, len(marks), encode_state(state))
+            encoded = update.encoded.get(entity)
+            if encoded is None:
+                encoded = encode_state(state)
+            args += (state["g"] - 1, len(marks), encoded)
             args.extend(marker(since) for _, since in marks)
         return keys, args
 
@@ -278,7 +269,7 @@ class FeatureStore:
         loaded = await self.load(events)
         update = self.update(loaded, events)
         results = list(update.results)
-        resets = [*loaded.undecodable, *update.resets]
+        resets = list(update.resets)
         states: dict[str, State] = {}
         applied: dict[str, float] = {}
         pending, conflicts = events, 0
@@ -294,7 +285,7 @@ class FeatureStore:
             pending = [events[i] for i in positions]
             loaded = await self.load(pending)
             update = self.update(loaded, pending)
-            resets += [*loaded.undecodable, *update.resets]
+            resets += update.resets
             for i, result in zip(positions, update.results, strict=True):
                 results[i] = result
         raise StateConflictError(

@@ -50,12 +50,20 @@ recomputes the same features by brute force.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import cast
 
 from stream.features.buckets import EMPTY, add_to_bucket, aggregate_buckets
 from stream.features.plan import SINCE_LAST, WindowPlan, window_plan
-from stream.features.state import STATE_VERSION, State, new_state
+from stream.features.state import (
+    STATE_VERSION,
+    State,
+    encode_state,
+    new_state,
+    stored_generation,
+    try_decode_state,
+)
 from stream.service.config import FeatureSpec, WindowSettings
 
 FIRST_EVENT = -1.0
@@ -108,6 +116,8 @@ class BatchUpdate:
         ``seconds_since_last``: to be remembered (with it) for dedupe.
     resets
         Entities whose state was malformed and started afresh.
+    encoded
+        The new states encoded (:func:`update_stored`; empty from :func:`update_batch`).
     """
 
     results: tuple[EventResult, ...]
@@ -115,6 +125,8 @@ class BatchUpdate:
     applied_since: dict[str, float]
     resets: tuple[str, ...] = ()
     """Entities whose stored state could not be applied to and was started afresh."""
+    encoded: dict[str, bytes] = field(default_factory=dict)
+    """:attr:`states` encoded for Redis, when the update made them (:func:`update_stored`)."""
 
     @property
     def applied_ids(self) -> tuple[str, ...]:
@@ -174,29 +186,121 @@ def update_batch(
     (('e1', 'e2'), ['card'])
     """
     plan = window_plan(tuple(specs), window_settings)
-    current: dict[str, State | None] = dict(states)
-    owned: dict[str, State] = {}  # copies this batch may modify
-    remembered: Mapping[str, float | None] = seen if isinstance(seen, Mapping) else {}
-    applied_here: dict[str, float] = {}  # event id -> its seconds_since_last
-    results = []
-    resets: list[str] = []
-    step = _Step(plan, current, owned, seen, remembered, applied_here)
-    for event in events:
+    return _Batch(plan, seen, events).run(states.get, None)
+
+
+def update_stored(
+    stored: Mapping[str, bytes | None],
+    seen: Collection[str] | Mapping[str, float | None],
+    events: Sequence[FeatureInput],
+    specs: Sequence[FeatureSpec],
+    window_settings: WindowSettings,
+) -> BatchUpdate:
+    """:func:`update_batch` on encoded states, with the new states encoded
+    (:attr:`BatchUpdate.encoded`): what the feature store reads from and writes to Redis.
+
+    Each entity's state is decoded just before its events are applied and the new state
+    encoded right after, while its objects are in the CPU's cache: decoding every state of
+    a batch, then applying every event, then encoding every state walked through a few MB
+    three times, which cost 60 instead of 38 µs per event on the benchmark config (500
+    entities per batch). Bytes that are not a state (:func:`~stream.features.state.
+    try_decode_state`) start the entity afresh with the stored generation, and the entity
+    is listed in :attr:`BatchUpdate.resets`.
+
+    >>> spec = FeatureSpec(name="amount", windows=("1m",), aggregates=("count",))
+    >>> events = [FeatureInput("e1", "card", 60_000, {"amount": 2.0})]
+    >>> update = update_stored({"card": b"garbage"}, set(), events, [spec], WindowSettings())
+    >>> update.results[0].enriched, update.resets, update.encoded["card"][:23]
+    ({'amount_count_1m': 1.0, 'seconds_since_last': -1.0}, ('card',), b'{"v":1,"g":1,"t":60000,')
+    """
+    plan = window_plan(tuple(specs), window_settings)
+    undecodable: list[str] = []
+
+    def state_of(entity: str) -> State:
+        raw = stored.get(entity)
+        state = try_decode_state(raw)
+        if state is None:
+            undecodable.append(entity)
+            state = new_state(stored_generation(raw))
+        return state
+
+    return _Batch(plan, seen, events).run(state_of, undecodable)
+
+
+class _Batch:
+    """One batch through the windows, entity by entity (see :func:`update_stored`).
+
+    An entity's events are applied in batch order, and entities are independent of each
+    other but for one thing: an event id seen under two entities in one batch is a
+    duplicate in the later one only if the earlier one was applied. A batch with such an id
+    is run in batch order instead, all its states loaded first.
+    """
+
+    def __init__(
+        self,
+        plan: WindowPlan,
+        seen: Collection[str] | Mapping[str, float | None],
+        events: Sequence[FeatureInput],
+    ) -> None:
+        self.plan = plan
+        self.events = events
+        self.current: dict[str, State | None] = {}
+        self.owned: dict[str, State] = {}  # copies this batch may modify
+        self.applied_here: dict[str, float] = {}  # event id -> its seconds_since_last
+        self.resets: list[str] = []
+        remembered: Mapping[str, float | None] = seen if isinstance(seen, Mapping) else {}
+        self.step = _Step(plan, self.current, self.owned, seen, remembered, self.applied_here)
+
+    def run(
+        self, state_of: Callable[[str], State | None], undecodable: list[str] | None
+    ) -> BatchUpdate:
+        events = self.events
+        results: list[EventResult | None] = [None] * len(events)
+        encoded: dict[str, bytes] | None = None if undecodable is None else {}
+        for entities, positions in _runs(events):
+            for entity in entities:
+                self.current[entity] = state_of(entity)
+            for i in positions:
+                results[i] = self._apply(events[i])
+            for entity in entities:
+                state = self.owned.get(entity)
+                if state is not None:
+                    _compact(self.plan, state)
+                    if encoded is not None:
+                        encoded[entity] = encode_state(state)
+        done = cast(tuple[EventResult, ...], tuple(results))
+        applied = self.applied_here  # in batch order, as each id's applied event comes:
+        in_order = {r.event_id: applied[r.event_id] for r in done if r.applied}
+        resets = tuple(dict.fromkeys([*(undecodable or ()), *self.resets]))
+        return BatchUpdate(done, self.owned, in_order, resets, encoded or {})
+
+    def _apply(self, event: FeatureInput) -> EventResult:
         try:
-            result = step.run(event)
+            return self.step.run(event)
         except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, AttributeError):
             # a stored state that decodes but cannot be worked with (written by a bug, or
             # by hand): start the entity afresh instead of failing on each of its events
             # until it expires; an error on the fresh state is the event's own
-            generation = _generation(current.get(event.entity_id))
-            current[event.entity_id] = new_state(generation)
-            owned.pop(event.entity_id, None)
-            resets.append(event.entity_id)
-            result = step.run(event)
-        results.append(result)
-    for state in owned.values():
-        _compact(plan, state)
-    return BatchUpdate(tuple(results), owned, applied_here, tuple(dict.fromkeys(resets)))
+            generation = _generation(self.current.get(event.entity_id))
+            self.current[event.entity_id] = new_state(generation)
+            self.owned.pop(event.entity_id, None)
+            self.resets.append(event.entity_id)
+            return self.step.run(event)
+
+
+def _runs(events: Sequence[FeatureInput]) -> list[tuple[list[str], list[int]]]:
+    """The batch as runs of (entities, event positions): one run per entity, in order of
+    first appearance, or a single run of the whole batch when an event id appears under
+    two entities (see :class:`_Batch`)."""
+    positions: dict[str, list[int]] = {}
+    owner: dict[str, str] = {}
+    shared = False
+    for i, event in enumerate(events):
+        positions.setdefault(event.entity_id, []).append(i)
+        shared = shared or owner.setdefault(event.event_id, event.entity_id) != event.entity_id
+    if shared:
+        return [(list(positions), list(range(len(events))))]
+    return [([entity], found) for entity, found in positions.items()]
 
 
 @dataclass(slots=True)

@@ -21,6 +21,7 @@ from stream.features.windows import (
     EventResult,
     FeatureInput,
     update_batch,
+    update_stored,
 )
 from stream.service.config import FeatureSpec, WindowSettings
 
@@ -47,7 +48,7 @@ step = st.tuples(
     st.one_of(st.just(0), st.just(0), st.integers(0, 40_000)),  # lag behind the clock, ms
     values,
     values,
-    st.integers(0, 9),  # 0: a redelivery of an earlier event
+    st.integers(0, 9),  # 0: a redelivery of an earlier event, 1: its id on another entity
 )
 window_settings = st.builds(
     WindowSettings,
@@ -58,17 +59,22 @@ window_settings = st.builds(
 
 @st.composite
 def event_lists(draw: st.DrawFn, max_size: int = 60) -> list[FeatureInput]:
-    """Random entities, out-of-order timestamps, late events, missing values, redeliveries."""
+    """Random entities, out-of-order timestamps, late events, missing values, redeliveries,
+    and event ids that another entity's event had (a duplicate only if that one applied)."""
     events: list[FeatureInput] = []
     clock = T0 + draw(st.integers(0, 100_000))
     for i, (entity, advance, lag, x, y, redeliver) in enumerate(
         draw(st.lists(step, max_size=max_size))
     ):
-        if redeliver == 0 and events:
-            events.append(events[draw(st.integers(0, len(events) - 1))])
+        earlier = events[draw(st.integers(0, len(events) - 1))] if events else None
+        if redeliver == 0 and earlier is not None:
+            events.append(earlier)
             continue
         clock += advance
-        events.append(FeatureInput(f"e{i}", entity, clock - lag, {"x": x, "y": y, "z": 1.0}))
+        event_id = f"e{i}"
+        if redeliver == 1 and earlier is not None and earlier.entity_id != entity:
+            event_id = earlier.event_id
+        events.append(FeatureInput(event_id, entity, clock - lag, {"x": x, "y": y, "z": 1.0}))
     return events
 
 
@@ -119,7 +125,9 @@ def test_incremental_equals_offline_recomputation(
     events: list[FeatureInput], ws: WindowSettings
 ) -> None:
     update = update_batch({}, set(), events, SPECS, ws)
-    assert_close(update.results, recompute_offline(events, SPECS, ws))
+    offline = recompute_offline(events, SPECS, ws)
+    assert_close(update.results, offline)
+    assert update.applied_ids == tuple(r.event_id for r in offline if r.applied)  # batch order
 
 
 @settings(max_examples=200, deadline=None)
@@ -301,6 +309,25 @@ def test_duplicate_keeps_the_gap_it_had_when_applied() -> None:
     assert again.applied_since == {} and unknown.applied_ids == ()
 
 
+def test_an_id_on_two_entities_is_a_duplicate_where_it_comes_second_in_the_batch() -> None:
+    """Entities are updated one after the other (update_stored), but an event id on two of
+    them is first applied where it comes first in the batch, and only if it applies."""
+    a1 = FeatureInput("a-1", "a", T0, {"amount": 1.0})
+    b_shared = FeatureInput("shared", "b", T0, {"amount": 2.0})
+    a_shared = FeatureInput("shared", "a", T0 + 1_000, {"amount": 3.0})
+    update = run([a1, b_shared, a_shared])
+    assert [(r.entity_id, r.duplicate) for r in update.results] == [
+        ("a", False), ("b", False), ("a", True)
+    ]  # fmt: skip
+    assert update.states["a"]["w"]["amount@5000"][0][1] == 1  # only a-1 in a's windows
+    # a too-late copy is not applied, so the next one is not a duplicate
+    stale = FeatureInput("late", "a", T0 - 600_000, {"amount": 4.0})
+    fresh = FeatureInput("late", "b", T0 + 2_000, {"amount": 5.0})
+    again = run([a1, stale, b_shared, fresh])
+    assert [(r.late, r.duplicate) for r in again.results[1::2]] == [(True, False), (False, False)]
+    assert again.applied_ids == ("a-1", "shared", "late")
+
+
 def test_duplicate_of_unknown_entity_gets_empty_windows() -> None:
     e = FeatureInput("e1", "a", T0, {"amount": 3.0})
     update = update_batch({"a": None}, {"e1"}, [e], AMOUNT, WindowSettings())
@@ -362,3 +389,39 @@ def test_states_through_the_codec_give_the_same_results(
     assert results == direct
     assert windows_of(states) == windows_of(direct_states)
     assert_close(direct, recompute_offline(events, SPECS, ws))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    events=event_lists(),
+    ws=window_settings,
+    sizes=st.lists(st.integers(1, 7)),
+    spoiled=st.sets(st.sampled_from("abc")),
+)
+def test_update_stored_is_update_batch_on_the_decoded_states(
+    events: list[FeatureInput], ws: WindowSettings, sizes: list[int], spoiled: set[str]
+) -> None:
+    """The feature store's path (states decoded and encoded entity by entity) gives what
+    decoding every state, ``update_batch`` and encoding every new state give; bytes that
+    are not a state (``spoiled`` in the second batch) start afresh and count as resets."""
+    stored: dict[str, bytes | None] = {}
+    seen: dict[str, float | None] = {}
+    start = 0
+    for n, size in enumerate([*sizes, len(events)]):
+        batch = events[start : start + size]
+        start += len(batch)
+        entities = {e.entity_id for e in batch}
+        raw = {e: b'{"v":1,"g":7,' if n == 1 and e in spoiled else stored.get(e) for e in entities}
+        expected = update_batch(
+            {e: decode_state(r) for e, r in raw.items()}, seen, batch, SPECS, ws
+        )
+        update = update_stored(raw, seen, batch, SPECS, ws)
+        assert update.results == expected.results
+        assert update.states == expected.states
+        assert list(update.applied_since.items()) == list(expected.applied_since.items())
+        assert update.encoded == encoded(expected.states)
+        assert set(update.resets) == set(expected.resets) | (
+            spoiled & entities if n == 1 else set()
+        )
+        stored.update(update.encoded)
+        seen.update(update.applied_since)
