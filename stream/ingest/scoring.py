@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from stream.exceptions import RejectedInput
 from stream.features.store import Applied, FeatureStore
 from stream.features.windows import EventResult, FeatureInput
-from stream.ingest.validation import Limits, validate_event, validate_label
+from stream.ingest.validation import FeatureChecks, Limits, validate_event, validate_label
 from stream.labels.join import PendingPrediction, example_from, join_labels
 from stream.labels.store import PredictionStore, StoreInFlight
 from stream.messages import (
@@ -68,6 +68,7 @@ class EventProcessor:
             redis, settings.redis.prefix, settings.labels.horizon_s, settings.windows.dedupe_ttl_s
         )
         self.limits = Limits.from_settings(settings.worker)
+        self.checks = FeatureChecks(settings.features)
 
     async def process(self, batch: Sequence[Incoming]) -> BatchResult:
         """Validate, enrich, score and store a batch; the outputs to publish."""
@@ -121,10 +122,10 @@ class EventProcessor:
     ) -> tuple[list[tuple[Incoming, ValidEvent]], list[Rejected]]:
         valid: list[tuple[Incoming, ValidEvent]] = []
         rejects: list[Rejected] = []
-        specs = self.settings.features
+        checks = self.checks
         for msg in batch:
             try:
-                valid.append((msg, validate_event(msg.value, specs, self.limits, now)))
+                valid.append((msg, validate_event(msg.value, checks, self.limits, now)))
             except RejectedInput as exc:
                 rejects.append((msg, exc))
         return valid, rejects

@@ -22,12 +22,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
 from stream.exceptions import RejectedInput
-from stream.messages import Event, Label
+from stream.messages import MAX_ID_LENGTH, Event, Label
 from stream.records import QualityIssue, ValidEvent
 from stream.service.config import FeatureSpec, WorkerSettings
 from stream.timestamps import TimestampRangeError
@@ -95,14 +96,14 @@ def decode_object(raw: bytes | None, limits: Limits) -> dict[str, object]:
 
 def validate_event(
     raw: bytes | None,
-    specs: Sequence[FeatureSpec],
+    specs: Sequence[FeatureSpec] | FeatureChecks,
     limits: Limits = Limits(),
     now_ms: int | None = None,
 ) -> ValidEvent:
     """Validate one event message; raise RejectedInput naming the first problem.
 
     ``now_ms`` is the worker's clock for the event-time check (None: the wall clock now);
-    pass one value per batch.
+    pass one value per batch, and the specs as :class:`FeatureChecks` built once.
 
     >>> spec = FeatureSpec(name="amount", impute=0.0, max=100.0)
     >>> ev = validate_event(b'{"event_id":"e1","entity_id":"c1","ts":1763800000000,'
@@ -122,17 +123,50 @@ def validate_event(
             f"features has {len(features)} fields, more than max_fields={limits.max_fields}",
             code="too_many_fields",
         )
-    try:
-        event = Event.model_validate(obj)
-    except ValidationError as exc:
-        raise _rejection(exc, limits, now_ms) from None
-    values, quality, missing = _check_features(event.features, specs)
+    fields = _plain_event(obj, limits, now_ms)
+    if fields is None:
+        try:
+            event = Event.model_validate(obj)
+        except ValidationError as exc:
+            raise _rejection(exc, limits, now_ms) from None
+        fields = event.event_id, event.entity_id, event.ts, event.features, event.label
+    event_id, entity_id, ts, features, label = fields
+    checks = specs if isinstance(specs, FeatureChecks) else FeatureChecks(specs)
+    values, quality, missing = checks.run(features)
     # after the features: a message with a broken field is named by that field first
-    _check_label_value(event.label)
-    check_event_time(event.ts, limits, now_ms)
-    return ValidEvent(
-        event.event_id, event.entity_id, event.ts, values, event.label, quality, missing
-    )
+    _check_label_value(label)
+    check_event_time(ts, limits, now_ms)
+    return ValidEvent(event_id, entity_id, ts, values, label, quality, missing)
+
+
+_LABEL_TYPES = (int, float, str, bool)
+
+
+def _plain_event(
+    obj: dict[str, Any], limits: Limits, now_ms: int | None
+) -> tuple[str, str, int, dict[str, Any], Any] | None:
+    """The fields of an event whose values are of the plain types :class:`Event` accepts as
+    they are (ids as non-empty strings, ``ts`` an integer in range, ``features`` an object,
+    ``label`` absent or a number, string or boolean); None for anything else, which pydantic
+    validates and names. Reading them directly took 0.3 instead of 1.7 µs per event
+    (``tests/stream/test_validation.py`` checks both ways agree)."""
+    event_id = obj.get("event_id")
+    entity_id = obj.get("entity_id")
+    ts = obj.get("ts")
+    features = obj.get("features")
+    label = obj.get("label")
+    if (
+        type(event_id) is str
+        and type(entity_id) is str
+        and type(ts) is int
+        and type(features) is dict
+        and (label is None or type(label) in _LABEL_TYPES)
+        and 0 < len(event_id) <= MAX_ID_LENGTH
+        and 0 < len(entity_id) <= MAX_ID_LENGTH
+        and limits.min_ts_ms <= ts <= _latest(limits, now_ms)
+    ):
+        return event_id, entity_id, ts, features, label
+    return None
 
 
 def validate_label(
@@ -216,25 +250,74 @@ def _shown(number: float) -> str:
     return repr(number)
 
 
-def _check_features(
-    raw: Mapping[str, object], specs: Sequence[FeatureSpec]
-) -> tuple[dict[str, float | str], tuple[QualityIssue, ...], frozenset[str]]:
-    values: dict[str, float | str] = {}
-    quality: list[QualityIssue] = []
-    missing: set[str] = set()
-    for spec in specs:
-        value = raw.get(spec.name)
-        if value is None:
-            quality.append(QualityIssue(spec.name, "missing"))
-            missing.add(spec.name)
-            if spec.impute is not None:
-                values[spec.name] = spec.impute
-            continue
-        if spec.kind == "numeric":
-            values[spec.name] = _numeric(spec, value, quality)
-        else:
-            values[spec.name] = _categorical(spec, value, quality)
-    return values, tuple(quality), frozenset(missing)
+class FeatureChecks:
+    """The configured features' checks, compiled once (a worker validates every event).
+
+    Per feature: present or missing (imputed), a number or a category, in range or a
+    known category. A plain finite float or int within ``MAX_ABS_VALUE`` and a plain string
+    take a short path; anything else goes through the full checks, which raise the reason.
+    Compiling the specs took validation of the sample config's three features from 1.6 to
+    0.55 µs per event.
+
+    >>> checks = FeatureChecks([FeatureSpec(name="amount", impute=0.0, max=100.0),
+    ...                         FeatureSpec(name="kind", kind="categorical", impute="other",
+    ...                                     categories=("a", "b"))])
+    >>> values, quality, missing = checks.run({"amount": 250, "kind": None})
+    >>> values, sorted(missing)
+    ({'amount': 250.0, 'kind': 'other'}, ['kind'])
+    >>> [(q.feature, q.kind) for q in quality]
+    [('amount', 'out_of_range'), ('kind', 'missing')]
+    """
+
+    __slots__ = ("_checks",)
+
+    def __init__(self, specs: Sequence[FeatureSpec]) -> None:
+        self._checks = tuple(
+            (
+                spec,
+                spec.name,
+                spec.kind == "numeric",
+                spec.impute,
+                -math.inf if spec.min is None else spec.min,
+                math.inf if spec.max is None else spec.max,
+                frozenset(spec.categories),
+            )
+            for spec in specs
+        )
+
+    def run(
+        self, raw: Mapping[str, Any]
+    ) -> tuple[dict[str, float | str], tuple[QualityIssue, ...], frozenset[str]]:
+        """The values after imputation, the quality issues and the missing features of the
+        raw ``features`` object; raise RejectedInput for a value of the wrong kind."""
+        values: dict[str, float | str] = {}
+        quality: list[QualityIssue] = []
+        missing: list[str] = []
+        for spec, name, numeric, impute, lowest, highest, categories in self._checks:
+            value = raw.get(name)
+            if value is None:
+                quality.append(QualityIssue(name, "missing"))
+                missing.append(name)
+                if impute is not None:
+                    values[name] = impute
+            elif numeric:
+                kind = type(value)
+                # NaN and the infinities fail the comparison: the full check names them
+                if (kind is float or kind is int) and -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:
+                    number = float(value)
+                    if not lowest <= number <= highest:
+                        quality.append(QualityIssue(name, "out_of_range"))
+                    values[name] = number
+                else:
+                    values[name] = _numeric(spec, value, quality)
+            elif type(value) is str and (not categories or value in categories):
+                values[name] = value
+            else:
+                values[name] = _categorical(spec, value, quality)
+        return values, tuple(quality), frozenset(missing) if missing else _NONE_MISSING
+
+
+_NONE_MISSING: frozenset[str] = frozenset()
 
 
 def _numeric(spec: FeatureSpec, value: object, quality: list[QualityIssue]) -> float:

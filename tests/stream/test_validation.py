@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import math
+from typing import Any
+
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream.exceptions import RejectedInput
-from stream.ingest.validation import MAX_ABS_VALUE, Limits, validate_event, validate_label
+from stream.ingest import validation
+from stream.ingest.validation import (
+    MAX_ABS_VALUE,
+    FeatureChecks,
+    Limits,
+    validate_event,
+    validate_label,
+)
 from stream.service.config import FeatureSpec, WorkerSettings
 
 SPECS = [
@@ -188,3 +201,161 @@ def test_numeric_label_beyond_the_bound_is_rejected(label: float) -> None:
         validate_label(orjson.dumps({"event_id": "e", "label": label}))
     assert info.value.code == "out_of_bounds" and info.value.reason.startswith("label: ")
     assert validate_label(orjson.dumps({"event_id": "e", "label": 1e15})).label == 1e15
+
+
+def _reference_checks(
+    raw: dict[str, object], specs: list[FeatureSpec]
+) -> tuple[dict[str, float | str], list[tuple[str, str]], set[str]]:
+    """The feature checks written out plainly, one rule at a time (FeatureChecks compiles
+    them, with a short path for plain values)."""
+    values: dict[str, float | str] = {}
+    quality: list[tuple[str, str]] = []
+    missing: set[str] = set()
+    for spec in specs:
+        value = raw.get(spec.name)
+        if value is None:
+            quality.append((spec.name, "missing"))
+            missing.add(spec.name)
+            if spec.impute is not None:
+                values[spec.name] = spec.impute
+        elif spec.kind == "numeric":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise RejectedInput("", code="wrong_type")
+            if not math.isfinite(value):
+                raise RejectedInput("", code="non_finite")
+            if abs(value) > MAX_ABS_VALUE:
+                raise RejectedInput("", code="out_of_bounds")
+            below = spec.min is not None and value < spec.min
+            if below or (spec.max is not None and value > spec.max):
+                quality.append((spec.name, "out_of_range"))
+            values[spec.name] = float(value)
+        else:
+            if not isinstance(value, str):
+                raise RejectedInput("", code="wrong_type")
+            if spec.categories and value not in spec.categories:
+                quality.append((spec.name, "unseen_category"))
+            values[spec.name] = value
+    return values, quality, missing
+
+
+class _Int(int):
+    pass
+
+
+FEATURE_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([0, 1000, 1001, -1, 10**15, -(10**15), 10**15 + 1, _Int(5), _Int(-3)]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, 1000.0, 1000.0000001, 1e15, -1e15, 1.0000001e15, 5e-324]),
+    st.sampled_from(["a", "b", "c", ""]),
+    st.text(max_size=3),
+    st.lists(st.integers(), max_size=1),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.fixed_dictionaries({}, optional={s.name: FEATURE_VALUES for s in SPECS}))
+def test_compiled_feature_checks_follow_the_rules(raw: dict[str, object]) -> None:
+    try:
+        expected = _reference_checks(raw, SPECS)
+    except RejectedInput as exc:
+        with pytest.raises(RejectedInput) as info:
+            FeatureChecks(SPECS).run(raw)
+        assert info.value.code == exc.code
+        return
+    values, quality, missing = FeatureChecks(SPECS).run(raw)
+    assert (values, [(q.feature, q.kind) for q in quality], missing) == (
+        expected[0],
+        expected[1],
+        expected[2],
+    )
+    assert all(type(v) is float for k, v in values.items() if k != "cat")
+
+
+def _mostly(valid: st.SearchStrategy[Any], other: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``valid`` three times in four (``st.one_of`` does not weigh repeated branches): most
+    examples then break one field at most."""
+    return st.integers(0, 3).flatmap(lambda i: valid if i else other)
+
+
+_VALID_TS = st.integers(min_value=946_684_800_000, max_value=NOW + 86_400_000)
+_EVENT_FIELDS = {
+    "event_id": _mostly(
+        st.text(min_size=1, max_size=3),
+        st.one_of(
+            st.sampled_from(["", "x" * 256, "x" * 257, "é" * 256, "é" * 257]),
+            st.integers(),
+            st.none(),
+            st.booleans(),
+        ),
+    ),
+    "entity_id": _mostly(
+        st.sampled_from(["card-1", "c"]), st.sampled_from(["", 5, None, "y" * 257])
+    ),
+    "ts": _mostly(
+        _VALID_TS,
+        st.one_of(
+            st.integers(min_value=-(2**70), max_value=2**70),
+            st.sampled_from([946_684_799_999, NOW + 86_400_001, -1, 253_402_300_800_000]),
+            st.floats(),
+            _VALID_TS.map(float),
+            _VALID_TS.map(lambda t: t + 0.5),
+            st.sampled_from(["2025-11-22T08:26:40Z", "yesterday", True, None]),
+        ),
+    ),
+    "features": _mostly(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "amount": st.one_of(st.none(), st.floats(0, 2000), st.integers(-5, 2000)),
+                "cat": st.one_of(st.none(), st.sampled_from(["a", "b", "z"])),
+            },
+        ),
+        st.one_of(
+            st.fixed_dictionaries({}, optional={"amount": FEATURE_VALUES, "cat": FEATURE_VALUES}),
+            st.lists(st.integers(), max_size=1),
+            st.none(),
+        ),
+    ),
+    "label": st.one_of(
+        st.none(),
+        st.integers(min_value=-(2**64), max_value=2**64),
+        st.floats(),
+        st.text(max_size=2),
+        st.booleans(),
+        st.lists(st.integers(), max_size=1),
+        st.dictionaries(st.text(max_size=1), st.integers(), max_size=1),
+    ),
+}
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    _mostly(
+        st.fixed_dictionaries(
+            {k: v for k, v in _EVENT_FIELDS.items() if k != "label"},
+            optional={"label": _EVENT_FIELDS["label"]},
+        ),
+        st.fixed_dictionaries({}, optional=_EVENT_FIELDS),
+    )
+)
+def test_plain_events_read_directly_are_validated_as_pydantic_would(
+    obj: dict[str, object],
+) -> None:
+    raw = json.dumps(obj).encode()  # any int; NaN and Infinity, which orjson refuses
+
+    def outcome() -> object:
+        try:  # repr: an int and an equal float compare equal
+            return repr(validate_event(raw, SPECS, now_ms=NOW))
+        except RejectedInput as exc:
+            return (exc.stage, exc.code, exc.reason)
+
+    direct = outcome()
+    plain_event = validation._plain_event
+    validation._plain_event = lambda *_: None  # every event through pydantic
+    try:
+        assert outcome() == direct
+    finally:
+        validation._plain_event = plain_event
