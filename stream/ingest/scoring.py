@@ -289,11 +289,14 @@ def reject(settings: Settings, metrics: Metrics, msg: Incoming, exc: RejectedInp
 
 
 def _feature_input(ev: ValidEvent) -> FeatureInput:
-    values = {
-        k: (None if k in ev.missing else float(v))
-        for k, v in ev.values.items()
-        if not isinstance(v, str)
-    }
+    # the numeric values (the windows take each as a float), a missing one as None
+    missing = ev.missing
+    if missing:
+        values = {
+            k: None if k in missing else v for k, v in ev.values.items() if not isinstance(v, str)
+        }
+    else:
+        values = {k: v for k, v in ev.values.items() if not isinstance(v, str)}
     return FeatureInput(ev.event_id, ev.entity_id, ev.ts_ms, values)
 
 

@@ -232,7 +232,7 @@ def _iso(ms: int) -> str:
 
 def _check_label_value(label: object) -> None:
     """A numeric label must be finite and within MAX_ABS_VALUE (class labels too)."""
-    if isinstance(label, bool) or not isinstance(label, int | float):
+    if label is None or isinstance(label, bool) or not isinstance(label, int | float):
         return
     if isinstance(label, float) and not math.isfinite(label):
         raise RejectedInput("label: not a finite number", code="non_finite")
