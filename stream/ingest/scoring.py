@@ -291,12 +291,9 @@ def reject(settings: Settings, metrics: Metrics, msg: Incoming, exc: RejectedInp
 def _feature_input(ev: ValidEvent) -> FeatureInput:
     # the numeric values (the windows take each as a float), a missing one as None
     missing = ev.missing
-    if missing:
-        values = {
-            k: None if k in missing else v for k, v in ev.values.items() if not isinstance(v, str)
-        }
-    else:
-        values = {k: v for k, v in ev.values.items() if not isinstance(v, str)}
+    values = {
+        k: None if k in missing else v for k, v in ev.values.items() if not isinstance(v, str)
+    }
     return FeatureInput(ev.event_id, ev.entity_id, ev.ts_ms, values)
 
 
